@@ -1,0 +1,90 @@
+"""The application factory: the HTTP edge only."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import errors
+from gateway.platform import Platform, build_platform
+from gateway.routes import contracts, health, oauth, uploads
+from services.kit.settings import Settings, get_settings
+
+# Routes reachable without a bearer token. Pinned by a test: anything else must authenticate.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/oauth/token"})
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+
+class EdgeMiddleware:
+    """Request ids and the headers every response carries (no caching of data, no sniffing)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        supplied = None
+        for name, value in scope.get("headers", []):
+            if name == b"x-request-id":
+                supplied = value.decode("latin-1")
+                break
+        request_id = supplied if supplied and _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0] != b"cache-control"]
+                headers += [
+                    (b"x-request-id", request_id.encode()),
+                    (b"cache-control", b"no-store"),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"x-frame-options", b"DENY"),
+                ]
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(settings: Settings | None = None, platform: Platform | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if platform is None:
+            app.state.platform = build_platform(settings)
+        try:
+            yield
+        finally:
+            if platform is None:
+                app.state.platform.close()
+
+    docs: dict[str, Any] = {}
+    if not settings.is_development:
+        docs = {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(
+        title="Together",
+        version="0.1.0",
+        description="Governed, audited data sharing for the Violence Reduction Partnership.",
+        lifespan=lifespan,
+        **docs,
+    )
+    if platform is not None:
+        app.state.platform = platform
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(oauth.router)
+    app.include_router(contracts.router)
+    app.include_router(uploads.router)
+    app.add_middleware(EdgeMiddleware)
+    return app

@@ -1,0 +1,94 @@
+"""Dependencies shared by the routes. Authentication is declared once, as `Authenticated`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from gateway.platform import Platform
+from services.audit import service as audit_service
+from services.audit.catalogue import AuditAction, Outcome
+from services.audit.service import AuditRecord, RequestContext
+from services.identity import service as identity_service
+from services.identity.schemas import Principal
+from services.identity.tokens import TokenInvalid
+from services.kit.errors import NotAuthenticated
+
+
+def get_platform(request: Request) -> Platform:
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+PlatformDep = Annotated[Platform, Depends(get_platform)]
+
+
+def request_context(request: Request) -> RequestContext:
+    return RequestContext(
+        request_id=getattr(request.state, "request_id", None),
+        client_address=request.client.host if request.client else None,
+    )
+
+
+def _authenticate(platform: Platform, authorization: str | None, ctx: RequestContext) -> Principal:
+    reason: str | None = None
+    principal: Principal | None = None
+    if not authorization:
+        reason = "missing_token"
+    else:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            reason = "not_a_bearer_token"
+        else:
+            try:
+                claims = platform.tokens.verify(token.strip())
+            except TokenInvalid as exc:
+                reason = exc.reason
+            else:
+                with platform.sessions() as session:
+                    principal = identity_service.active_principal(session, claims.client_id)
+                if principal is None:
+                    reason = "client_unknown_or_disabled"
+                elif principal.organisation != claims.organisation:
+                    principal, reason = None, "organisation_changed"
+    if principal is None:
+        # No claim of a refused token is trusted, so none is recorded as the actor.
+        audit_service.record_committed(
+            platform.sessions,
+            ctx,
+            AuditRecord(
+                action=AuditAction.AUTHENTICATION_FAILED,
+                outcome=Outcome.DENIED,
+                reason=reason,
+            ),
+        )
+        raise NotAuthenticated("a valid bearer token is required")
+    ctx.actor = principal.client_id
+    ctx.actor_org = principal.organisation
+    ctx.actor_roles = principal.roles
+    return principal
+
+
+async def authenticated(request: Request) -> Principal:
+    platform = get_platform(request)
+    ctx = request_context(request)
+    principal = await run_in_threadpool(
+        _authenticate, platform, request.headers.get("authorization"), ctx
+    )
+    request.state.principal = principal
+    request.state.ctx = ctx
+    return principal
+
+
+Authenticated = Annotated[Principal, Depends(authenticated)]
+
+
+def context(request: Request, _principal: Authenticated) -> RequestContext:
+    """The caller's context; depends on authentication so it can never be built without it."""
+    ctx: RequestContext = request.state.ctx
+    return ctx
+
+
+Context = Annotated[RequestContext, Depends(context)]

@@ -1,0 +1,66 @@
+"""Wires the services together once per process, from the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.authz.enforcer import PolicyEngine
+from services.contracts.loader import load_contracts
+from services.contracts.model import Contract
+from services.contracts.protection import Protector
+from services.identity.tokens import TokenService
+from services.ingestion.service import IngestionDeps
+from services.kit.db import make_engine, session_factory
+from services.kit.keys import load_keys
+from services.kit.settings import Settings
+from services.storage.inputs import InputLimits
+from services.storage.service import Storage
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    tokens: TokenService
+    contracts: dict[str, Contract]
+    policy: PolicyEngine
+    storage: Storage
+    ingestion: IngestionDeps
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def build_platform(settings: Settings) -> Platform:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    keys = load_keys(settings)
+    engine = make_engine(settings.resolved_database_url)
+    sessions = session_factory(engine)
+    tokens = TokenService(
+        keys.jwt_private_key_pem,
+        issuer=settings.issuer,
+        audience=settings.audience,
+        lifetime=settings.token_lifetime_seconds,
+        leeway=settings.token_leeway_seconds,
+    )
+    contracts = load_contracts(settings.contracts_dir)
+    policy = PolicyEngine(settings.policies_dir)
+    storage = Storage(settings.storage_dir)
+    settings.staging_dir.mkdir(parents=True, exist_ok=True)
+    ingestion = IngestionDeps(
+        sessions=sessions,
+        contracts=contracts,
+        storage=storage,
+        protector=Protector(keys.hmac_key, keys.encryption_key),
+        policy=policy,
+        limits=InputLimits(
+            max_rows=settings.upload_max_rows,
+            max_decompressed_bytes=settings.upload_max_decompressed_bytes,
+        ),
+        lease_seconds=settings.idempotency_lease_seconds,
+    )
+    return Platform(settings, engine, sessions, tokens, contracts, policy, storage, ingestion)

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from gateway.deps import PlatformDep
+from gateway.responses import FastJSONResponse
+
+router = APIRouter()
+
+
+@router.get("/healthz", include_in_schema=False)
+async def healthz() -> FastJSONResponse:
+    return FastJSONResponse({"status": "ok"})
+
+
+@router.get("/readyz", include_in_schema=False)
+async def readyz(platform: PlatformDep) -> FastJSONResponse:
+    def check() -> None:
+        with platform.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    await run_in_threadpool(check)
+    return FastJSONResponse({"status": "ready"})

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from gateway.deps import Authenticated, Context, PlatformDep
+from gateway.responses import FastJSONResponse, ProblemResponse
+from gateway.streaming import receive_to_file
+from services.ingestion import service as ingestion_service
+from services.ingestion.service import UploadRequest
+from services.kit.errors import BadRequest, TogetherError, UnsupportedMediaType
+from services.storage.inputs import SUPPORTED_MEDIA
+
+router = APIRouter(tags=["ingestion"])
+
+_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+@router.post("/v1/datasets/{dataset}/uploads", status_code=201)
+async def upload(
+    dataset: str,
+    request: Request,
+    principal: Authenticated,
+    ctx: Context,
+    platform: PlatformDep,
+    mode: Annotated[str, Query(description="append or replace")],
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> FastJSONResponse:
+    """Push a dataset file (CSV, Parquet or NDJSON, optionally gzip) against its contract."""
+    deps = platform.ingestion
+    contract = await run_in_threadpool(
+        ingestion_service.authorize_upload, deps, principal, ctx, dataset, mode
+    )
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if media_type not in SUPPORTED_MEDIA:
+            raise UnsupportedMediaType("Content-Type must be one of " + ", ".join(SUPPORTED_MEDIA))
+        if idempotency_key is not None and not _KEY_PATTERN.match(idempotency_key):
+            raise BadRequest("Idempotency-Key must be 1 to 200 printable ASCII characters")
+        body = await receive_to_file(
+            request,
+            platform.settings.staging_dir,
+            limit=platform.settings.upload_max_bytes,
+            decompressed_limit=platform.settings.upload_max_decompressed_bytes,
+        )
+    except TogetherError as exc:
+        await run_in_threadpool(
+            ingestion_service.record_refused_upload,
+            deps,
+            ctx,
+            contract.id,
+            contract.owner,
+            exc.code.lower(),
+            {"mode": mode, "media_type": media_type[:100]},
+        )
+        raise
+    try:
+        outcome = await run_in_threadpool(
+            ingestion_service.ingest,
+            deps,
+            principal,
+            ctx,
+            UploadRequest(
+                dataset_id=contract.id,
+                mode=mode,
+                media_type=media_type,
+                body_path=body.path,
+                body_sha256=body.sha256,
+                size_bytes=body.size_bytes,
+                idempotency_key=idempotency_key,
+            ),
+        )
+    finally:
+        body.path.unlink(missing_ok=True)
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
+    if outcome.status_code >= 400:
+        response_body = dict(outcome.body)
+        response_body["request_id"] = ctx.request_id
+        return ProblemResponse(response_body, status_code=outcome.status_code, headers=headers)
+    return FastJSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)
+
+
+@router.get("/v1/uploads/{upload_id}")
+async def get_upload(
+    upload_id: str, principal: Authenticated, ctx: Context, platform: PlatformDep
+) -> FastJSONResponse:
+    """An upload's status and validation report, for the client that sent it."""
+    result = await run_in_threadpool(
+        ingestion_service.upload_status, platform.ingestion, principal, ctx, upload_id
+    )
+    return FastJSONResponse(result)

@@ -1,0 +1,30 @@
+"""The closed catalogue of audit events. Recording an action not listed here is a bug."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class AuditAction(StrEnum):
+    # identity
+    TOKEN_ISSUED = "token.issued"
+    TOKEN_REFUSED = "token.refused"  # bad client credentials at the token endpoint
+    AUTHENTICATION_FAILED = "authentication.failed"  # a bearer token was missing or invalid
+    CLIENT_CREATED = "client.created"
+    CLIENT_DISABLED = "client.disabled"
+    # access control
+    ACCESS_DENIED = "access.denied"
+    # ingestion
+    DATASET_INGESTED = "dataset.ingested"
+    DATASET_REJECTED = "dataset.rejected"
+    UPLOAD_REPLAYED = "upload.replayed"
+    UPLOAD_VIEWED = "upload.viewed"
+    # contracts
+    CONTRACT_VIEWED = "contract.viewed"
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    DENIED = "denied"
+    REJECTED = "rejected"
+    ERROR = "error"

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.kit.db import Base, UTCDateTime
+
+
+class AuditEvent(Base):
+    """Append-only. Database triggers refuse UPDATE and DELETE (see the migrations)."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    action: Mapped[str] = mapped_column(String(60), index=True)
+    outcome: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    actor: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
+    actor_org: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
+    actor_roles: Mapped[list[str]] = mapped_column(JSON)
+    resource_type: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    resource: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    resource_org: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
+    level: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    purpose: Mapped[str | None] = mapped_column(String(60), nullable=True)
+    case_reference: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    rows: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    matched_rule: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    policy_version: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    client_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+    canonical: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,36 @@
+"""The closed vocabulary of roles and actions used by the policy files and the code."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    PARTNER_SYSTEM = "partner_system"
+    L1_READER = "l1_reader"
+    L1_ANALYST = "l1_analyst"
+    L2_READER = "l2_reader"
+    L3_PRACTITIONER = "l3_practitioner"
+    IG_LEAD = "ig_lead"
+    ADMIN = "admin"
+
+
+class Action(StrEnum):
+    DATASET_UPLOAD = "dataset:upload"
+    UPLOAD_READ = "upload:read"
+    CLIENT_MANAGE = "client:manage"
+    PRODUCT_READ = "product:read"
+    AUDIT_REVIEW = "audit:review"
+
+
+class ResourceType(StrEnum):
+    DATASET = "dataset"
+    UPLOAD = "upload"
+    PRINCIPALS = "principals"
+    LEVEL1 = "level1"
+    LEVEL2 = "level2"
+    LEVEL3 = "level3"
+    AUDIT = "audit"
+
+
+ROLES: tuple[str, ...] = tuple(role.value for role in Role)

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from services.identity.models import Client
+
+
+def clients_statement() -> Select[tuple[Client]]:
+    return select(Client).order_by(Client.created_at, Client.client_id)
+
+
+def get_by_client_id(session: Session, client_id: str) -> Client | None:
+    return session.execute(select(Client).where(Client.client_id == client_id)).scalar_one_or_none()
+
+
+def list_clients(session: Session, organisation: str | None = None) -> list[Client]:
+    statement = clients_statement()
+    if organisation is not None:
+        statement = statement.where(Client.organisation == organisation)
+    return list(session.execute(statement).scalars())

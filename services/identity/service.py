@@ -1,0 +1,103 @@
+"""Principals: creating, listing, disabling and authenticating clients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from services.identity import repository
+from services.identity.models import Client, ClientRole
+from services.identity.schemas import Principal, RoleGrant
+from services.identity.secrets import hash_secret, verify_secret
+from services.kit.clock import utcnow
+from services.kit.errors import BadRequest, NotFound
+from services.kit.ids import new_client_id, new_id, new_secret
+from services.kit.partnership import CSP_AREAS, ORGANISATIONS
+
+
+@dataclass(frozen=True)
+class CreatedClient:
+    client_id: str
+    client_secret: str
+    principal: Principal
+
+
+def to_principal(client: Client) -> Principal:
+    grants = tuple(
+        sorted((RoleGrant(r.role, r.area) for r in client.roles), key=lambda g: (g.role, g.area or ""))
+    )
+    return Principal(
+        client_id=client.client_id, name=client.name, organisation=client.organisation, grants=grants
+    )
+
+
+def create_client(
+    session: Session,
+    *,
+    name: str,
+    organisation: str,
+    grants: Iterable[RoleGrant],
+    known_roles: Iterable[str],
+) -> CreatedClient:
+    if organisation not in ORGANISATIONS:
+        raise BadRequest(f"unknown organisation {organisation!r}")
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise BadRequest("name must be 1 to 200 characters")
+    roles_allowed = set(known_roles)
+    grant_list = list(dict.fromkeys(grants))
+    if not grant_list:
+        raise BadRequest("at least one role is required")
+    for grant in grant_list:
+        if grant.role not in roles_allowed:
+            raise BadRequest(f"unknown role {grant.role!r}")
+        if grant.area is not None and grant.area not in CSP_AREAS:
+            raise BadRequest(f"unknown CSP area {grant.area!r}")
+    secret = new_secret()
+    client = Client(
+        id=new_id(),
+        client_id=new_client_id(),
+        name=name,
+        organisation=organisation,
+        secret_hash=hash_secret(secret),
+        disabled=False,
+        created_at=utcnow(),
+    )
+    client.roles = [ClientRole(role=g.role, area=g.area) for g in grant_list]
+    session.add(client)
+    session.flush()
+    return CreatedClient(client.client_id, secret, to_principal(client))
+
+
+def authenticate(session: Session, client_id: str, secret: str) -> Principal | None:
+    client = repository.get_by_client_id(session, client_id)
+    if not verify_secret(client.secret_hash if client else None, secret):
+        return None
+    if client is None or client.disabled:
+        return None
+    return to_principal(client)
+
+
+def active_principal(session: Session, client_id: str) -> Principal | None:
+    """Looked up on every request so that disabling a client takes effect at once."""
+    client = repository.get_by_client_id(session, client_id)
+    if client is None or client.disabled:
+        return None
+    return to_principal(client)
+
+
+def disable_client(session: Session, client_id: str) -> Principal:
+    client = repository.get_by_client_id(session, client_id)
+    if client is None:
+        raise NotFound(f"no client {client_id!r}")
+    if not client.disabled:
+        client.disabled = True
+        client.disabled_at = utcnow()
+        session.flush()
+    return to_principal(client)
+
+
+def list_clients(session: Session, organisation: str | None = None) -> list[Client]:
+    return repository.list_clients(session, organisation)

@@ -1,0 +1,545 @@
+"""One upload = one unit of work: authorise, validate, pseudonymise, store, audit.
+
+The request body has already been streamed to a file by the caller (never held in memory).
+The file is read in batches; each batch is validated against the contract and, while the upload
+is still clean, protected and written to a new Parquet file. Only when the whole file is valid
+(including key uniqueness) does one transaction publish the version, record the upload, settle
+the Idempotency-Key and write the audit event. Any failure before that commit leaves the
+previous version current.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.audit import service as audit_service
+from services.audit.catalogue import AuditAction, Outcome
+from services.audit.service import AuditRecord, RequestContext
+from services.authz.enforcer import PolicyEngine, Resource
+from services.authz.vocabulary import Action, ResourceType
+from services.contracts.model import Contract
+from services.contracts.protection import Protector
+from services.contracts.validation import BatchValidator, ValidationReport, Violation
+from services.identity.schemas import Principal
+from services.ingestion import repository
+from services.ingestion.models import IdempotencyRecord, Upload
+from services.kit.clock import utcnow
+from services.kit.errors import (
+    BadRequest,
+    ContractViolation,
+    Forbidden,
+    IdempotencyConflict,
+    IdempotencyMismatch,
+    NotFound,
+)
+from services.kit.ids import new_id
+from services.storage import service as storage_service
+from services.storage.inputs import InputFormatError, InputLimits, open_input
+from services.storage.service import ParquetVersionWriter, Storage
+
+log = logging.getLogger(__name__)
+
+MODES = ("append", "replace")
+_HEARTBEAT_SECONDS = 2.0
+
+
+@dataclass
+class IngestionDeps:
+    sessions: sessionmaker[Session]
+    contracts: dict[str, Contract]
+    storage: Storage
+    protector: Protector
+    policy: PolicyEngine
+    limits: InputLimits
+    lease_seconds: int
+
+
+@dataclass
+class UploadRequest:
+    dataset_id: str
+    mode: str
+    media_type: str
+    body_path: Path
+    body_sha256: str
+    size_bytes: int
+    idempotency_key: str | None
+
+
+@dataclass
+class UploadOutcome:
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+def get_contract(deps: IngestionDeps, dataset_id: str) -> Contract:
+    contract = deps.contracts.get(dataset_id)
+    if contract is None:
+        raise NotFound(f"no dataset {dataset_id!r}")
+    return contract
+
+
+def authorize_upload(
+    deps: IngestionDeps, principal: Principal, ctx: RequestContext, dataset_id: str, mode: str
+) -> Contract:
+    """Checked before a byte of the body is read. Every refusal is audited."""
+    contract = get_contract(deps, dataset_id)
+    decision = deps.policy.decide(
+        principal,
+        Action.DATASET_UPLOAD,
+        Resource(ResourceType.DATASET, contract.id, contract.owner),
+    )
+    if not decision.allowed:
+        audit_service.record_committed(
+            deps.sessions,
+            ctx,
+            AuditRecord(
+                action=AuditAction.ACCESS_DENIED,
+                outcome=Outcome.DENIED,
+                reason="not permitted to upload to this dataset",
+                resource_type="dataset",
+                resource=contract.id,
+                resource_org=contract.owner,
+                parameters={"action": Action.DATASET_UPLOAD.value, "mode": mode},
+                matched_rule=decision.rule,
+                policy_version=decision.policy_version,
+            ),
+        )
+        raise Forbidden("you may not upload to this dataset")
+    if mode not in MODES:
+        raise BadRequest("mode must be 'append' or 'replace'")
+    if contract.status != "active":
+        raise BadRequest(f"contract {contract.id} {contract.version} is retired")
+    return contract
+
+
+def _claim_key(
+    deps: IngestionDeps, principal: Principal, ctx: RequestContext, req: UploadRequest, upload_id: str
+) -> UploadOutcome | None:
+    """Claim the Idempotency-Key, or answer from it. Returns an outcome when the work is done."""
+    assert req.idempotency_key is not None
+    now = utcnow()
+    lease = now + timedelta(seconds=deps.lease_seconds)
+    for _attempt in range(3):
+        session = deps.sessions()
+        try:
+            record = repository.get_idempotency(
+                session, principal.client_id, req.idempotency_key, for_update=True
+            )
+            if record is None:
+                session.add(
+                    IdempotencyRecord(
+                        client_id=principal.client_id,
+                        key=req.idempotency_key,
+                        request_sha256=req.body_sha256 + ":" + req.dataset_id + ":" + req.mode,
+                        state="in_flight",
+                        lease_until=lease,
+                        upload_id=upload_id,
+                        created_at=now,
+                    )
+                )
+                session.commit()
+                return None
+            if record.request_sha256 != req.body_sha256 + ":" + req.dataset_id + ":" + req.mode:
+                session.rollback()
+                raise IdempotencyMismatch()
+            if record.state == "done":
+                assert record.response_status is not None and record.response_body is not None
+                outcome = UploadOutcome(record.response_status, record.response_body, True)
+                audit_service.record(
+                    session,
+                    ctx,
+                    AuditRecord(
+                        action=AuditAction.UPLOAD_REPLAYED,
+                        outcome=Outcome.SUCCESS,
+                        resource_type="upload",
+                        resource=record.upload_id,
+                        resource_org=principal.organisation,
+                        parameters={"dataset": req.dataset_id},
+                    ),
+                )
+                session.commit()
+                return outcome
+            if record.lease_until > now:
+                session.rollback()
+                raise IdempotencyConflict()
+            # The previous attempt died without finishing (its lease ran out): take it over.
+            record.lease_until = lease
+            record.upload_id = upload_id
+            session.commit()
+            return None
+        except IntegrityError:
+            session.rollback()
+            continue  # a concurrent request inserted the same key first; look again
+        finally:
+            session.close()
+    raise IdempotencyConflict()
+
+
+def _heartbeat(deps: IngestionDeps, principal: Principal, key: str) -> None:
+    session = deps.sessions()
+    try:
+        record = repository.get_idempotency(session, principal.client_id, key)
+        if record is not None and record.state == "in_flight":
+            record.lease_until = utcnow() + timedelta(seconds=deps.lease_seconds)
+        session.commit()
+    finally:
+        session.close()
+
+
+def _find_duplicates(
+    contract: Contract,
+    key_columns: list[str],
+    upload_keys: pa.Table,
+    existing_keys: pa.Table | None,
+    report: ValidationReport,
+) -> None:
+    """Key uniqueness within the upload and, on append, against the current version."""
+
+    def normalised(table: pa.Table, rows: pa.Array) -> pa.Table:
+        arrays = {}
+        for name in key_columns:
+            # Null is a value for key purposes: two rows with the same occurrence and no
+            # suspect are the same key. A NUL sentinel cannot collide with real text.
+            arrays[name] = pc.fill_null(table.column(name).cast(pa.string()), "\x00")
+        arrays["_row"] = rows
+        return pa.table(arrays)
+
+    upload = normalised(upload_keys, pa.array(range(1, upload_keys.num_rows + 1), pa.int64()))
+    combined = upload
+    if existing_keys is not None and existing_keys.num_rows:
+        combined = pa.concat_tables(
+            [upload, normalised(existing_keys, pa.nulls(existing_keys.num_rows, pa.int64()))]
+        )
+    counts = combined.group_by(key_columns, use_threads=False).aggregate([([], "count_all")])
+    duplicated = counts.filter(pc.greater(counts.column("count_all"), 1))
+    if duplicated.num_rows == 0:
+        return
+    hits = upload.join(duplicated, keys=key_columns, join_type="inner").sort_by("_row")
+    keys_label = ", ".join(contract.key)
+    in_existing: set[tuple[Any, ...]] = set()
+    if existing_keys is not None and existing_keys.num_rows:
+        existing = normalised(existing_keys, pa.nulls(existing_keys.num_rows, pa.int64()))
+        clash = existing.join(duplicated, keys=key_columns, join_type="inner")
+        in_existing = set(zip(*(clash.column(k).to_pylist() for k in key_columns), strict=True))
+    rows = hits.column("_row").to_pylist()
+    values = list(zip(*(hits.column(k).to_pylist() for k in key_columns), strict=True))
+    for row, value in zip(rows, values, strict=True):
+        where = "in the current version" if value in in_existing else "earlier in this upload"
+        report.add(
+            Violation(
+                row=row,
+                field=keys_label,
+                rule="duplicate_key",
+                message=f"the key ({keys_label}) already occurs {where}",
+            )
+        )
+
+
+def ingest(
+    deps: IngestionDeps, principal: Principal, ctx: RequestContext, req: UploadRequest
+) -> UploadOutcome:
+    contract = get_contract(deps, req.dataset_id)
+    upload_id = new_id()
+    if req.idempotency_key is not None:
+        replay = _claim_key(deps, principal, ctx, req, upload_id)
+        if replay is not None:
+            return replay
+    started = time.monotonic()
+    report = ValidationReport()
+    validator = BatchValidator(contract, deps.protector)
+    writer: ParquetVersionWriter | None = None
+    rows = 0
+    try:
+        reader = open_input(req.body_path, req.media_type, deps.limits)
+        usable = validator.check_header(list(reader.column_names), report)
+        key_columns = validator.key_columns()
+        key_parts: list[pa.Table] = []
+        if usable:
+            writer = deps.storage.new_writer(contract.id, validator.stored_schema())
+            last_beat = time.monotonic()
+            for batch in reader.batches():
+                stored = validator.process(batch, rows + 1, report)
+                rows += batch.num_rows
+                if report.ok and stored is not None:
+                    writer.write(stored)
+                    key_parts.append(pa.Table.from_batches([stored]).select(key_columns))
+                elif key_parts:
+                    key_parts = []  # the upload is rejected; stop holding keys
+                if req.idempotency_key and time.monotonic() - last_beat > _HEARTBEAT_SECONDS:
+                    _heartbeat(deps, principal, req.idempotency_key)
+                    last_beat = time.monotonic()
+        if report.ok and rows == 0:
+            report.add(Violation(None, None, "empty", "the file has a header but no data rows"))
+        if report.ok:
+            existing = None
+            if req.mode == "append":
+                with deps.sessions() as session:
+                    current = storage_service.current_version(session, deps.storage, contract.id)
+                if current is not None:
+                    existing = deps.storage.read_columns(current.files, key_columns)
+            upload_keys = (
+                pa.concat_tables(key_parts)
+                if key_parts
+                else pa.table({k: pa.array([], pa.string()) for k in key_columns})
+            )
+            _find_duplicates(contract, key_columns, upload_keys, existing, report)
+            del key_parts, upload_keys, existing
+    except InputFormatError as exc:
+        report.add(Violation(exc.row, None, "format", exc.message))
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if not report.ok:
+        if writer is not None:
+            writer.abort()
+        return _finish_rejected(deps, principal, ctx, req, contract, upload_id, rows, report)
+    assert writer is not None
+    stored_file = writer.finish()
+    try:
+        return _finish_accepted(
+            deps, principal, ctx, req, contract, upload_id, rows, stored_file, started
+        )
+    except BaseException:
+        # Not published: the file is an orphan nobody can see. Remove it now if we can.
+        deps.storage.absolute(stored_file.relative_path).unlink(missing_ok=True)
+        raise
+
+
+def _settle_key(
+    session: Session,
+    principal: Principal,
+    req: UploadRequest,
+    upload_id: str,
+    status: int,
+    body: dict[str, Any],
+) -> None:
+    if req.idempotency_key is None:
+        return
+    record = repository.get_idempotency(
+        session, principal.client_id, req.idempotency_key, for_update=True
+    )
+    if record is None or record.state == "done" or record.upload_id != upload_id:
+        # Our lease ran out and another attempt took the key over: let that attempt settle it.
+        raise IdempotencyConflict()
+    record.state = "done"
+    record.response_status = status
+    record.response_body = body
+
+
+def _finish_accepted(
+    deps: IngestionDeps,
+    principal: Principal,
+    ctx: RequestContext,
+    req: UploadRequest,
+    contract: Contract,
+    upload_id: str,
+    rows: int,
+    stored_file: storage_service.StoredFile,
+    started: float,
+) -> UploadOutcome:
+    now = utcnow()
+    with deps.sessions() as session:
+        version = storage_service.publish(
+            session,
+            dataset_id=contract.id,
+            contract_version=contract.version,
+            mode=req.mode,
+            upload_id=upload_id,
+            new_file=stored_file,
+        )
+        body = {
+            "upload_id": upload_id,
+            "dataset": contract.id,
+            "status": "accepted",
+            "mode": req.mode,
+            "rows": rows,
+            "version": version,
+            "contract_version": contract.version,
+            "content_sha256": req.body_sha256,
+            "received_at": now.isoformat(),
+        }
+        session.add(
+            Upload(
+                id=upload_id,
+                dataset_id=contract.id,
+                contract_version=contract.version,
+                client_id=principal.client_id,
+                organisation=principal.organisation,
+                mode=req.mode,
+                media_type=req.media_type,
+                status="accepted",
+                rows=rows,
+                size_bytes=req.size_bytes,
+                content_sha256=req.body_sha256,
+                version=version,
+                report=None,
+                created_at=now,
+                finished_at=now,
+            )
+        )
+        _settle_key(session, principal, req, upload_id, 201, body)
+        audit_service.record(
+            session,
+            ctx,
+            AuditRecord(
+                action=AuditAction.DATASET_INGESTED,
+                outcome=Outcome.SUCCESS,
+                resource_type="dataset",
+                resource=contract.id,
+                resource_org=contract.owner,
+                parameters={"mode": req.mode, "media_type": req.media_type},
+                rows=rows,
+                details={
+                    "upload_id": upload_id,
+                    "contract_version": contract.version,
+                    "version": version,
+                    "content_sha256": req.body_sha256,
+                    "seconds": round(time.monotonic() - started, 3),
+                },
+            ),
+        )
+        session.commit()
+    log.info("upload accepted", extra={"upload_id": upload_id, "rows": rows})
+    return UploadOutcome(201, body)
+
+
+def _finish_rejected(
+    deps: IngestionDeps,
+    principal: Principal,
+    ctx: RequestContext,
+    req: UploadRequest,
+    contract: Contract,
+    upload_id: str,
+    rows: int,
+    report: ValidationReport,
+) -> UploadOutcome:
+    now = utcnow()
+    report_doc = report.to_dict()
+    error = ContractViolation(
+        f"{report.total} violation(s) of contract {contract.id} {contract.version}; nothing was stored"
+    )
+    body = {
+        "status": error.status,
+        "code": error.code,
+        "title": error.title,
+        "detail": error.detail,
+        "upload_id": upload_id,
+        "dataset": contract.id,
+        "contract_version": contract.version,
+        "report": report_doc,
+    }
+    with deps.sessions() as session:
+        session.add(
+            Upload(
+                id=upload_id,
+                dataset_id=contract.id,
+                contract_version=contract.version,
+                client_id=principal.client_id,
+                organisation=principal.organisation,
+                mode=req.mode,
+                media_type=req.media_type,
+                status="rejected",
+                rows=rows,
+                size_bytes=req.size_bytes,
+                content_sha256=req.body_sha256,
+                version=None,
+                report=report_doc,
+                created_at=now,
+                finished_at=now,
+            )
+        )
+        _settle_key(session, principal, req, upload_id, 422, body)
+        audit_service.record(
+            session,
+            ctx,
+            AuditRecord(
+                action=AuditAction.DATASET_REJECTED,
+                outcome=Outcome.REJECTED,
+                reason="contract violation",
+                resource_type="dataset",
+                resource=contract.id,
+                resource_org=contract.owner,
+                parameters={"mode": req.mode, "media_type": req.media_type},
+                rows=rows,
+                details={
+                    "upload_id": upload_id,
+                    "contract_version": contract.version,
+                    "violations": report.total,
+                    "totals": dict(report.totals),
+                },
+            ),
+        )
+        session.commit()
+    return UploadOutcome(422, body)
+
+
+def record_refused_upload(
+    deps: IngestionDeps,
+    ctx: RequestContext,
+    dataset_id: str,
+    owner: str | None,
+    reason: str,
+    parameters: dict[str, Any],
+) -> None:
+    """An upload refused before validation (size, media type, bad key): audited all the same."""
+    audit_service.record_committed(
+        deps.sessions,
+        ctx,
+        AuditRecord(
+            action=AuditAction.DATASET_REJECTED,
+            outcome=Outcome.REJECTED,
+            reason=reason,
+            resource_type="dataset",
+            resource=dataset_id,
+            resource_org=owner,
+            parameters=parameters,
+        ),
+    )
+
+
+def upload_status(
+    deps: IngestionDeps, principal: Principal, ctx: RequestContext, upload_id: str
+) -> dict[str, Any]:
+    with deps.sessions() as session:
+        upload = repository.get_upload_for_client(session, upload_id, principal.client_id)
+        if upload is None:
+            raise NotFound("no such upload")
+        audit_service.record(
+            session,
+            ctx,
+            AuditRecord(
+                action=AuditAction.UPLOAD_VIEWED,
+                outcome=Outcome.SUCCESS,
+                resource_type="upload",
+                resource=upload.id,
+                resource_org=upload.organisation,
+                parameters={"dataset": upload.dataset_id},
+            ),
+        )
+        session.commit()
+        return {
+            "upload_id": upload.id,
+            "dataset": upload.dataset_id,
+            "status": upload.status,
+            "mode": upload.mode,
+            "media_type": upload.media_type,
+            "rows": upload.rows,
+            "size_bytes": upload.size_bytes,
+            "content_sha256": upload.content_sha256,
+            "contract_version": upload.contract_version,
+            "version": upload.version,
+            "received_at": upload.created_at.isoformat(),
+            "report": upload.report,
+        }

@@ -1,0 +1,88 @@
+"""Domain errors: a stable code and an HTTP status each. The gateway maps them to one JSON shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TogetherError(Exception):
+    code = "INTERNAL_ERROR"
+    status = 500
+    title = "Internal error"
+
+    def __init__(self, detail: str | None = None, *, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.extra = extra or {}
+
+
+class NotAuthenticated(TogetherError):
+    code = "NOT_AUTHENTICATED"
+    status = 401
+    title = "Authentication required"
+
+
+class InvalidClient(TogetherError):
+    code = "INVALID_CLIENT"
+    status = 401
+    title = "Client authentication failed"
+
+
+class Forbidden(TogetherError):
+    code = "FORBIDDEN"
+    status = 403
+    title = "Not permitted"
+
+
+class NotFound(TogetherError):
+    code = "NOT_FOUND"
+    status = 404
+    title = "Not found"
+
+
+class BadRequest(TogetherError):
+    code = "BAD_REQUEST"
+    status = 400
+    title = "Bad request"
+
+
+class IdempotencyConflict(TogetherError):
+    code = "IDEMPOTENCY_IN_FLIGHT"
+    status = 409
+    title = "A request with this Idempotency-Key is still being processed"
+
+
+class IdempotencyMismatch(TogetherError):
+    code = "IDEMPOTENCY_KEY_REUSED"
+    status = 422
+    title = "This Idempotency-Key was used with a different body"
+
+
+class PayloadTooLarge(TogetherError):
+    code = "PAYLOAD_TOO_LARGE"
+    status = 413
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(TogetherError):
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    status = 415
+    title = "Unsupported media type"
+
+
+class ContractViolation(TogetherError):
+    code = "CONTRACT_VIOLATION"
+    status = 422
+    title = "The upload does not meet the dataset's data contract"
+
+
+class AuditUnavailable(TogetherError):
+    code = "AUDIT_UNAVAILABLE"
+    status = 503
+    title = "The audit trail cannot be written; nothing was returned"
+
+
+class ConfigurationError(TogetherError):
+    code = "CONFIGURATION_ERROR"
+    status = 500
+    title = "Configuration error"

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.storage.models import Dataset, DatasetVersion, VersionFile
+
+
+def get_dataset(session: Session, dataset_id: str, *, for_update: bool = False) -> Dataset | None:
+    statement = select(Dataset).where(Dataset.id == dataset_id)
+    if for_update:
+        statement = statement.with_for_update()
+    return session.execute(statement).scalar_one_or_none()
+
+
+def get_version(session: Session, dataset_id: str, version: int) -> DatasetVersion | None:
+    return session.execute(
+        select(DatasetVersion).where(
+            DatasetVersion.dataset_id == dataset_id, DatasetVersion.version == version
+        )
+    ).scalar_one_or_none()
+
+
+def version_files(session: Session, version_pk: str) -> list[VersionFile]:
+    return list(
+        session.execute(
+            select(VersionFile).where(VersionFile.version_pk == version_pk).order_by(VersionFile.id)
+        ).scalars()
+    )
+
+
+def all_referenced_paths(session: Session) -> set[str]:
+    return set(session.execute(select(VersionFile.path)).scalars())
+
+
+def list_datasets(session: Session) -> list[Dataset]:
+    return list(session.execute(select(Dataset).order_by(Dataset.id)).scalars())

@@ -1,0 +1,81 @@
+"""A real server process on a free port, for tests that need real HTTP or a real crash."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from services.kit.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def together_bin() -> str:
+    return str(Path(sys.executable).parent / "together")
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "TOGETHER_ENV": settings.env.value,
+            "TOGETHER_DATA_DIR": str(settings.data_dir),
+            "TOGETHER_DATABASE_URL": settings.resolved_database_url,
+            "TOGETHER_IDEMPOTENCY_LEASE_SECONDS": str(settings.idempotency_lease_seconds),
+        }
+    )
+    if settings.key_file is not None:
+        env["TOGETHER_KEY_FILE"] = str(settings.key_file)
+    env.update(extra)
+    return env
+
+
+class LiveServer:
+    def __init__(self, settings: Settings, log_path: Path, **extra_env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [together_bin(), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=settings_env(settings, **extra_env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}; see {log_path}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("server did not start in 30 s")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                return
+        self._log.close()
