@@ -104,7 +104,8 @@ def clients_create(
     from services.kit.errors import TogetherError
 
     platform = build_platform(_settings())
-    grants = [RoleGrant(r, a) for r in role for a in (area or [None])]
+    areas: list[str | None] = list(area) if area else [None]
+    grants = [RoleGrant(r, a) for r in role for a in areas]
     try:
         with platform.sessions() as session:
             created = identity_service.create_client(
@@ -138,9 +139,7 @@ def clients_create(
                 "client_id": created.client_id,
                 "client_secret": created.client_secret,
                 "organisation": org,
-                "roles": [
-                    {"role": g.role, "area": g.area} for g in created.principal.grants
-                ],
+                "roles": [{"role": g.role, "area": g.area} for g in created.principal.grants],
             },
             indent=2,
         )

@@ -112,7 +112,10 @@ def load_demo(settings: Settings, *, force: bool, echo: Callable[[str], object])
                 raise RuntimeError(
                     f"demo {dataset_id} was rejected: {json.dumps(outcome.body)[:2000]}"
                 )
-            echo(f"loaded {dataset_id}: {outcome.body['rows']} rows, version {outcome.body['version']}")
+            echo(
+                f"loaded {dataset_id}: {outcome.body['rows']} rows, "
+                f"version {outcome.body['version']}"
+            )
         fd = os.open(credentials_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(clients, handle, indent=2)

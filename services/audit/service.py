@@ -146,9 +146,9 @@ def verify_chain(session: Session) -> ChainCheck:
     prev = GENESIS_HASH
     count = 0
     for seq, prev_hash, digest, canonical in session.execute(
-        select(AuditEvent.seq, AuditEvent.prev_hash, AuditEvent.hash, AuditEvent.canonical).order_by(
-            AuditEvent.seq
-        )
+        select(
+            AuditEvent.seq, AuditEvent.prev_hash, AuditEvent.hash, AuditEvent.canonical
+        ).order_by(AuditEvent.seq)
     ):
         count += 1
         if prev_hash != prev:
@@ -160,7 +160,7 @@ def verify_chain(session: Session) -> ChainCheck:
 
 
 def record_committed(factory: Any, ctx: RequestContext, rec: AuditRecord) -> None:
-    """Record an event in a transaction of its own (denials: the request's own work is discarded)."""
+    """Record an event in a transaction of its own (a denial: the request's work is discarded)."""
     session: Session = factory()
     try:
         record(session, ctx, rec)

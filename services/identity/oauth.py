@@ -81,7 +81,10 @@ def client_credentials(
         )
     if len(body) > MAX_FORM_BYTES:
         return _error(
-            InvalidRequestError("request too large"), basic=basic, client_id=None, reason="too_large"
+            InvalidRequestError("request too large"),
+            basic=basic,
+            client_id=None,
+            reason="too_large",
         )
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
@@ -109,7 +112,9 @@ def client_credentials(
     if basic:
         assert authorization is not None
         credentials = _parse_basic(authorization)
-        if credentials is not None and ("client_id" in form and form["client_id"] != credentials[0]):
+        if credentials is not None and (
+            "client_id" in form and form["client_id"] != credentials[0]
+        ):
             credentials = None
         if "client_secret" in form:
             return _error(
@@ -150,7 +155,9 @@ def client_credentials(
     if form.get("scope"):
         # Scopes are not used: what a client may do comes from its roles, checked per request.
         pass
-    token, lifetime = tokens.issue(client_id=principal.client_id, organisation=principal.organisation)
+    token, lifetime = tokens.issue(
+        client_id=principal.client_id, organisation=principal.organisation
+    )
     return TokenResponse(
         200,
         {"access_token": token, "token_type": "Bearer", "expires_in": lifetime},

@@ -6,7 +6,7 @@ from sqlalchemy.orm import Session
 from services.identity.models import Client
 
 
-def clients_statement() -> Select[tuple[Client]]:
+def clients_statement() -> Select[Client]:
     return select(Client).order_by(Client.created_at, Client.client_id)
 
 

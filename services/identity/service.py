@@ -26,10 +26,15 @@ class CreatedClient:
 
 def to_principal(client: Client) -> Principal:
     grants = tuple(
-        sorted((RoleGrant(r.role, r.area) for r in client.roles), key=lambda g: (g.role, g.area or ""))
+        sorted(
+            (RoleGrant(r.role, r.area) for r in client.roles), key=lambda g: (g.role, g.area or "")
+        )
     )
     return Principal(
-        client_id=client.client_id, name=client.name, organisation=client.organisation, grants=grants
+        client_id=client.client_id,
+        name=client.name,
+        organisation=client.organisation,
+        grants=grants,
     )
 
 

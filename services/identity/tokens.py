@@ -21,7 +21,7 @@ from services.kit.clock import utcnow
 from services.kit.ids import new_id
 
 ALGORITHM = "Ed25519"
-TOKEN_TYPE = "at+jwt"
+TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret)
 _FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256", "crit"})
 
 

@@ -10,9 +10,10 @@ previous version current.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,18 @@ def authorize_upload(
     return contract
 
 
+def _fingerprint(req: UploadRequest) -> str:
+    """What makes two requests "the same" for an Idempotency-Key: body, dataset and mode."""
+    material = f"{req.body_sha256}\n{req.dataset_id}\n{req.mode}".encode()
+    return hashlib.sha256(material).hexdigest()
+
+
 def _claim_key(
-    deps: IngestionDeps, principal: Principal, ctx: RequestContext, req: UploadRequest, upload_id: str
+    deps: IngestionDeps,
+    principal: Principal,
+    ctx: RequestContext,
+    req: UploadRequest,
+    upload_id: str,
 ) -> UploadOutcome | None:
     """Claim the Idempotency-Key, or answer from it. Returns an outcome when the work is done."""
     assert req.idempotency_key is not None
@@ -141,7 +152,7 @@ def _claim_key(
                     IdempotencyRecord(
                         client_id=principal.client_id,
                         key=req.idempotency_key,
-                        request_sha256=req.body_sha256 + ":" + req.dataset_id + ":" + req.mode,
+                        request_sha256=_fingerprint(req),
                         state="in_flight",
                         lease_until=lease,
                         upload_id=upload_id,
@@ -150,7 +161,7 @@ def _claim_key(
                 )
                 session.commit()
                 return None
-            if record.request_sha256 != req.body_sha256 + ":" + req.dataset_id + ":" + req.mode:
+            if record.request_sha256 != _fingerprint(req):
                 session.rollback()
                 raise IdempotencyMismatch()
             if record.state == "done":
@@ -234,16 +245,16 @@ def _find_duplicates(
         in_existing = set(zip(*(clash.column(k).to_pylist() for k in key_columns), strict=True))
     rows = hits.column("_row").to_pylist()
     values = list(zip(*(hits.column(k).to_pylist() for k in key_columns), strict=True))
+    first_seen: dict[tuple[Any, ...], int] = {}
     for row, value in zip(rows, values, strict=True):
-        where = "in the current version" if value in in_existing else "earlier in this upload"
-        report.add(
-            Violation(
-                row=row,
-                field=keys_label,
-                rule="duplicate_key",
-                message=f"the key ({keys_label}) already occurs {where}",
-            )
-        )
+        if value in in_existing:
+            message = f"the key ({keys_label}) already occurs in the current version"
+        elif value not in first_seen:
+            first_seen[value] = row
+            continue
+        else:
+            message = f"the key ({keys_label}) duplicates row {first_seen[value]}"
+        report.add(Violation(row=row, field=keys_label, rule="duplicate_key", message=message))
 
 
 def ingest(
@@ -261,7 +272,9 @@ def ingest(
     writer: ParquetVersionWriter | None = None
     rows = 0
     try:
-        reader = open_input(req.body_path, req.media_type, deps.limits)
+        date_fields = frozenset(f.name for f in contract.fields if f.type.value == "date")
+        limits = replace(deps.limits, date_fields=date_fields)
+        reader = open_input(req.body_path, req.media_type, limits)
         usable = validator.check_header(list(reader.column_names), report)
         key_columns = validator.key_columns()
         key_parts: list[pa.Table] = []
@@ -428,7 +441,8 @@ def _finish_rejected(
     now = utcnow()
     report_doc = report.to_dict()
     error = ContractViolation(
-        f"{report.total} violation(s) of contract {contract.id} {contract.version}; nothing was stored"
+        f"{report.total} violation(s) of contract {contract.id} {contract.version}; "
+        "nothing was stored"
     )
     body = {
         "status": error.status,

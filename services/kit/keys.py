@@ -8,6 +8,7 @@ in the data folder on first use so that `make run` needs no set-up.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -67,10 +68,9 @@ def load_keys(settings: Settings) -> KeyMaterial:
     if key_file is None and settings.is_development:
         key_file = settings.data_dir / "keys" / "keys.json"
         if not key_file.exists():
-            try:
+            # Another process may create it first: then read theirs.
+            with contextlib.suppress(FileExistsError):
                 write_key_file(key_file)
-            except FileExistsError:
-                pass  # another process created it first; read theirs
     if key_file is not None:
         try:
             document = json.loads(key_file.read_text())

@@ -38,6 +38,7 @@ class InputFormatError(Exception):
 class InputLimits:
     max_rows: int
     max_decompressed_bytes: int
+    date_fields: frozenset[str] = frozenset()
 
 
 class InputReader:
@@ -47,9 +48,9 @@ class InputReader:
         raise NotImplementedError
 
 
-def _as_strings(batch: pa.RecordBatch) -> pa.RecordBatch:
+def _as_strings(batch: pa.RecordBatch, date_fields: frozenset[str]) -> pa.RecordBatch:
     columns = []
-    for column in batch.columns:
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
         if pa.types.is_string(column.type):
             columns.append(column)
         elif pa.types.is_large_string(column.type) or pa.types.is_dictionary(column.type):
@@ -59,7 +60,18 @@ def _as_strings(batch: pa.RecordBatch) -> pa.RecordBatch:
         elif pa.types.is_timestamp(column.type):
             if column.type.tz is not None:
                 column = pc.local_timestamp(column.cast(pa.timestamp("us", "Europe/London")))
-            columns.append(pc.strftime(column, format="%Y-%m-%d %H:%M:%S"))
+            # JSON readers infer ISO dates as timestamps; a contract date comes back as a date
+            # only when no value carries a time of day, so a real time still fails validation.
+            midnight = pc.all(
+                pc.equal(
+                    pc.divide(pc.cast(column.cast(pa.timestamp("us")), pa.int64()), 86_400_000_000)
+                    * 86_400_000_000,
+                    pc.cast(column.cast(pa.timestamp("us")), pa.int64()),
+                )
+            ).as_py()
+            as_date = name in date_fields and midnight is not False
+            text = "%Y-%m-%d" if as_date else "%Y-%m-%d %H:%M:%S"
+            columns.append(pc.strftime(column.cast(pa.timestamp("us")), format=text))
         elif (
             pa.types.is_integer(column.type)
             or pa.types.is_floating(column.type)
@@ -130,6 +142,7 @@ class CsvReader(InputReader):
 
 class ParquetReader(InputReader):
     def __init__(self, path: Path, limits: InputLimits) -> None:
+        self.limits = limits
         with open(path, "rb") as handle:
             if handle.read(4) != _PARQUET_MAGIC:
                 raise InputFormatError("the body is not a Parquet file")
@@ -150,7 +163,7 @@ class ParquetReader(InputReader):
     def batches(self) -> Iterator[pa.RecordBatch]:
         try:
             for batch in self._file.iter_batches(batch_size=128 * 1024):
-                yield _as_strings(batch)
+                yield _as_strings(batch, self.limits.date_fields)
         except (pa.ArrowException, OSError) as exc:
             raise InputFormatError("the Parquet file is corrupt or unreadable") from exc
 
@@ -178,7 +191,7 @@ class NdjsonReader(InputReader):
                     raise InputFormatError(f"the file has more than {self.limits.max_rows} rows")
                 if list(batch.schema.names) != self.column_names:
                     raise InputFormatError("objects in the file do not share one set of fields")
-                yield _as_strings(batch)
+                yield _as_strings(batch, self.limits.date_fields)
         except pa.ArrowInvalid as exc:
             raise InputFormatError(
                 "the body is not newline-delimited JSON with consistent value types"

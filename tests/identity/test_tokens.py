@@ -108,8 +108,16 @@ def test_secret_is_stored_hashed(
 @pytest.mark.parametrize(
     ("data", "status", "error"),
     [
-        ({"grant_type": "password", "client_id": "a", "client_secret": "b"}, 400, "unsupported_grant_type"),
-        ({"grant_type": "client_credentials", "client_id": "nobody", "client_secret": "b"}, 401, "invalid_client"),
+        (
+            {"grant_type": "password", "client_id": "a", "client_secret": "b"},
+            400,
+            "unsupported_grant_type",
+        ),
+        (
+            {"grant_type": "client_credentials", "client_id": "nobody", "client_secret": "b"},
+            401,
+            "invalid_client",
+        ),
         ({"grant_type": "client_credentials"}, 401, "invalid_client"),
     ],
 )
@@ -128,13 +136,19 @@ def test_wrong_secret_and_disabled_client_refused_and_audited(
     credentials = make_client()
     wrong = api.post(
         "/oauth/token",
-        data={"grant_type": "client_credentials", "client_id": credentials.client_id, "client_secret": "nope"},
+        data={
+            "grant_type": "client_credentials",
+            "client_id": credentials.client_id,
+            "client_secret": "nope",
+        },
     )
     assert wrong.status_code == 401
     with platform.sessions() as session:
-        refused = session.execute(
-            select(AuditEvent).where(AuditEvent.action == "token.refused")
-        ).scalars().all()
+        refused = (
+            session.execute(select(AuditEvent).where(AuditEvent.action == "token.refused"))
+            .scalars()
+            .all()
+        )
     assert len(refused) == 1
     assert refused[0].actor is None
     assert refused[0].details["claimed_client_id"] == credentials.client_id
@@ -156,7 +170,10 @@ def test_every_v1_route_needs_a_token(api: TestClient, platform: Platform) -> No
 
 
 def test_disabled_client_token_stops_working(
-    api: TestClient, make_client: Callable[..., ClientCredentials], token_for: Callable[[ClientCredentials], str], platform: Platform
+    api: TestClient,
+    make_client: Callable[..., ClientCredentials],
+    token_for: Callable[[ClientCredentials], str],
+    platform: Platform,
 ) -> None:
     credentials = make_client()
     token = token_for(credentials)
@@ -174,7 +191,13 @@ def test_alg_none_rejected(
     api: TestClient, platform: Platform, make_client: Callable[..., ClientCredentials], alg: str
 ) -> None:
     credentials = make_client()
-    token = unsigned({"alg": alg, "typ": "at+jwt", "kid": platform.tokens.kid}, good_claims(platform, credentials)) + "."
+    token = (
+        unsigned(
+            {"alg": alg, "typ": "at+jwt", "kid": platform.tokens.kid},
+            good_claims(platform, credentials),
+        )
+        + "."
+    )
     response = api.get("/v1/contracts", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
     event = auth_events(platform)[-1]
@@ -188,7 +211,8 @@ def test_hs256_with_public_key_rejected(
     credentials = make_client()
     public_pem = platform.tokens._key.as_pem(private=False)
     signing_input = unsigned(
-        {"alg": "HS256", "typ": "at+jwt", "kid": platform.tokens.kid}, good_claims(platform, credentials)
+        {"alg": "HS256", "typ": "at+jwt", "kid": platform.tokens.kid},
+        good_claims(platform, credentials),
     )
     signature = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
     token = signing_input + "." + b64(signature)
@@ -203,15 +227,25 @@ def test_other_key_and_header_keys_rejected(
     credentials = make_client()
     attacker = OKPKey.import_key(
         Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
     )
     claims = good_claims(platform, credentials)
     same_kid = jwt.encode(
-        {"alg": "Ed25519", "typ": "at+jwt", "kid": platform.tokens.kid}, claims, attacker, algorithms=["Ed25519"]
+        {"alg": "Ed25519", "typ": "at+jwt", "kid": platform.tokens.kid},
+        claims,
+        attacker,
+        algorithms=["Ed25519"],
     )
     embedded = jwt.encode(
-        {"alg": "Ed25519", "typ": "at+jwt", "kid": platform.tokens.kid, "jwk": attacker.as_dict(private=False)},
+        {
+            "alg": "Ed25519",
+            "typ": "at+jwt",
+            "kid": platform.tokens.kid,
+            "jwk": attacker.as_dict(private=False),
+        },
         claims,
         attacker,
         algorithms=["Ed25519"],
@@ -220,7 +254,10 @@ def test_other_key_and_header_keys_rejected(
     jku = sign_with_platform_key(platform, claims, jku="http://attacker.invalid/jwks")
     reasons = []
     for token in (same_kid, embedded, traversal, jku):
-        assert api.get("/v1/contracts", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+        assert (
+            api.get("/v1/contracts", headers={"Authorization": f"Bearer {token}"}).status_code
+            == 401
+        )
         reasons.append(auth_events(platform)[-1].reason)
     assert reasons == ["bad_signature", "header_not_allowed", "unknown_key", "header_not_allowed"]
 
@@ -259,7 +296,9 @@ def test_tampered_token_rejected(api: TestClient, police_token: str, platform: P
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
     claims["org"] = "vru"
     forged = header + "." + b64(json.dumps(claims).encode()) + "." + signature
-    assert api.get("/v1/contracts", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+    assert (
+        api.get("/v1/contracts", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+    )
     assert auth_events(platform)[-1].reason == "bad_signature"
 
 

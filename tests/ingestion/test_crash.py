@@ -42,7 +42,10 @@ def test_kill_during_upload_then_retry(
     url = server.url + "/v1/datasets/police.occurrences/uploads?mode=replace"
     try:
         first = to_csv(police_rows(500, seed=3))
-        headers = {"Authorization": f"Bearer {token(server, credentials)}", "Content-Type": "text/csv"}
+        headers = {
+            "Authorization": f"Bearer {token(server, credentials)}",
+            "Content-Type": "text/csv",
+        }
         response = httpx.post(url, content=first, headers=headers, timeout=60)
         assert response.status_code == 201, response.text
 
