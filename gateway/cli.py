@@ -84,7 +84,8 @@ def clients_create(
     org: Annotated[str, typer.Option("--org", help="Organisation id")],
     role: Annotated[list[str], typer.Option("--role", help="Role (repeatable)")],
     area: Annotated[
-        list[str] | None, typer.Option("--area", help="Limit the roles to a CSP area (repeatable)")
+        list[str] | None,
+        typer.Option("--area", help="Limit the roles to a CSP area (repeatable; all = every area)"),
     ] = None,
     output: Annotated[
         str, typer.Option("--format", help="json, or env (shell export lines)")
@@ -98,18 +99,23 @@ def clients_create(
     from services.audit import service as audit_service
     from services.audit.catalogue import AuditAction, Outcome
     from services.audit.service import AuditRecord
-    from services.authz.vocabulary import ROLES
+    from services.authz.vocabulary import AREA_SCOPED_ROLES, ROLES
     from services.identity import service as identity_service
     from services.identity.schemas import RoleGrant
     from services.kit.errors import TogetherError
 
     platform = build_platform(_settings())
-    areas: list[str | None] = list(area) if area else [None]
+    areas = identity_service.expand_areas(area or [])
     grants = [RoleGrant(r, a) for r in role for a in areas]
     try:
         with platform.sessions() as session:
             created = identity_service.create_client(
-                session, name=name, organisation=org, grants=grants, known_roles=ROLES
+                session,
+                name=name,
+                organisation=org,
+                grants=grants,
+                known_roles=ROLES,
+                area_scoped_roles=AREA_SCOPED_ROLES,
             )
             audit_service.record(
                 session,

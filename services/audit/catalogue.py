@@ -12,6 +12,7 @@ class AuditAction(StrEnum):
     AUTHENTICATION_FAILED = "authentication.failed"  # a bearer token was missing or invalid
     CLIENT_CREATED = "client.created"
     CLIENT_DISABLED = "client.disabled"
+    CLIENT_ROLES_CHANGED = "client.roles_changed"
     # access control
     ACCESS_DENIED = "access.denied"
     # ingestion
@@ -19,8 +20,10 @@ class AuditAction(StrEnum):
     DATASET_REJECTED = "dataset.rejected"
     UPLOAD_REPLAYED = "upload.replayed"
     UPLOAD_VIEWED = "upload.viewed"
-    # contracts
-    CONTRACT_VIEWED = "contract.viewed"
+    # products
+    PRODUCT_READ = "product.read"
+    PRODUCT_REFUSED = "product.refused"  # a permitted reader's malformed request: nothing computed
+    ACCESS_EXPLAINED = "access.explained"
 
 
 class Outcome(StrEnum):

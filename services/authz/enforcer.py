@@ -27,6 +27,8 @@ class Decision:
     allowed: bool
     rule: str
     policy_version: str
+    # The roles whose policy lines allowed the request (empty when denied).
+    roles: tuple[str, ...] = ()
 
 
 class PolicyEngine:
@@ -35,9 +37,21 @@ class PolicyEngine:
         policy_path = policies_dir / "policy.csv"
         digest = hashlib.sha256(model_path.read_bytes() + b"\0" + policy_path.read_bytes())
         self.version = "sha256:" + digest.hexdigest()[:16]
-        # pycasbin logs every decision at INFO; decisions are audited by us instead.
-        logging.getLogger("casbin").setLevel(logging.WARNING)
+        # pycasbin logs every decision (denials as warnings); decisions are audited instead.
+        logging.getLogger("casbin").setLevel(logging.ERROR)
         self._enforcer = casbin.Enforcer(str(model_path), str(policy_path))
+        # Casbin's deny-override effect names the deny line that matched but not the allow
+        # line: a twin enforcer with an allow-override effect finds that line for the record.
+        # The decision itself is always the first enforcer's.
+        model_text = model_path.read_text()
+        effect = "e = some(where (p.eft == allow)) && !some(where (p.eft == deny))"
+        if effect not in model_text:
+            raise ValueError("the policy model must use the deny-override effect")
+        twin = casbin.model.Model()
+        twin.load_model_from_text(model_text.replace(effect, "e = some(where (p.eft == allow))"))
+        self._explainer = casbin.Enforcer(
+            twin, casbin.persist.adapters.FileAdapter(str(policy_path))
+        )
         self._check_vocabulary()
 
     def _check_vocabulary(self) -> None:
@@ -53,6 +67,7 @@ class PolicyEngine:
 
     def decide(self, principal: Principal, action: Action, resource: Resource) -> Decision:
         allow_rule: str | None = None
+        allowing: list[str] = []
         for role in principal.roles:
             allowed, explain = self._enforcer.enforce_ex(
                 role,
@@ -64,10 +79,20 @@ class PolicyEngine:
             )
             if explain and explain[-1] == "deny":
                 return Decision(False, "deny: " + ", ".join(explain), self.version)
-            if allowed and allow_rule is None:
-                allow_rule = ", ".join(explain)
+            if allowed:
+                allowing.append(role)
+                if allow_rule is None:
+                    _, matched = self._explainer.enforce_ex(
+                        role,
+                        principal.organisation,
+                        resource.type.value,
+                        resource.id,
+                        resource.owner or "",
+                        action.value,
+                    )
+                    allow_rule = ", ".join(matched)
         if allow_rule is not None:
-            return Decision(True, allow_rule, self.version)
+            return Decision(True, allow_rule, self.version, tuple(allowing))
         return Decision(False, DEFAULT_DENY_RULE, self.version)
 
     def policy_lines(self) -> list[list[str]]:

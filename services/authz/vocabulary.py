@@ -20,6 +20,7 @@ class Action(StrEnum):
     UPLOAD_READ = "upload:read"
     CLIENT_MANAGE = "client:manage"
     PRODUCT_READ = "product:read"
+    PRODUCT_READ_UNSUPPRESSED = "product:read_unsuppressed"
     AUDIT_REVIEW = "audit:review"
 
 
@@ -34,3 +35,12 @@ class ResourceType(StrEnum):
 
 
 ROLES: tuple[str, ...] = tuple(role.value for role in Role)
+
+# Roles whose grants are limited to CSP areas: a grant of one of these must name its areas.
+AREA_SCOPED_ROLES: frozenset[str] = frozenset({Role.L2_READER.value, Role.L3_PRACTITIONER.value})
+
+LEVEL_RESOURCE: dict[int, ResourceType] = {
+    1: ResourceType.LEVEL1,
+    2: ResourceType.LEVEL2,
+    3: ResourceType.LEVEL3,
+}

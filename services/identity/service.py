@@ -45,21 +45,14 @@ def create_client(
     organisation: str,
     grants: Iterable[RoleGrant],
     known_roles: Iterable[str],
+    area_scoped_roles: Iterable[str] = (),
 ) -> CreatedClient:
     if organisation not in ORGANISATIONS:
         raise BadRequest(f"unknown organisation {organisation!r}")
     name = name.strip()
     if not name or len(name) > 200:
         raise BadRequest("name must be 1 to 200 characters")
-    roles_allowed = set(known_roles)
-    grant_list = list(dict.fromkeys(grants))
-    if not grant_list:
-        raise BadRequest("at least one role is required")
-    for grant in grant_list:
-        if grant.role not in roles_allowed:
-            raise BadRequest(f"unknown role {grant.role!r}")
-        if grant.area is not None and grant.area not in CSP_AREAS:
-            raise BadRequest(f"unknown CSP area {grant.area!r}")
+    grant_list = check_grants(grants, known_roles, area_scoped_roles)
     secret = new_secret()
     client = Client(
         id=new_id(),
@@ -74,6 +67,52 @@ def create_client(
     session.add(client)
     session.flush()
     return CreatedClient(client.client_id, secret, to_principal(client))
+
+
+def expand_areas(areas: Iterable[str]) -> list[str | None]:
+    """`all` stands for every CSP area; no areas at all means a grant without an area limit."""
+    expanded: list[str | None] = []
+    for area in areas:
+        expanded.extend(CSP_AREAS if area == "all" else [area])
+    return list(dict.fromkeys(expanded)) or [None]
+
+
+def check_grants(
+    grants: Iterable[RoleGrant], known_roles: Iterable[str], area_scoped_roles: Iterable[str]
+) -> list[RoleGrant]:
+    roles_allowed = set(known_roles)
+    scoped = set(area_scoped_roles)
+    grant_list = list(dict.fromkeys(grants))
+    if not grant_list:
+        raise BadRequest("at least one role is required")
+    for grant in grant_list:
+        if grant.role not in roles_allowed:
+            raise BadRequest(f"unknown role {grant.role!r}")
+        if grant.area is not None and grant.area not in CSP_AREAS:
+            raise BadRequest(f"unknown CSP area {grant.area!r}")
+        if grant.role in scoped and grant.area is None:
+            raise BadRequest(f"role {grant.role!r} must be limited to CSP areas (--area, or all)")
+    return grant_list
+
+
+def set_grants(
+    session: Session,
+    client_id: str,
+    grants: Iterable[RoleGrant],
+    known_roles: Iterable[str],
+    area_scoped_roles: Iterable[str],
+) -> tuple[Principal, Principal]:
+    """Replace a client's role assignments; returns (before, after)."""
+    client = repository.get_by_client_id(session, client_id)
+    if client is None:
+        raise NotFound(f"no client {client_id!r}")
+    grant_list = check_grants(grants, known_roles, area_scoped_roles)
+    before = to_principal(client)
+    client.roles.clear()
+    session.flush()
+    client.roles.extend(ClientRole(role=g.role, area=g.area) for g in grant_list)
+    session.flush()
+    return before, to_principal(client)
 
 
 def authenticate(session: Session, client_id: str, secret: str) -> Principal | None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -197,6 +199,19 @@ def _claim_key(
     raise IdempotencyConflict()
 
 
+def _prefetched(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Read the next batch on another thread while this one is validated (pyarrow releases the
+    GIL while parsing, so the two overlap on separate cores)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-read") as pool:
+        pending = pool.submit(next, batches, None)
+        while True:
+            batch = pending.result()
+            if batch is None:
+                return
+            pending = pool.submit(next, batches, None)
+            yield batch
+
+
 def _heartbeat(deps: IngestionDeps, principal: Principal, key: str) -> None:
     session = deps.sessions()
     try:
@@ -208,53 +223,42 @@ def _heartbeat(deps: IngestionDeps, principal: Principal, key: str) -> None:
         session.close()
 
 
-def _find_duplicates(
+def _clashes_with_current(
     contract: Contract,
     key_columns: list[str],
     upload_keys: pa.Table,
-    existing_keys: pa.Table | None,
+    existing_keys: pa.Table,
     report: ValidationReport,
 ) -> None:
-    """Key uniqueness within the upload and, on append, against the current version."""
+    """On append, no row may repeat a key of the current version.
 
-    def normalised(table: pa.Table, rows: pa.Array) -> pa.Table:
+    Uniqueness within the upload is the validator's (it sees every batch); this adds the
+    comparison with what is already stored.
+    """
+
+    def normalised(table: pa.Table, with_rows: bool) -> pa.Table:
         arrays = {}
         for name in key_columns:
             # Null is a value for key purposes: two rows with the same occurrence and no
             # suspect are the same key. A NUL sentinel cannot collide with real text.
             arrays[name] = pc.fill_null(table.column(name).cast(pa.string()), "\x00")
-        arrays["_row"] = rows
+        if with_rows:
+            arrays["_row"] = pa.array(range(1, table.num_rows + 1), pa.int64())
         return pa.table(arrays)
 
-    upload = normalised(upload_keys, pa.array(range(1, upload_keys.num_rows + 1), pa.int64()))
-    combined = upload
-    if existing_keys is not None and existing_keys.num_rows:
-        combined = pa.concat_tables(
-            [upload, normalised(existing_keys, pa.nulls(existing_keys.num_rows, pa.int64()))]
-        )
-    counts = combined.group_by(key_columns, use_threads=False).aggregate([([], "count_all")])
-    duplicated = counts.filter(pc.greater(counts.column("count_all"), 1))
-    if duplicated.num_rows == 0:
-        return
-    hits = upload.join(duplicated, keys=key_columns, join_type="inner").sort_by("_row")
+    upload = normalised(upload_keys, True)
+    existing = normalised(existing_keys, False)
+    hits = upload.join(existing, keys=key_columns, join_type="left semi").sort_by("_row")
     keys_label = ", ".join(contract.key)
-    in_existing: set[tuple[Any, ...]] = set()
-    if existing_keys is not None and existing_keys.num_rows:
-        existing = normalised(existing_keys, pa.nulls(existing_keys.num_rows, pa.int64()))
-        clash = existing.join(duplicated, keys=key_columns, join_type="inner")
-        in_existing = set(zip(*(clash.column(k).to_pylist() for k in key_columns), strict=True))
-    rows = hits.column("_row").to_pylist()
-    values = list(zip(*(hits.column(k).to_pylist() for k in key_columns), strict=True))
-    first_seen: dict[tuple[Any, ...], int] = {}
-    for row, value in zip(rows, values, strict=True):
-        if value in in_existing:
-            message = f"the key ({keys_label}) already occurs in the current version"
-        elif value not in first_seen:
-            first_seen[value] = row
-            continue
-        else:
-            message = f"the key ({keys_label}) duplicates row {first_seen[value]}"
-        report.add(Violation(row=row, field=keys_label, rule="duplicate_key", message=message))
+    for row in hits.column("_row").to_pylist():
+        report.add(
+            Violation(
+                row=row,
+                field=keys_label,
+                rule="duplicate_key",
+                message=f"the key ({keys_label}) already occurs in the current version",
+            )
+        )
 
 
 def ingest(
@@ -280,34 +284,33 @@ def ingest(
         key_parts: list[pa.Table] = []
         if usable:
             writer = deps.storage.new_writer(contract.id, validator.stored_schema())
+            keep_keys = req.mode == "append"
             last_beat = time.monotonic()
-            for batch in reader.batches():
+            for batch in _prefetched(reader.batches()):
                 stored = validator.process(batch, rows + 1, report)
                 rows += batch.num_rows
                 if report.ok and stored is not None:
                     writer.write(stored)
-                    key_parts.append(pa.Table.from_batches([stored]).select(key_columns))
+                    if keep_keys:
+                        key_parts.append(pa.Table.from_batches([stored]).select(key_columns))
                 elif key_parts:
                     key_parts = []  # the upload is rejected; stop holding keys
                 if req.idempotency_key and time.monotonic() - last_beat > _HEARTBEAT_SECONDS:
                     _heartbeat(deps, principal, req.idempotency_key)
                     last_beat = time.monotonic()
+            writer.flush()
         if report.ok and rows == 0:
             report.add(Violation(None, None, "empty", "the file has a header but no data rows"))
-        if report.ok:
-            existing = None
-            if req.mode == "append":
-                with deps.sessions() as session:
-                    current = storage_service.current_version(session, deps.storage, contract.id)
-                if current is not None:
-                    existing = deps.storage.read_columns(current.files, key_columns)
-            upload_keys = (
-                pa.concat_tables(key_parts)
-                if key_parts
-                else pa.table({k: pa.array([], pa.string()) for k in key_columns})
-            )
-            _find_duplicates(contract, key_columns, upload_keys, existing, report)
-            del key_parts, upload_keys, existing
+        if report.ok and req.mode == "append" and key_parts:
+            with deps.sessions() as session:
+                current = storage_service.current_version(session, deps.storage, contract.id)
+            if current is not None:
+                existing = deps.storage.read_columns(current.files, key_columns)
+                _clashes_with_current(
+                    contract, key_columns, pa.concat_tables(key_parts), existing, report
+                )
+                del existing
+        del key_parts
     except InputFormatError as exc:
         report.add(Violation(exc.row, None, "format", exc.message))
     except BaseException:

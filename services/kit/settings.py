@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     database_url: str | None = None
     contracts_dir: Path = Field(default_factory=lambda: _repository_root() / "contracts")
     policies_dir: Path = Field(default_factory=lambda: _repository_root() / "policies")
+    partnership_file: Path = Field(
+        default_factory=lambda: _repository_root() / "config" / "partnership.yaml"
+    )
+    products_dir: Path = Field(
+        default_factory=lambda: _repository_root() / "services" / "products" / "definitions"
+    )
 
     # Keys. Either a key file (JSON written by ``together keys generate``) or the individual
     # values. In development a key file is generated in the data folder on first use.

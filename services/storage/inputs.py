@@ -23,7 +23,7 @@ MEDIA_CSV = "text/csv"
 MEDIA_PARQUET = "application/vnd.apache.parquet"
 MEDIA_NDJSON = "application/x-ndjson"
 SUPPORTED_MEDIA = (MEDIA_CSV, MEDIA_PARQUET, MEDIA_NDJSON)
-_BLOCK = 16 << 20
+_BLOCK = 32 << 20
 _PARQUET_MAGIC = b"PAR1"
 
 

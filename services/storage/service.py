@@ -8,10 +8,12 @@ that no reader can see, removed by `sweep_orphans`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,14 +97,28 @@ class ParquetVersionWriter:
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
             self._temp, schema, compression=PARQUET_COMPRESSION
         )
+        # Encoding and compressing a batch releases the GIL: one thread writes batch n while
+        # the caller validates batch n+1. One pending write at a time bounds the memory.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-write")
+        self._pending: Future[None] | None = None
         self.rows = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
         assert self._writer is not None
-        self._writer.write_batch(batch)
+        self.flush()
+        self._pending = self._pool.submit(self._writer.write_batch, batch)
         self.rows += batch.num_rows
 
+    def flush(self) -> None:
+        """Wait for the write in flight (re-raising its error)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
     def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.flush()
+        self._pool.shutdown(wait=True)
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -110,6 +126,8 @@ class ParquetVersionWriter:
 
     def finish(self) -> StoredFile:
         assert self._writer is not None
+        self.flush()
+        self._pool.shutdown(wait=True)
         self._writer.close()
         self._writer = None
         digest = hashlib.sha256()
