@@ -13,11 +13,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import errors
 from gateway.platform import Platform, build_platform
-from gateway.routes import contracts, health, oauth, uploads
+from gateway.routes import admin, contracts, health, oauth, products, uploads
 from services.kit.settings import Settings, get_settings
 
 # Routes reachable without a bearer token. Pinned by a test: anything else must authenticate.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/oauth/token"})
+
+ROUTERS = (
+    health.router,
+    oauth.router,
+    contracts.router,
+    uploads.router,
+    products.router,
+    admin.router,
+)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
@@ -82,9 +91,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     if platform is not None:
         app.state.platform = platform
     errors.install(app)
-    app.include_router(health.router)
-    app.include_router(oauth.router)
-    app.include_router(contracts.router)
-    app.include_router(uploads.router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.add_middleware(EdgeMiddleware)
     return app

@@ -16,6 +16,9 @@ from services.ingestion.service import IngestionDeps
 from services.kit.db import make_engine, session_factory
 from services.kit.keys import load_keys
 from services.kit.settings import Settings
+from services.products.catalogue import load_catalogue
+from services.products.config import PartnershipConfig, load_partnership
+from services.products.service import ProductDeps
 from services.storage.inputs import InputLimits
 from services.storage.service import Storage
 
@@ -30,6 +33,8 @@ class Platform:
     policy: PolicyEngine
     storage: Storage
     ingestion: IngestionDeps
+    partnership: PartnershipConfig
+    products: ProductDeps
 
     def close(self) -> None:
         self.engine.dispose()
@@ -63,4 +68,24 @@ def build_platform(settings: Settings) -> Platform:
         ),
         lease_seconds=settings.idempotency_lease_seconds,
     )
-    return Platform(settings, engine, sessions, tokens, contracts, policy, storage, ingestion)
+    partnership = load_partnership(settings.partnership_file, contracts)
+    products = ProductDeps(
+        sessions=sessions,
+        catalogue=load_catalogue(settings.products_dir, contracts, partnership),
+        policy=policy,
+        storage=storage,
+        protector=ingestion.protector,
+        k=partnership.k,
+    )
+    return Platform(
+        settings,
+        engine,
+        sessions,
+        tokens,
+        contracts,
+        policy,
+        storage,
+        ingestion,
+        partnership,
+        products,
+    )

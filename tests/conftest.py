@@ -24,7 +24,7 @@ from services.identity.schemas import RoleGrant
 from services.kit.db import normalise_url
 from services.kit.keys import write_key_file
 from services.kit.migrate import upgrade
-from services.kit.settings import Settings
+from services.kit.settings import Environment, Settings
 
 POSTGRES_URL = os.environ.get("TOGETHER_TEST_DATABASE_URL")
 
@@ -75,7 +75,7 @@ def settings(tmp_path: Path, database_url: str, key_file: Path) -> Settings:
     data_dir = tmp_path / "var"
     data_dir.mkdir()
     return Settings(
-        env="test",
+        env=Environment.test,
         data_dir=data_dir,
         database_url=database_url,
         key_file=key_file,

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from services.identity.models import Client
+from services.identity.models import Client, ClientRole
 
 
 def clients_statement() -> Select[Client]:
@@ -12,6 +14,16 @@ def clients_statement() -> Select[Client]:
 
 def get_by_client_id(session: Session, client_id: str) -> Client | None:
     return session.execute(select(Client).where(Client.client_id == client_id)).scalar_one_or_none()
+
+
+def principal_rows(session: Session, client_id: str) -> list[Any]:
+    """A client and its roles in one query (this runs on every authenticated request)."""
+    statement = (
+        select(Client.name, Client.organisation, Client.disabled, ClientRole.role, ClientRole.area)
+        .outerjoin(ClientRole, ClientRole.client_pk == Client.id)
+        .where(Client.client_id == client_id)
+    )
+    return list(session.execute(statement).all())
 
 
 def list_clients(session: Session, organisation: str | None = None) -> list[Client]:

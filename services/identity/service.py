@@ -126,10 +126,19 @@ def authenticate(session: Session, client_id: str, secret: str) -> Principal | N
 
 def active_principal(session: Session, client_id: str) -> Principal | None:
     """Looked up on every request so that disabling a client takes effect at once."""
-    client = repository.get_by_client_id(session, client_id)
-    if client is None or client.disabled:
+    rows = repository.principal_rows(session, client_id)
+    if not rows or rows[0].disabled:
         return None
-    return to_principal(client)
+    grants = sorted(
+        {RoleGrant(row.role, row.area) for row in rows if row.role is not None},
+        key=lambda g: (g.role, g.area or ""),
+    )
+    return Principal(
+        client_id=client_id,
+        name=rows[0].name,
+        organisation=rows[0].organisation,
+        grants=tuple(grants),
+    )
 
 
 def disable_client(session: Session, client_id: str) -> Principal:

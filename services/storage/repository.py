@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -27,6 +29,28 @@ def version_files(session: Session, version_pk: str) -> list[VersionFile]:
             select(VersionFile).where(VersionFile.version_pk == version_pk).order_by(VersionFile.id)
         ).scalars()
     )
+
+
+def current_version_rows(session: Session, dataset_ids: list[str]) -> list[Any]:
+    statement = (
+        select(
+            DatasetVersion.dataset_id,
+            DatasetVersion.version,
+            DatasetVersion.contract_version,
+            DatasetVersion.row_count,
+            DatasetVersion.created_at,
+            VersionFile.path,
+        )
+        .join(
+            Dataset,
+            (Dataset.id == DatasetVersion.dataset_id)
+            & (Dataset.current_version == DatasetVersion.version),
+        )
+        .join(VersionFile, VersionFile.version_pk == DatasetVersion.id)
+        .where(Dataset.id.in_(dataset_ids))
+        .order_by(DatasetVersion.dataset_id, VersionFile.id)
+    )
+    return list(session.execute(statement).all())
 
 
 def all_referenced_paths(session: Session) -> set[str]:

@@ -172,6 +172,26 @@ def current_version(session: Session, storage: Storage, dataset_id: str) -> Vers
     )
 
 
+def current_versions(
+    session: Session, storage: Storage, dataset_ids: list[str]
+) -> dict[str, VersionInfo]:
+    """The current version of several datasets in one round trip (a product's sources)."""
+    found: dict[str, VersionInfo] = {}
+    for row in repository.current_version_rows(session, dataset_ids):
+        info = found.get(row.dataset_id)
+        path = storage.absolute(row.path)
+        files = (path,) if info is None else (*info.files, path)
+        found[row.dataset_id] = VersionInfo(
+            dataset_id=row.dataset_id,
+            version=row.version,
+            contract_version=row.contract_version,
+            row_count=row.row_count,
+            files=files,
+            created_at=row.created_at.isoformat(),
+        )
+    return found
+
+
 def publish(
     session: Session,
     *,

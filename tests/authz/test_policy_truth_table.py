@@ -1,4 +1,4 @@
-"""Truth tables for the policy files: each role against each resource, with the rule that matched."""
+"""Truth tables for the policy files: each role against each resource, and the matched rule."""
 
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -555,17 +554,3 @@ def test_police_batch_builder_is_valid() -> None:
     stored, report = run(police_strings(5_000, suspects=1_000).to_pylist())
     assert report.ok, report.violations[:5]
     assert stored is not None and stored.num_rows == 5_000
-
-
-def test_performance_one_million_police_rows() -> None:
-    batch = police_strings(1_000_000)
-    assert batch.column("suspect_nominal_ref").null_count > 250_000
-    validator = BatchValidator(police(), PROTECTOR)
-    report = ValidationReport()
-    started = time.perf_counter()
-    stored = validator.process(batch, 1, report)
-    elapsed = time.perf_counter() - started
-    print(f"\nBatchValidator.process, 1,000,000 police rows (200,000 suspects): {elapsed:.2f} s")
-    assert report.ok, report.violations[:5]
-    assert stored is not None and stored.num_rows == 1_000_000
-    assert stored.column("person_key").null_count == batch.column("suspect_dob").null_count

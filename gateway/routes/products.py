@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from gateway.deps import Authenticated, Context, PlatformDep
+from gateway.responses import FastJSONResponse
+from services.products import formats
+from services.products import service as product_service
+
+router = APIRouter(tags=["products"])
+
+_MEDIA = {
+    "csv": "text/csv; charset=utf-8",
+    "parquet": "application/vnd.apache.parquet",
+    "geojson": "application/geo+json",
+}
+
+
+@router.get("/v1/products")
+async def list_products(principal: Authenticated, platform: PlatformDep) -> FastJSONResponse:
+    """The products the caller may read, with their parameters."""
+    readable = await run_in_threadpool(product_service.list_readable, platform.products, principal)
+    return FastJSONResponse({"products": readable})
+
+
+@router.get("/v1/products/{product_id}")
+async def read_product(
+    product_id: str,
+    request: Request,
+    principal: Authenticated,
+    ctx: Context,
+    platform: PlatformDep,
+) -> Response:
+    """One product; parameters are query parameters, `format=json|csv|parquet|geojson`."""
+    read = await run_in_threadpool(
+        product_service.read_product,
+        platform.products,
+        principal,
+        ctx,
+        product_id,
+        list(request.query_params.multi_items()),
+    )
+    # The read is audited and committed by now; only from here do bytes leave.
+    if read.format == "json":
+        return FastJSONResponse(formats.to_json_document(read.result))
+    filename = f"{read.result.product}.{read.format}"
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if read.format == "geojson":
+        return FastJSONResponse(
+            formats.to_geojson(read.result), media_type=_MEDIA["geojson"], headers=headers
+        )
+    if read.format == "csv":
+        body = await run_in_threadpool(formats.to_csv, read.result)
+    else:
+        body = await run_in_threadpool(formats.to_parquet, read.result)
+    return Response(body, media_type=_MEDIA[read.format], headers=headers)
+
+
+@router.get("/v1/access/explain")
+async def explain(
+    principal: Authenticated,
+    ctx: Context,
+    platform: PlatformDep,
+    product: str = Query(description="A product id"),
+) -> FastJSONResponse:
+    """Whether the caller may read a product, and which rule decided."""
+    result = await run_in_threadpool(
+        product_service.explain, platform.products, principal, ctx, product
+    )
+    return FastJSONResponse(result)

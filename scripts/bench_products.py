@@ -1,0 +1,801 @@
+"""Products benchmark: Level 1 product latency and throughput over the HTTP API.
+
+Not a test: it prints figures and PASS/FAIL against the targets, and exits non-zero only when
+something breaks (the server does not start, an upload or a product read is refused, the API
+and the bare query disagree), never for a missed target.
+
+    python scripts/bench_products.py [--rows N] [--seconds S] [--keep]
+
+Two figures, each against a baseline measured in the same run on the same machine:
+
+1. Latency of `sv-counts` by weekday and hour over one year, with N police rows stored (p50 and
+   p95 of sequential requests as an `l1_analyst`), against the same aggregation as a bare DuckDB
+   query over the same Parquet file(s). Target: API p95 < 3 x bare p95 + 20 ms.
+2. Requests per second for `sv-rates` (one row per CSP) from 8 keep-alive connections, against
+   the unauthenticated no-op `GET /healthz`, the server running 2 workers on PostgreSQL when
+   one is reachable. Target: at least 1,000 requests/s. The load comes from a small asyncio
+   HTTP/1.1 client in a process of its own, so it shares no GIL with the server or this script.
+
+The database is TOGETHER_DATABASE_URL when set, else a throwaway schema in the PostgreSQL at
+postgresql://postgres@127.0.0.1:5432/test (dropped at the end), else SQLite. One server (2
+workers) serves both measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+import httpx
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICE = "police.occurrences"
+REFERENCE_DATASETS = ("reference.population", "la.imd")
+PERIOD = {"from": "2023-04-01", "to": "2024-04-01"}
+COUNTS_PARAMS = {**PERIOD, "by": "weekday,hour"}
+RATES_PARAMS = dict(PERIOD)
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+WARMUPS = 3
+RUNS = 30
+LATENCY_FACTOR = 3.0
+LATENCY_SLACK_S = 0.020
+WORKERS = 2
+CONNECTIONS = 8
+LOAD_WARMUP_S = 1.0
+TARGET_RPS = 1_000.0
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+START_TIMEOUT_S = 60.0
+UPLOAD_TIMEOUT_S = 600.0
+MAX_ERROR_SAMPLES = 5
+MB = 1 << 20
+
+# One row per (ISO weekday, 1 = Monday; hour) of the local committed time, counting distinct
+# occurrences (an offence with two suspects is two rows with the same occurrence_ref). The
+# filter is the serious-violence definition of config/partnership.yaml written directly in SQL,
+# one line per `any_of` entry; comparing the bare result with the API's catches a drift.
+BARE_COUNTS_SQL = """
+    SELECT isodow(committed_at) AS weekday, hour(committed_at) AS hour,
+           count(DISTINCT occurrence_ref) AS count
+    FROM read_parquet($files)
+    WHERE committed_at >= CAST($start AS TIMESTAMP)
+      AND committed_at < CAST($end AS TIMESTAMP)
+      AND (
+        msv
+        OR hmic_group IN ('3a', '3b')
+        OR hmic_group = '7'
+        OR (hmic_group = '8' AND ho_offence_code IN ('64', '65'))
+        OR (hmic_group = '1b' AND bladed_implement)
+      )
+    GROUP BY ALL
+    ORDER BY ALL
+"""
+
+
+class BenchError(Exception):
+    """Something broke: the run has no meaningful figures."""
+
+
+@dataclass
+class Latency:
+    api: list[float]
+    bare: list[float]
+    mismatches: list[str]
+
+
+@dataclass
+class LoadSpec:
+    host: str
+    port: int
+    path: str
+    headers: dict[str, str]
+    connections: int
+    warmup_s: float
+    seconds: float
+
+
+@dataclass
+class LoadResult:
+    ok: int = 0
+    not_ok: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    cpu_s: float = 0.0
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def note_error(self, error: str) -> None:
+        self.errors += 1
+        if len(self.error_samples) < MAX_ERROR_SAMPLES and error not in self.error_samples:
+            self.error_samples.append(error)
+
+
+@dataclass
+class Throughput:
+    rates: LoadResult
+    health: LoadResult
+
+
+@dataclass
+class Database:
+    """Where the server keeps its metadata; `schema` is ours to drop at the end."""
+
+    url: str | None
+    description: str
+    admin_url: str | None = None
+    schema: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The server and its clients
+
+
+def _together() -> Path:
+    # The console script lives beside the interpreter running the benchmark, so the server
+    # runs from the same installation as the code being measured.
+    path = Path(sys.executable).parent / "together"
+    if not path.exists():
+        raise BenchError(f"{path} not found: install the project (make install) first")
+    return path
+
+
+def _server_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
+    # Other TOGETHER_* settings from the caller's shell (the Makefile exports a data dir) must
+    # not leak into the measured server; only the database URL is deliberately passed on.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TOGETHER_")}
+    env.update(
+        TOGETHER_ENV="development",
+        TOGETHER_DATA_DIR=str(data_dir),
+        TOGETHER_UPLOAD_MAX_BYTES="2000000000",
+    )
+    if database_url:
+        env["TOGETHER_DATABASE_URL"] = database_url
+    return env
+
+
+def _run_cli(args: list[str], env: dict[str, str]) -> str:
+    command = [str(_together()), *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BenchError(
+            f"`together {' '.join(args)}` exited {done.returncode}:\n{done.stderr.strip()}"
+        )
+    return done.stdout
+
+
+def _create_client(env: dict[str, str], name: str, org: str, role: str) -> tuple[str, str]:
+    output = _run_cli(["clients", "create", name, "--org", org, "--role", role], env)
+    # Tolerate log lines around the JSON object the command prints.
+    start, end = output.find("{"), output.rfind("}")
+    try:
+        created = json.loads(output[start : end + 1])
+        return str(created["client_id"]), str(created["client_secret"])
+    except (ValueError, KeyError) as exc:
+        raise BenchError(f"unexpected output from `together clients create`: {output!r}") from exc
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no server log)"
+
+
+class Server:
+    """`together serve` in its own process group, so stopping it takes its workers too."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, workers: int) -> None:
+        self.host = "127.0.0.1"
+        self.port = _free_port()
+        self.base_url = f"http://{self.host}:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                str(_together()),
+                "serve",
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+            ],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, client: httpx.Client) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(
+                    f"server exited with {self.process.returncode}:\n{_log_tail(self.log_path)}"
+                )
+            try:
+                if client.get(f"{self.base_url}/healthz", timeout=2.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise BenchError(
+            f"server not healthy after {START_TIMEOUT_S:.0f} s:\n{_log_tail(self.log_path)}"
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=15)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+
+def _token(client: httpx.Client, base_url: str, client_id: str, secret: str) -> str:
+    response = client.post(
+        f"{base_url}/oauth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_secret": secret,
+        },
+    )
+    if response.status_code != 200:
+        raise BenchError(f"token request failed: {response.status_code} {response.text[:500]}")
+    return str(response.json()["access_token"])
+
+
+def _upload(client: httpx.Client, base_url: str, token: str, dataset: str, csv_path: Path) -> None:
+    with csv_path.open("rb") as body:
+        # A file object makes httpx send Content-Length and stream 64 KiB reads.
+        response = client.post(
+            f"{base_url}/v1/datasets/{dataset}/uploads",
+            params={"mode": "replace"},
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "text/csv",
+                "Idempotency-Key": str(uuid.uuid4()),
+            },
+            content=body,
+            timeout=UPLOAD_TIMEOUT_S,
+        )
+    if response.status_code != 201:
+        raise BenchError(
+            f"upload of {dataset} refused: {response.status_code} {response.text[:2000]}"
+        )
+    payload: dict[str, Any] = response.json()
+    if payload.get("status") != "accepted":
+        raise BenchError(f"unexpected upload result for {dataset}: {json.dumps(payload)[:2000]}")
+
+
+def _product_path(product: str, params: dict[str, str]) -> str:
+    return f"/v1/products/{product}?{urlencode(params)}"
+
+
+def _read_product(client: httpx.Client, url: str, token: str) -> dict[str, Any]:
+    response = client.get(url, headers={"Authorization": f"Bearer {token}"})
+    if response.status_code != 200:
+        raise BenchError(f"GET {url} answered {response.status_code}: {response.text[:2000]}")
+    body: dict[str, Any] = response.json()
+    return body
+
+
+# ---------------------------------------------------------------------------------------------
+# The database: PostgreSQL in a schema of our own when reachable, else SQLite
+
+
+def _schema_url(base_url: str, schema: str) -> str:
+    separator = "&" if "?" in base_url else "?"
+    return f"{base_url}{separator}options=-csearch_path%3D{schema}"
+
+
+def _choose_database() -> Database:
+    configured = os.environ.get("TOGETHER_DATABASE_URL")
+    if configured:
+        return Database(url=configured, description="TOGETHER_DATABASE_URL from the environment")
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(DEFAULT_POSTGRES_URL, connect_timeout=5, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"PostgreSQL unreachable at {DEFAULT_POSTGRES_URL} ({reason}): using SQLite")
+        return Database(url=None, description="SQLite (PostgreSQL unreachable)")
+    return Database(
+        url=_schema_url(DEFAULT_POSTGRES_URL, schema),
+        description=f"PostgreSQL, schema {schema} at {DEFAULT_POSTGRES_URL}",
+        admin_url=DEFAULT_POSTGRES_URL,
+        schema=schema,
+    )
+
+
+def _drop_schema(database: Database) -> None:
+    if database.admin_url is None or database.schema is None:
+        return
+    import psycopg
+
+    try:
+        with psycopg.connect(database.admin_url, connect_timeout=5, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{database.schema}" CASCADE')
+    except psycopg.Error as exc:
+        print(f"could not drop schema {database.schema}: {exc}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Latency: the API against a bare DuckDB query over the same Parquet
+
+
+def _percentile(samples: list[float], fraction: float) -> float:
+    """Linear interpolation between the closest ranks."""
+    ordered = sorted(samples)
+    position = (len(ordered) - 1) * fraction
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _timed(runs: int, warmups: int, action: Callable[[], T]) -> tuple[list[float], T]:
+    """Seconds per run after the warm-ups, and the last run's result."""
+    for _ in range(warmups):
+        action()
+    samples = []
+    for _ in range(runs - 1):
+        started = time.perf_counter()
+        action()
+        samples.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    result = action()
+    samples.append(time.perf_counter() - started)
+    return samples, result
+
+
+def _parquet_files(data_dir: Path) -> list[Path]:
+    files = sorted((data_dir / "datasets" / POLICE).glob("*.parquet"))
+    if len(files) != 1:
+        raise BenchError(
+            f"expected one Parquet file for {POLICE} after one replace upload, found "
+            f"{len(files)} in {data_dir / 'datasets' / POLICE}"
+        )
+    return files
+
+
+def _bare_counts(files: list[Path]) -> list[tuple[int, int, int]]:
+    import duckdb
+
+    # A fresh connection each run, as a request to a server that keeps nothing would pay.
+    with duckdb.connect() as conn:
+        rows = conn.execute(
+            BARE_COUNTS_SQL,
+            {
+                "files": [str(path) for path in files],
+                "start": PERIOD["from"],
+                "end": PERIOD["to"],
+            },
+        ).fetchall()
+    return [(int(weekday), int(hour), int(count)) for weekday, hour, count in rows]
+
+
+def _compare(api_body: dict[str, Any], bare: list[tuple[int, int, int]]) -> list[str]:
+    """Cells where the API and the bare query disagree (empty when they agree).
+
+    The product names weekdays Mon to Sun; the bare query gives ISO numbers, 1 = Monday.
+    """
+    try:
+        api = {
+            (WEEKDAYS.index(row["weekday"]) + 1, int(row["hour"])): int(row["count"] or 0)
+            for row in api_body["rows"]
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        return [f"unexpected sv-counts rows ({exc!r}): {json.dumps(api_body)[:500]}"]
+    expected = {(weekday, hour): count for weekday, hour, count in bare}
+    differences = []
+    for cell in sorted(set(api) | set(expected)):
+        got, want = api.get(cell, 0), expected.get(cell, 0)
+        if got != want:
+            day = WEEKDAYS[cell[0] - 1]
+            differences.append(f"{day} hour {cell[1]:>2}: API {got:,}, bare {want:,}")
+    return differences
+
+
+def _measure_latency(client: httpx.Client, base_url: str, token: str, files: list[Path]) -> Latency:
+    url = base_url + _product_path("sv-counts", COUNTS_PARAMS)
+    print(f"timing GET {url} ({WARMUPS} warm-ups, {RUNS} runs) ...", flush=True)
+    api, api_body = _timed(RUNS, WARMUPS, lambda: _read_product(client, url, token))
+    print(f"timing the bare DuckDB query ({WARMUPS} warm-ups, {RUNS} runs) ...", flush=True)
+    bare, bare_rows = _timed(RUNS, WARMUPS, lambda: _bare_counts(files))
+    return Latency(api=api, bare=bare, mismatches=_compare(api_body, bare_rows))
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Throughput: a keep-alive HTTP/1.1 load generator in a process of its own
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """Read one response; returns its status and whether the connection stays open."""
+    status_line = await reader.readline()
+    if not status_line:
+        raise ConnectionError("connection closed by the server")
+    parts = status_line.split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+        raise ValueError(f"bad status line {status_line[:80]!r}")
+    status = int(parts[1])
+    length: int | None = None
+    chunked = False
+    keep_alive = True
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("connection closed inside the headers")
+        if line in (b"\r\n", b"\n"):
+            break
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value
+        elif name == b"connection":
+            keep_alive = value != b"close"
+    if chunked:
+        while True:
+            size = int((await reader.readline()).split(b";", 1)[0], 16)
+            if size == 0:
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass
+                break
+            await reader.readexactly(size + 2)
+    elif length is not None:
+        await reader.readexactly(length)
+    else:
+        raise ValueError("response with neither Content-Length nor chunked encoding")
+    return status, keep_alive
+
+
+async def _connection_loop(
+    spec: LoadSpec, request: bytes, result: LoadResult, counting_from: float, until: float
+) -> None:
+    writer: asyncio.StreamWriter | None = None
+    reader: asyncio.StreamReader | None = None
+    while time.monotonic() < until:
+        try:
+            if writer is None or reader is None:
+                reader, writer = await asyncio.open_connection(spec.host, spec.port)
+            writer.write(request)
+            status, keep_alive = await _read_response(reader)
+        except (OSError, EOFError, ValueError, asyncio.IncompleteReadError) as exc:
+            if time.monotonic() >= counting_from:
+                result.note_error(f"{type(exc).__name__}: {exc}")
+            if writer is not None:
+                writer.close()
+            reader = writer = None
+            await asyncio.sleep(0.01)  # a refused connection must not spin
+            continue
+        now = time.monotonic()
+        if counting_from <= now < until:
+            if 200 <= status < 300:
+                result.ok += 1
+            else:
+                result.not_ok += 1
+            result.statuses[status] = result.statuses.get(status, 0) + 1
+        if not keep_alive:
+            writer.close()
+            reader = writer = None
+    if writer is not None:
+        writer.close()
+
+
+async def _generate_load(spec: LoadSpec) -> LoadResult:
+    lines = [f"GET {spec.path} HTTP/1.1", f"Host: {spec.host}:{spec.port}"]
+    lines += [f"{name}: {value}" for name, value in spec.headers.items()]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    result = LoadResult()
+    started = time.monotonic()
+    counting_from = started + spec.warmup_s
+    until = counting_from + spec.seconds
+    cpu_at_start: float | None = None
+
+    async def note_cpu() -> None:
+        nonlocal cpu_at_start
+        await asyncio.sleep(max(0.0, counting_from - time.monotonic()))
+        cpu_at_start = time.process_time()
+
+    cpu_task = asyncio.create_task(note_cpu())
+    await asyncio.gather(
+        *(
+            _connection_loop(spec, request, result, counting_from, until)
+            for _ in range(spec.connections)
+        )
+    )
+    await cpu_task
+    result.elapsed_s = spec.seconds
+    result.cpu_s = time.process_time() - (cpu_at_start or 0.0)
+    return result
+
+
+def _load_process(spec: LoadSpec, pipe: Connection) -> None:
+    """Entry point of the load-generator process: run, then send the result back."""
+    # Ctrl-C is the parent's to handle: it terminates this process when it unwinds.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            pipe.send(runner.run(_generate_load(spec)))
+    except Exception as exc:
+        pipe.send(f"load generator failed: {type(exc).__name__}: {exc}")
+    finally:
+        pipe.close()
+
+
+def _run_load(spec: LoadSpec) -> LoadResult:
+    # Spawned, not forked: a fresh interpreter with nothing of this process's threads or state.
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_load_process, args=(spec, sender), name="bench-load")
+    process.start()
+    sender.close()
+    try:
+        if not receiver.poll(spec.warmup_s + spec.seconds + 60.0):
+            raise BenchError("the load generator did not report back")
+        outcome = receiver.recv()
+    except EOFError as exc:
+        raise BenchError(f"the load generator died (exit code {process.exitcode})") from exc
+        process.join(timeout=10)
+    finally:
+        receiver.close()
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=10)
+    if not isinstance(outcome, LoadResult):
+        raise BenchError(str(outcome))
+    return outcome
+
+
+def _measure_throughput(server: Server, token: str, seconds: float) -> Throughput:
+    def spec(path: str, headers: dict[str, str]) -> LoadSpec:
+        return LoadSpec(
+            host=server.host,
+            port=server.port,
+            path=path,
+            headers=headers,
+            connections=CONNECTIONS,
+            warmup_s=LOAD_WARMUP_S,
+            seconds=seconds,
+        )
+
+    rates_path = _product_path("sv-rates", RATES_PARAMS)
+    print(f"loading GET {rates_path} ({CONNECTIONS} connections, {seconds:g} s) ...", flush=True)
+    rates = _run_load(spec(rates_path, {"Authorization": f"Bearer {token}"}))
+    print(f"loading GET /healthz ({CONNECTIONS} connections, {seconds:g} s) ...", flush=True)
+    health = _run_load(spec("/healthz", {}))
+    return Throughput(rates=rates, health=health)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def _preflight() -> None:
+    """Fail before minutes of generating data if the run cannot complete."""
+    _together()
+    try:
+        import duckdb  # noqa: F401
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        raise BenchError(f"{exc.name} is missing: install the project (make install)") from exc
+
+
+def _generate(workdir: Path, rows: int) -> dict[str, Path]:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from services.demo.generate import write_dataset_csv, write_police_csv
+
+    paths = {dataset: workdir / f"{dataset}.csv" for dataset in (POLICE, *REFERENCE_DATASETS)}
+    print(f"generating {rows:,} police rows ...", flush=True)
+    started = time.perf_counter()
+    write_police_csv(paths[POLICE], rows, seed=1)
+    for dataset in REFERENCE_DATASETS:
+        write_dataset_csv(dataset, paths[dataset], seed=1)
+    print(
+        f"generated in {time.perf_counter() - started:.1f} s "
+        f"({paths[POLICE].stat().st_size / MB:,.0f} MB of police CSV)",
+        flush=True,
+    )
+    return paths
+
+
+def _measure(
+    workdir: Path, database: Database, rows: int, seconds: float
+) -> tuple[Latency, Throughput]:
+    csvs = _generate(workdir, rows)
+    data_dir = workdir / "data"
+    env = _server_env(data_dir, database.url)
+    _run_cli(["db", "upgrade"], env)
+    police = _create_client(env, "bench-police", "hampshire-constabulary", "partner_system")
+    vru = _create_client(env, "bench-vru", "vru", "partner_system")
+    analyst = _create_client(env, "bench-analyst", "vru", "l1_analyst")
+    server = Server(env, workdir / "server.log", WORKERS)
+    try:
+        with httpx.Client(timeout=60.0) as client:
+            server.wait_ready(client)
+            token = _token(client, server.base_url, *vru)
+            for dataset in REFERENCE_DATASETS:
+                _upload(client, server.base_url, token, dataset, csvs[dataset])
+            print(f"uploading {rows:,} police rows through the API ...", flush=True)
+            started = time.perf_counter()
+            token = _token(client, server.base_url, *police)
+            _upload(client, server.base_url, token, POLICE, csvs[POLICE])
+            print(f"uploaded in {time.perf_counter() - started:.1f} s", flush=True)
+            files = _parquet_files(data_dir)
+            # Tokens are short-lived and the upload can be slow: a fresh one for the reads.
+            token = _token(client, server.base_url, *analyst)
+            latency = _measure_latency(client, server.base_url, token, files)
+            # Before the load, so a refusal is reported plainly rather than as a count of 4xx.
+            _read_product(client, server.base_url + _product_path("sv-rates", RATES_PARAMS), token)
+            throughput = _measure_throughput(server, token, seconds)
+    except BenchError as exc:
+        raise BenchError(f"{exc}\n--- server log (tail) ---\n{_log_tail(server.log_path)}") from exc
+    finally:
+        server.stop()
+    return latency, throughput
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.1f} ms"
+
+
+def _load_line(label: str, result: LoadResult) -> str:
+    statuses = ", ".join(f"{status}: {n:,}" for status, n in sorted(result.statuses.items()))
+    cpu = result.cpu_s / result.elapsed_s * 100 if result.elapsed_s else 0.0
+    return (
+        f"{label:<19}{result.rps:,.0f} requests/s ({result.ok:,} 2xx, {result.not_ok:,} other"
+        f", {result.errors:,} errors; statuses {statuses or 'none'}; load generator CPU {cpu:.0f}%)"
+    )
+
+
+def _report(
+    database: Database, rows: int, latency: Latency, throughput: Throughput, seconds: float
+) -> bool:
+    """Print the figures; returns False when the run showed errors (not missed targets)."""
+    verdict = {True: "PASS", False: "FAIL"}
+    api_p50, api_p95 = _percentile(latency.api, 0.50), _percentile(latency.api, 0.95)
+    bare_p50, bare_p95 = _percentile(latency.bare, 0.50), _percentile(latency.bare, 0.95)
+    limit = LATENCY_FACTOR * bare_p95 + LATENCY_SLACK_S
+    latency_ok = api_p95 < limit
+    rates, health = throughput.rates, throughput.health
+    rates_ok = rates.rps >= TARGET_RPS and rates.not_ok == 0 and rates.errors == 0
+    print()
+    print(f"database           {database.description}")
+    print(f"police rows        {rows:,}")
+    print(
+        f"sv-counts          by=weekday,hour from {PERIOD['from']} to {PERIOD['to']}, "
+        f"{RUNS} sequential runs after {WARMUPS} warm-ups"
+    )
+    print(f"  API              p50 {_ms(api_p50)}, p95 {_ms(api_p95)}")
+    print(f"  bare DuckDB      p50 {_ms(bare_p50)}, p95 {_ms(bare_p95)} (fresh connection each)")
+    print(
+        f"  target           API p95 < {LATENCY_FACTOR:g} x bare p95 + "
+        f"{_ms(LATENCY_SLACK_S)} = {_ms(limit)}  {verdict[latency_ok]}"
+    )
+    if latency.mismatches:
+        print(f"  results          DIFFER in {len(latency.mismatches)} cell(s):")
+        for line in latency.mismatches[:10]:
+            print(f"                   {line}")
+    else:
+        print("  results          API and bare query agree")
+    print(
+        f"throughput         {CONNECTIONS} keep-alive connections, {seconds:g} s each "
+        f"after {LOAD_WARMUP_S:g} s warm-up, server --workers {WORKERS}"
+    )
+    print(_load_line("  sv-rates", rates))
+    print(_load_line("  /healthz", health))
+    ratio = rates.rps / health.rps if health.rps else 0.0
+    print(f"  ratio            sv-rates / healthz = {ratio:.3f}")
+    print(f"  target           sv-rates >= {TARGET_RPS:,.0f} requests/s  {verdict[rates_ok]}")
+    for label, result in (("sv-rates", rates), ("/healthz", health)):
+        for sample in result.error_samples:
+            print(f"  {label} error   {sample}")
+    print(f"overall            {verdict[latency_ok and rates_ok and not latency.mismatches]}")
+    clean = not latency.mismatches and not any(
+        result.not_ok or result.errors for result in (rates, health)
+    )
+    if not clean:
+        print(
+            "bench error: wrong results, non-2xx responses or connection errors (above)",
+            file=sys.stderr,
+        )
+    return clean
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the server and clean up.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="police rows to store")
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="duration of each throughput run"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory (and database schema)"
+    )
+    args = parser.parse_args(argv)
+    if args.rows < 1:
+        parser.error("--rows must be at least 1")
+    if args.seconds <= 0:
+        parser.error("--seconds must be positive")
+
+    try:
+        _preflight()
+    except BenchError as exc:
+        print(f"bench error: {exc}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, _interrupt)
+    workdir = Path(tempfile.mkdtemp(prefix="together-bench-products-"))
+    database = Database(url=None, description="(not chosen yet)")
+    try:
+        database = _choose_database()
+        print(f"database: {database.description}", flush=True)
+        latency, throughput = _measure(workdir, database, args.rows, args.seconds)
+    except BenchError as exc:
+        print(f"bench error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if args.keep:
+            print(f"kept {workdir}")
+            if database.schema is not None:
+                print(f"kept schema {database.schema} (drop it with DROP SCHEMA ... CASCADE)")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+            _drop_schema(database)
+    return 0 if _report(database, args.rows, latency, throughput, args.seconds) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,4 @@
+"""Products: definitions (YAML), the query engine (DuckDB on Parquet), disclosure control.
+
+Import from the submodules (``services.products.engine`` ...).
+"""

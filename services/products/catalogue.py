@@ -1,0 +1,877 @@
+"""The product catalogue: one YAML file per product, checked when the platform starts.
+
+The format (``services/products/definitions/<id>.yaml``; unknown keys are refused)::
+
+    id: sv-counts                  # the file's name; lower-case words and hyphens
+    level: 1                       # 1 aggregates, 2 small areas (Level 3 products are code)
+    title: ...
+    description: ...               # shown to readers in the catalogue
+    sources:                       # dataset -> every contract field the product reads
+      police.occurrences: [occurrence_ref, committed_at, csp]
+    computed_from:                 # fields stricter than `level`, used but never output
+      police.occurrences: [suspect_dob]
+    optional_sources: [la.imd]     # results are still made without these
+    sources_needed_when:           # a source needed only for some choices
+      fire.deliberate_fires: {layer: fire}
+    parameters:                    # name -> type, required, default, choices, description
+      from: {type: date, required: true, description: ...}
+      by:                          # type keys: a comma list of choices; {by} in the SQL
+        type: keys                 # becomes ", <sql> AS <key>" for each, {by_names} ", <key>"
+        choices:
+          weekday: {sql: "...", description: ..., comparable: true}
+      unit:                        # type choice: one of the choices; {unit} in the SQL
+        type: choice               # becomes the chosen choice's sql
+        default: lsoa
+        choices: {lsoa: {sql: e.lsoa_code}, h3: {sql: cells.cell}}
+      top: {type: integer, default: 20, minimum: 1, maximum: 500, description: ...}
+      csp: {type: csp, repeatable: true, description: ...}
+      resolution: {type: integer, applies_when: {unit: h3}, ...}
+    period: [from, to]             # must satisfy from < to
+    comparison: [compare_from, compare_to]   # the engine runs the SQL again over this period
+    constraints:                   # combinations refused with a message
+      - {when: {layer: ed, unit: h3}, message: ...}
+    habitual_knife_carriers: {as_of: as_of}  # gives the SQL the table habitual_knife_carriers
+    h3: {when: {unit: h3}, resolution: resolution, points: "SELECT DISTINCT latitude, ..."}
+    notes:                         # name -> one value from sql (or a text), in the notes
+      total: {description: ..., count: true, compare: true, sql: "SELECT count(...) ..."}
+    suppression: {secondary: true, k: 5}
+    output:
+      columns:                     # in output order
+        weekday:
+          by: true                 # present when chosen in `by` (a key)
+          key: true                # a dimension: rows are compared and suppressed along it
+          count: true              # a count, suppressed from 1 to k-1
+          comparison: true         # present only with a comparison
+          previous_of: count       # taken from the comparison period's rows
+          derive: {ratio: [count, notes.total], scale: 100, decimals: 1}
+                                   # or {difference: [a, b]}, {change: [a, b], decimals: 1},
+                                   # {dense_rank: count}; withheld with what it derives from
+          exposes: [police.occurrences.committed_at]   # contract fields whose values it shows
+          order: [Mon, Tue, ...]   # sort order of the values (default: natural)
+          when: {unit: lsoa}       # present only for these choices
+          description: ...
+      sort: [rank, area]           # default: the key columns
+      limit: top                   # an integer parameter: rows kept after sorting
+    sql: |                         # DuckDB; $name binds a parameter's value
+      SELECT count(DISTINCT occurrence_ref) AS count{by} FROM serious_violence ...
+
+The SQL reads one view per source dataset (dots as underscores: ``police_occurrences``) holding
+only the declared fields (stored names: ``<field>``, ``<field>_pseudonym`` for identifiers,
+``<field>_enc`` for direct identifiers), ``serious_violence`` (the police rows of the
+partnership's definition), ``csp_areas`` (the visible CSP areas), and ``h3_cells`` or
+``habitual_knife_carriers`` when asked for. Every view of a dataset with a ``csp`` field is
+already limited to the reader's areas and to the ``csp`` parameter.
+
+A definition is refused at load (``ProductConfigError``, naming the product and the field) when
+it would expose a field whose contract classification is stricter than the product's level
+(level1 < level2 < level3), or reads such a field without declaring it under ``computed_from``;
+when it names a dataset or field no contract declares; or when its SQL does not run against
+empty tables of the declared fields, for every choice, or does not return the declared columns.
+A bad definition therefore stops the platform at start-up rather than failing, or leaking, on a
+reader's request.
+
+Request parameters are parsed strictly here (``parse_parameters``): an unknown name, a repeated
+single value, a malformed date or number, an unknown choice or a half-given comparison is a
+``BadRequest``. A filter is never silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+
+from services.contracts.model import Classification, Contract, Protection
+from services.kit.clock import utcnow
+from services.kit.errors import BadRequest, ConfigurationError
+from services.kit.partnership import CSP_AREAS
+from services.products.config import (
+    PartnershipConfig,
+    describe_validation_error,
+    read_yaml,
+)
+
+DEFINITION_SUFFIX = ".yaml"
+NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+PRODUCT_ID_PATTERN = r"^[a-z][a-z0-9-]*$"
+
+# Names the engine gives to the relations a product's SQL reads (besides one view per source
+# dataset, named after the dataset with dots as underscores).
+SERIOUS_VIOLENCE_VIEW = "serious_violence"
+CSP_AREAS_VIEW = "csp_areas"
+H3_CELLS_TABLE = "h3_cells"
+HKC_TABLE = "habitual_knife_carriers"
+
+_LEVELS = {Classification.LEVEL1: 1, Classification.LEVEL2: 2, Classification.LEVEL3: 3}
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_INTEGER_RE = re.compile(r"^[+-]?\d{1,9}$")
+PLACEHOLDER_RE = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+SQL_PARAMETER_RE = re.compile(r"\$([a-z_][a-z0-9_]*)")
+_MAX_VALUE_LENGTH = 200
+_MAX_PAIRS = 100
+
+
+class ProductConfigError(ConfigurationError):
+    """A product definition that must not be served; the message names product and problem."""
+
+
+def view_name(dataset_id: str) -> str:
+    """The SQL name of a dataset's view: ``police.occurrences`` -> ``police_occurrences``."""
+    return dataset_id.replace(".", "_")
+
+
+# The YAML format. Unknown keys are refused everywhere: an analyst's misspelt key would
+# otherwise be ignored and change what a product shows.
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChoiceModel(_Strict):
+    description: str | None = None
+    # The SQL the placeholder of the parameter stands for when this choice is made. Written by
+    # the product's author and reviewed with it; a reader only picks the choice's name.
+    sql: str | None = None
+    # For `keys` choices: False when the groups differ between periods (months), so that a
+    # comparison of them would pair nothing with nothing.
+    comparable: bool = True
+
+
+ParameterType = Literal["date", "integer", "choice", "keys", "csp"]
+
+
+class ParameterModel(_Strict):
+    type: ParameterType
+    description: str
+    required: bool = False
+    default: StrictStr | StrictInt | list[StrictStr] | None = None
+    choices: dict[str, ChoiceModel | None] | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+    repeatable: bool = False
+    # Given explicitly while these other parameters have other values, it would do nothing:
+    # refused rather than ignored.
+    applies_when: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ParameterModel:
+        if self.type in ("choice", "keys") and not self.choices:
+            raise ValueError(f"a {self.type} parameter needs choices")
+        if self.type not in ("choice", "keys") and self.choices is not None:
+            raise ValueError(f"a {self.type} parameter takes no choices")
+        if self.repeatable and self.type != "csp":
+            raise ValueError("only csp parameters are repeatable (by takes a comma list)")
+        if (self.minimum is not None or self.maximum is not None) and self.type != "integer":
+            raise ValueError("minimum and maximum are for integer parameters")
+        if self.required and self.default is not None:
+            raise ValueError("a required parameter has no default")
+        return self
+
+
+class DeriveModel(_Strict):
+    """A column the engine computes from others (and withholds whenever one of them is).
+
+    Operands are column names, or ``notes.<name>`` for a total kept in the notes.
+    """
+
+    ratio: tuple[str, str] | None = None
+    scale: int = 1
+    decimals: int | None = Field(default=None, ge=0, le=6)
+    difference: tuple[str, str] | None = None
+    change: tuple[str, str] | None = None  # (current - previous) / previous * 100
+    dense_rank: str | None = None  # by this column, largest first
+
+    @model_validator(mode="after")
+    def _one(self) -> DeriveModel:
+        given = [
+            op
+            for op in (self.ratio, self.difference, self.change, self.dense_rank)
+            if op is not None
+        ]
+        if len(given) != 1:
+            raise ValueError("derive takes exactly one of ratio, difference, change, dense_rank")
+        return self
+
+    @property
+    def operands(self) -> tuple[str, ...]:
+        for op in (self.ratio, self.difference, self.change):
+            if op is not None:
+                return tuple(op)
+        assert self.dense_rank is not None
+        return (self.dense_rank,)
+
+
+class ColumnModel(_Strict):
+    description: str
+    key: bool = False  # a dimension: rows are keyed, compared and suppressed along these
+    by: bool = False  # a key present only when chosen in the `by` parameter
+    count: bool = False  # a count of people or events, subject to small-number suppression
+    comparison: bool = False  # present only when a comparison period is given
+    previous_of: str | None = None  # this column of the comparison period's rows
+    derive: DeriveModel | None = None
+    exposes: list[str] = Field(default_factory=list)  # "dataset.field" whose values it shows
+    order: list[StrictStr | StrictInt] | None = None  # the values' natural order, for sorting
+    when: dict[str, str] | None = None  # present only when these parameters have these values
+
+
+class NoteModel(_Strict):
+    description: str
+    sql: str | None = None  # one row, one value
+    text: str | None = None
+    count: bool = False  # suppressed like a count
+    compare: bool = False  # also computed for the comparison period, as previous_<name>
+
+    @model_validator(mode="after")
+    def _one(self) -> NoteModel:
+        if (self.sql is None) == (self.text is None):
+            raise ValueError("a note has either sql or text")
+        if self.compare and self.sql is None:
+            raise ValueError("only a sql note can be compared")
+        return self
+
+
+class OutputModel(_Strict):
+    columns: dict[str, ColumnModel] = Field(min_length=1)
+    sort: list[str] | None = None  # default: the key columns in order
+    limit: str | None = None  # an integer parameter: rows kept after sorting
+
+
+class SuppressionModel(_Strict):
+    secondary: bool = True
+    k: int | None = Field(default=None, ge=2, le=100)
+
+
+class H3Model(_Strict):
+    when: dict[str, str] | None = None
+    resolution: str
+    points: str  # SQL giving distinct (latitude, longitude) to index
+
+
+class HkcUseModel(_Strict):
+    as_of: str  # the date parameter
+
+
+class ConstraintModel(_Strict):
+    when: dict[str, str] = Field(min_length=2)
+    message: str
+
+
+class ProductSpec(_Strict):
+    id: str = Field(pattern=PRODUCT_ID_PATTERN)
+    level: Literal[1, 2]
+    title: str
+    description: str
+    sources: dict[str, list[str]] = Field(min_length=1)
+    computed_from: dict[str, list[str]] = Field(default_factory=dict)
+    optional_sources: list[str] = Field(default_factory=list)
+    sources_needed_when: dict[str, dict[str, str]] = Field(default_factory=dict)
+    parameters: dict[str, ParameterModel] = Field(default_factory=dict)
+    period: tuple[str, str] | None = None
+    comparison: tuple[str, str] | None = None
+    constraints: list[ConstraintModel] = Field(default_factory=list)
+    habitual_knife_carriers: HkcUseModel | None = None
+    h3: H3Model | None = None
+    output: OutputModel
+    notes: dict[str, NoteModel] = Field(default_factory=dict)
+    suppression: SuppressionModel = Field(default_factory=SuppressionModel)
+    sql: str
+
+
+# What the rest of the platform sees
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    type: ParameterType
+    description: str
+    required: bool
+    default: Any
+    choices: tuple[str, ...] | None
+    repeatable: bool = False
+    minimum: int | None = None
+    maximum: int | None = None
+    choice_sql: Mapping[str, str] = field(default_factory=dict)
+    not_comparable: frozenset[str] = frozenset()
+    applies_when: Mapping[str, str] | None = None
+
+    @property
+    def is_list(self) -> bool:
+        return self.type == "keys" or self.repeatable
+
+    def describe(self) -> dict[str, Any]:
+        """The parameter for a catalogue listing (JSON-serialisable; no SQL)."""
+        described: dict[str, Any] = {
+            "name": self.name,
+            "type": self.type,
+            "required": self.required,
+            "default": self.default,
+            "choices": list(self.choices) if self.choices is not None else None,
+            "description": self.description,
+        }
+        if self.type == "csp":
+            described["choices"] = list(CSP_AREAS)
+        if self.is_list:
+            described["repeatable"] = self.repeatable
+            if self.type == "keys":
+                described["format"] = "comma-separated list"
+        if self.type == "date":
+            described["format"] = "YYYY-MM-DD"
+        if self.minimum is not None:
+            described["minimum"] = self.minimum
+        if self.maximum is not None:
+            described["maximum"] = self.maximum
+        return described
+
+
+@dataclass(frozen=True)
+class ProductDefinition:
+    id: str
+    level: int
+    title: str
+    description: str
+    parameters: list[ParameterSpec]
+    sources: list[str]
+    spec: ProductSpec
+    partnership: PartnershipConfig
+    contracts: Mapping[str, Contract]
+    # The threshold the product asks for (its file, or the partnership's list); None: the
+    # platform's.
+    k: int | None = None
+
+    def parameter(self, name: str) -> ParameterSpec | None:
+        for spec in self.parameters:
+            if spec.name == name:
+                return spec
+        return None
+
+    def used_sources(self, params: Mapping[str, Any]) -> list[str]:
+        """The datasets a run with these parameters reads."""
+        used = []
+        for dataset in self.sources:
+            condition = self.spec.sources_needed_when.get(dataset)
+            if condition is None or conditions_hold(condition, params):
+                used.append(dataset)
+        return used
+
+    def needed_sources(self, params: Mapping[str, Any]) -> list[str]:
+        """The datasets without which this run has nothing to show."""
+        return [d for d in self.used_sources(params) if d not in self.spec.optional_sources]
+
+
+def conditions_hold(condition: Mapping[str, str], params: Mapping[str, Any]) -> bool:
+    return all(str(params.get(name)) == value for name, value in condition.items())
+
+
+# Loading
+
+
+def load_catalogue(
+    definitions_dir: Path, contracts: dict[str, Contract], partnership: PartnershipConfig
+) -> dict[str, ProductDefinition]:
+    """Every ``<id>.yaml`` of the folder, checked; the first bad one raises ProductConfigError."""
+    if not definitions_dir.is_dir():
+        raise ProductConfigError(f"{definitions_dir}: not a directory of product definitions")
+    strays = sorted(definitions_dir.glob("*.yml"))
+    if strays:
+        raise ProductConfigError(f"{strays[0]}: product files must end in {DEFINITION_SUFFIX}")
+    catalogue: dict[str, ProductDefinition] = {}
+    for path in sorted(definitions_dir.glob(f"*{DEFINITION_SUFFIX}")):
+        definition = load_definition(path, contracts, partnership)
+        if definition.id in catalogue:
+            raise ProductConfigError(f"{path}: product {definition.id!r} is defined twice")
+        catalogue[definition.id] = definition
+    return catalogue
+
+
+def load_definition(
+    path: Path, contracts: Mapping[str, Contract], partnership: PartnershipConfig
+) -> ProductDefinition:
+    try:
+        data = read_yaml(path)
+    except ValueError as exc:
+        raise ProductConfigError(f"{path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProductConfigError(f"{path}: a product definition must be a YAML mapping")
+    label = data.get("id") if isinstance(data.get("id"), str) else path.stem
+    try:
+        spec = ProductSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ProductConfigError(
+            f"product {label!r} ({path.name}): {describe_validation_error(exc)}"
+        ) from None
+    if path.stem != spec.id:
+        raise ProductConfigError(f"product {spec.id!r} must be in a file named {spec.id}.yaml")
+    definition = build_definition(spec, contracts, partnership)
+    # Imported here: the engine imports this module for the definition types.
+    from services.products.engine import check_definition
+
+    check_definition(definition)
+    return definition
+
+
+def build_definition(
+    spec: ProductSpec, contracts: Mapping[str, Contract], partnership: PartnershipConfig
+) -> ProductDefinition:
+    _Checker(spec, contracts).check()
+    parameters = [_parameter(name, model) for name, model in spec.parameters.items()]
+    return ProductDefinition(
+        id=spec.id,
+        level=spec.level,
+        title=spec.title,
+        description=spec.description.strip(),
+        parameters=parameters,
+        sources=list(spec.sources),
+        spec=spec,
+        partnership=partnership,
+        contracts=contracts,
+        k=spec.suppression.k or partnership.k_for(spec.id),
+    )
+
+
+def _parameter(name: str, model: ParameterModel) -> ParameterSpec:
+    choices = tuple(model.choices) if model.choices is not None else None
+    choice_sql = {
+        key: choice.sql
+        for key, choice in (model.choices or {}).items()
+        if choice is not None and choice.sql is not None
+    }
+    not_comparable = frozenset(
+        key
+        for key, choice in (model.choices or {}).items()
+        if choice is not None and not choice.comparable
+    )
+    default: Any = model.default
+    if default is None and model.type == "keys":
+        default = []
+    return ParameterSpec(
+        name=name,
+        type=model.type,
+        description=model.description.strip(),
+        required=model.required,
+        default=default,
+        choices=choices,
+        repeatable=model.repeatable,
+        minimum=model.minimum,
+        maximum=model.maximum,
+        choice_sql=choice_sql,
+        not_comparable=not_comparable,
+        applies_when=model.applies_when,
+    )
+
+
+class _Checker:
+    """The load-time rules that do not need to run the SQL."""
+
+    def __init__(self, spec: ProductSpec, contracts: Mapping[str, Contract]) -> None:
+        self.spec = spec
+        self.contracts = contracts
+
+    def fail(self, message: str) -> ProductConfigError:
+        return ProductConfigError(f"product {self.spec.id!r}: {message}")
+
+    def check(self) -> None:
+        self._sources()
+        self._classification()
+        self._parameters()
+        self._columns()
+        self._sql_names()
+
+    def _sources(self) -> None:
+        spec = self.spec
+        for dataset, fields in {**spec.sources, **spec.computed_from}.items():
+            contract = self.contracts.get(dataset)
+            if contract is None:
+                raise self.fail(f"source {dataset!r} has no data contract")
+            for name in fields:
+                if name not in contract.field_names:
+                    raise self.fail(f"{dataset}.{name} is not a field of the contract")
+        for dataset, fields in spec.computed_from.items():
+            declared = spec.sources.get(dataset, [])
+            for name in fields:
+                if name not in declared:
+                    raise self.fail(
+                        f"{dataset}.{name} is under computed_from but not under sources"
+                    )
+        for dataset in [*spec.optional_sources, *spec.sources_needed_when]:
+            if dataset not in spec.sources:
+                raise self.fail(f"{dataset!r} is not one of the sources")
+
+    def _classification(self) -> None:
+        spec = self.spec
+        computed = {
+            (dataset, name) for dataset, fields in spec.computed_from.items() for name in fields
+        }
+        for dataset, fields in spec.sources.items():
+            contract = self.contracts[dataset]
+            for name in fields:
+                level = _LEVELS[contract.field(name).classification]
+                if level > spec.level and (dataset, name) not in computed:
+                    raise self.fail(
+                        f"field {dataset}.{name} is classified level{level}, stricter than the "
+                        f"product's level {spec.level}; it may only be used in computation, "
+                        "declared under computed_from and never output"
+                    )
+        for column, model in spec.output.columns.items():
+            for exposed in model.exposes:
+                dataset, _, name = exposed.rpartition(".")
+                if name not in spec.sources.get(dataset, []):
+                    raise self.fail(
+                        f"column {column!r} exposes {exposed}, which is not a declared source field"
+                    )
+                level = _LEVELS[self.contracts[dataset].field(name).classification]
+                if level > spec.level or (dataset, name) in computed:
+                    raise self.fail(
+                        f"column {column!r} would expose field {exposed} (classified "
+                        f"level{level}) in a level {spec.level} product"
+                    )
+        if spec.habitual_knife_carriers is not None:
+            police = spec.computed_from.get("police.occurrences", [])
+            for name in ("suspect_nominal_ref", "suspect_dob"):
+                if name not in police:
+                    raise self.fail(
+                        "the habitual knife carrier list is computed from police.occurrences."
+                        f"{name}; declare it under sources and computed_from"
+                    )
+
+    def _parameters(self) -> None:
+        spec = self.spec
+        for name, model in spec.parameters.items():
+            if not re.match(NAME_PATTERN, name):
+                raise self.fail(f"parameter name {name!r} must be lower_case")
+            if name == "format":
+                raise self.fail("'format' is the platform's parameter, not a product's")
+            for key in model.choices or {}:
+                if not re.match(NAME_PATTERN, key):
+                    raise self.fail(f"choice {key!r} of {name} must be lower_case")
+            if model.applies_when:
+                self._known_choice_condition(model.applies_when, f"applies_when of {name}")
+        for pair_name, pair in (("period", spec.period), ("comparison", spec.comparison)):
+            if pair is None:
+                continue
+            for name in pair:
+                if self._type_of(name) != "date":
+                    raise self.fail(f"{pair_name} names {name!r}, which is not a date parameter")
+        if spec.comparison is not None and spec.period is None:
+            raise self.fail("a comparison needs a period")
+        hkc = spec.habitual_knife_carriers
+        if hkc is not None and self._type_of(hkc.as_of) != "date":
+            raise self.fail("habitual_knife_carriers.as_of must name a date parameter")
+        if spec.h3 is not None:
+            if self._type_of(spec.h3.resolution) != "integer":
+                raise self.fail("h3.resolution must name an integer parameter")
+            if spec.h3.when:
+                self._known_choice_condition(spec.h3.when, "h3.when")
+        if spec.output.limit is not None and self._type_of(spec.output.limit) != "integer":
+            raise self.fail("output.limit must name an integer parameter")
+        for constraint in spec.constraints:
+            self._known_choice_condition(constraint.when, "a constraint")
+        for dataset, condition in spec.sources_needed_when.items():
+            self._known_choice_condition(condition, f"sources_needed_when of {dataset}")
+        keys = [m for m in spec.parameters.values() if m.type == "keys"]
+        if len(keys) > 1:
+            raise self.fail("a product has at most one keys parameter")
+
+    def _type_of(self, name: str) -> str | None:
+        model = self.spec.parameters.get(name)
+        return model.type if model is not None else None
+
+    def _known_choice_condition(self, condition: Mapping[str, str], where: str) -> None:
+        for name, value in condition.items():
+            model = self.spec.parameters.get(name)
+            if model is None or model.type != "choice" or value not in (model.choices or {}):
+                raise self.fail(f"{where} names {name}={value}, which is not a declared choice")
+
+    def _columns(self) -> None:
+        spec = self.spec
+        columns = spec.output.columns
+        keys_param = next(
+            ((n, m) for n, m in spec.parameters.items() if m.type == "keys"), (None, None)
+        )
+        by_choices = set((keys_param[1].choices or {}) if keys_param[1] else {})
+        for name, model in columns.items():
+            if not re.match(NAME_PATTERN, name) or name == "suppressed":
+                raise self.fail(f"column name {name!r} is not allowed")
+            if model.by and name not in by_choices:
+                raise self.fail(f"column {name!r} is marked by but is not a choice of by")
+            if model.by and model.count:
+                raise self.fail(f"column {name!r} cannot be both a key and a count")
+            if model.comparison and spec.comparison is None:
+                raise self.fail(f"column {name!r} is for comparisons, but none is declared")
+            if model.previous_of is not None:
+                target = columns.get(model.previous_of)
+                if target is None or not model.comparison:
+                    raise self.fail(
+                        f"column {name!r}: previous_of must name a column, on a comparison column"
+                    )
+                if target.count != model.count:
+                    raise self.fail(
+                        f"column {name!r} must be a count exactly when {model.previous_of!r} is"
+                    )
+            if model.derive is not None:
+                if model.count:
+                    raise self.fail(f"derived column {name!r} cannot be a count")
+                for operand in model.derive.operands:
+                    self._operand(name, operand)
+            if model.when:
+                self._known_choice_condition(model.when, f"column {name!r}")
+        missing = by_choices - set(columns)
+        if missing:
+            raise self.fail(f"by choices without a column: {', '.join(sorted(missing))}")
+        for name in spec.output.sort or []:
+            if name not in columns:
+                raise self.fail(f"sort names {name!r}, which is not a column")
+        if not any(model.count for model in columns.values()):
+            raise self.fail("a product shows at least one count column")
+        for name, note in spec.notes.items():
+            if not re.match(NAME_PATTERN, name) or name.startswith("previous_"):
+                raise self.fail(f"note name {name!r} is not allowed")
+            if note.compare and spec.comparison is None:
+                raise self.fail(f"note {name!r} is compared, but no comparison is declared")
+
+    def _operand(self, column: str, operand: str) -> None:
+        spec = self.spec
+        if operand.startswith("notes."):
+            note_name = operand.removeprefix("notes.")
+            base = note_name.removeprefix("previous_")
+            note = spec.notes.get(base)
+            if note is None or note.sql is None:
+                raise self.fail(
+                    f"column {column!r} derives from {operand}, which is not a sql note"
+                )
+            if note_name != base and not note.compare:
+                raise self.fail(f"column {column!r} uses {operand}, but {base} is not compared")
+            return
+        if operand not in spec.output.columns or operand == column:
+            raise self.fail(f"column {column!r} derives from {operand!r}, which is not a column")
+
+    def _sql_names(self) -> None:
+        spec = self.spec
+        placeholders = {
+            name
+            for name, model in spec.parameters.items()
+            if model.type == "choice"
+            and model.choices
+            and any(c is not None and c.sql is not None for c in model.choices.values())
+        }
+        keys = [name for name, model in spec.parameters.items() if model.type == "keys"]
+        if keys:
+            placeholders |= {"by", "by_names"}
+        texts = {"sql": spec.sql}
+        texts.update({f"notes.{n}": note.sql for n, note in spec.notes.items() if note.sql})
+        if spec.h3 is not None:
+            texts["h3.points"] = spec.h3.points
+        engine_parameters = set(spec.parameters)
+        for where, text in texts.items():
+            for found in PLACEHOLDER_RE.findall(text):
+                if found not in placeholders:
+                    raise self.fail(
+                        f"{where} uses {{{found}}}, which is not a declared placeholder"
+                    )
+            for found in SQL_PARAMETER_RE.findall(text):
+                if found not in engine_parameters:
+                    raise self.fail(f"{where} uses ${found}, which is not a declared parameter")
+            comparison = set(spec.comparison or ())
+            if comparison & set(SQL_PARAMETER_RE.findall(text)):
+                raise self.fail(
+                    f"{where} reads the comparison period directly; the engine runs the query "
+                    "again over it"
+                )
+        for model in spec.parameters.values():
+            for choice in (model.choices or {}).values():
+                if choice is not None and choice.sql and PLACEHOLDER_RE.search(choice.sql):
+                    raise self.fail("a choice's sql cannot hold a placeholder")
+
+
+# Request parameters
+
+
+def parse_parameters(defn: ProductDefinition, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """The request's parameters, checked and typed; defaults filled in.
+
+    Dates become ``datetime.date``, integers ``int``, lists ``list[str]``; a parameter that was
+    not given and has no default is None (an empty list for lists).
+    """
+    if len(pairs) > _MAX_PAIRS:
+        raise BadRequest(f"too many parameters (at most {_MAX_PAIRS})")
+    given: dict[str, list[str]] = {}
+    for name, value in pairs:
+        spec = defn.parameter(name)
+        if spec is None:
+            known = ", ".join(p.name for p in defn.parameters) or "none"
+            raise BadRequest(
+                f"unknown parameter {name[:40]!r}; {defn.id} takes: {known} (and format)"
+            )
+        if len(value) > _MAX_VALUE_LENGTH:
+            raise BadRequest(f"{name} is too long")
+        given.setdefault(name, []).append(value)
+    params: dict[str, Any] = {}
+    explicit: set[str] = set()
+    for spec in defn.parameters:
+        values = given.get(spec.name)
+        if values is None:
+            if spec.required:
+                raise BadRequest(f"{spec.name} is required ({spec.description})")
+            params[spec.name] = _default(spec)
+            continue
+        explicit.add(spec.name)
+        if len(values) > 1 and not spec.is_list:
+            raise BadRequest(f"{spec.name} may be given only once")
+        params[spec.name] = _parse_values(spec, values)
+    _check_together(defn, params, explicit)
+    return params
+
+
+def _default(spec: ParameterSpec) -> Any:
+    if spec.default is None:
+        return [] if spec.is_list else None
+    if spec.type == "date":
+        if spec.default == "today":
+            return utcnow().date()
+        return date.fromisoformat(str(spec.default))
+    if isinstance(spec.default, list):
+        return list(spec.default)
+    return spec.default
+
+
+def _parse_values(spec: ParameterSpec, values: list[str]) -> Any:
+    if spec.type == "keys":
+        keys: list[str] = []
+        for value in values:
+            for item in value.split(","):
+                key = item.strip()
+                if not key:
+                    continue
+                if key not in (spec.choices or ()):
+                    raise BadRequest(
+                        f"{spec.name} {key[:40]!r} is not one of: {', '.join(spec.choices or ())}"
+                    )
+                if key in keys:
+                    raise BadRequest(f"{spec.name} lists {key!r} twice")
+                keys.append(key)
+        return keys
+    if spec.type == "csp":
+        areas: list[str] = []
+        for value in values:
+            # CSP names hold no commas, so "a,b" is accepted as two areas as well as repeats.
+            for item in value.split(",") if spec.repeatable else [value]:
+                area = _csp(spec.name, item)
+                if area not in areas:
+                    areas.append(area)
+        return areas if spec.repeatable else areas[0]
+    value = values[0].strip()
+    if not value:
+        raise BadRequest(f"{spec.name} is empty")
+    if spec.type == "date":
+        return _date(spec.name, value)
+    if spec.type == "integer":
+        if not _INTEGER_RE.match(value):
+            raise BadRequest(f"{spec.name} must be a whole number, not {value[:40]!r}")
+        number = int(value)
+        if spec.minimum is not None and number < spec.minimum:
+            raise BadRequest(f"{spec.name} must be at least {spec.minimum}")
+        if spec.maximum is not None and number > spec.maximum:
+            raise BadRequest(f"{spec.name} must be at most {spec.maximum}")
+        return number
+    if value not in (spec.choices or ()):
+        raise BadRequest(f"{spec.name} must be one of: {', '.join(spec.choices or ())}")
+    return value
+
+
+def _csp(name: str, value: str) -> str:
+    wanted = value.strip().casefold()
+    for area in CSP_AREAS:
+        if area.casefold() == wanted:
+            return area
+    raise BadRequest(f"{name} {value[:60]!r} is not a CSP area; one of: {', '.join(CSP_AREAS)}")
+
+
+def _date(name: str, value: str) -> date:
+    if not _DATE_RE.match(value):
+        raise BadRequest(f"{name} must be a date written YYYY-MM-DD, not {value[:40]!r}")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"{name} {value!r} is not a real date") from None
+
+
+def _check_together(defn: ProductDefinition, params: dict[str, Any], explicit: set[str]) -> None:
+    spec = defn.spec
+    if spec.period is not None:
+        start, end = spec.period
+        if params[start] is not None and params[end] is not None and params[start] >= params[end]:
+            raise BadRequest(f"{start} must be before {end} (periods are [{start}, {end}))")
+    if spec.comparison is not None:
+        start, end = spec.comparison
+        given = [name for name in (start, end) if params[name] is not None]
+        if len(given) == 1:
+            missing = end if given[0] == start else start
+            raise BadRequest(f"a comparison needs both {start} and {end}; {missing} is missing")
+        if given and params[start] >= params[end]:
+            raise BadRequest(f"{start} must be before {end}")
+        if given:
+            for parameter in defn.parameters:
+                if parameter.type != "keys":
+                    continue
+                fixed = [key for key in params[parameter.name] if key in parameter.not_comparable]
+                if fixed:
+                    raise BadRequest(
+                        f"{parameter.name}={fixed[0]} cannot be compared between periods "
+                        "(its groups differ from one period to the other)"
+                    )
+    for parameter in defn.parameters:
+        condition = parameter.applies_when
+        if parameter.name in explicit and condition and not conditions_hold(condition, params):
+            wanted = ", ".join(f"{k}={v}" for k, v in condition.items())
+            raise BadRequest(f"{parameter.name} applies only with {wanted}")
+    for constraint in spec.constraints:
+        if conditions_hold(constraint.when, params):
+            raise BadRequest(constraint.message)
+
+
+def normalise_parameters(defn: ProductDefinition, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters as JSON values (dates as ISO text), for results and the audit trail."""
+    normalised: dict[str, Any] = {}
+    for spec in defn.parameters:
+        value = params.get(spec.name)
+        if spec.applies_when and not conditions_hold(spec.applies_when, params):
+            value = None
+        normalised[spec.name] = _json_value(value)
+    return normalised
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [_json_value(item) for item in value]
+    return value
+
+
+def stored_columns(contract: Contract, fields: Sequence[str]) -> list[str]:
+    """The stored column names of contract fields (see contracts.validation.stored_schema)."""
+    columns: list[str] = []
+    for name in fields:
+        spec = contract.field(name)
+        if spec.protection is Protection.NONE:
+            columns.append(name)
+        elif spec.protection is Protection.IDENTIFIER:
+            # Joining needs only the pseudonym; the ciphertext is for Level 3 display.
+            columns.append(f"{name}_pseudonym")
+        else:
+            columns.append(f"{name}_enc")
+    return columns

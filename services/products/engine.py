@@ -1,0 +1,912 @@
+"""Running a product: DuckDB over the current Parquet versions, then the generic steps.
+
+Each run opens its own in-memory DuckDB connection and gives the product's SQL one view per
+source dataset (``police.occurrences`` -> ``police_occurrences``) holding only the fields the
+definition declares, plus ``serious_violence`` (the police rows the partnership's definition
+selects), ``csp_areas`` (the CSP areas visible to this run), ``h3_cells`` and
+``habitual_knife_carriers`` where the definition asks for them. Every view of a dataset with a
+``csp`` field is already limited to the reader's areas and to the ``csp`` parameter, so a
+product cannot forget either.
+
+What SQL does badly is done here, switched on by the definition: the comparison period (the
+query run again over it and joined on the key columns), derived columns (ratios, changes, dense
+ranks, with exact rounding), a row limit, small-number suppression and a stable row order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import h3
+import pyarrow as pa
+
+from services.contracts.model import Contract, FieldType, Protection
+from services.contracts.protection import Protector
+from services.kit.clock import utcnow
+from services.kit.errors import Forbidden
+from services.kit.partnership import CSP_AREAS
+from services.products import disclosure
+from services.products.catalogue import (
+    CSP_AREAS_VIEW,
+    H3_CELLS_TABLE,
+    HKC_TABLE,
+    PLACEHOLDER_RE,
+    SERIOUS_VIOLENCE_VIEW,
+    SQL_PARAMETER_RE,
+    ColumnModel,
+    DeriveModel,
+    ProductConfigError,
+    ProductDefinition,
+    conditions_hold,
+    normalise_parameters,
+    stored_columns,
+    view_name,
+)
+from services.products.config import POLICE_DATASET, PartnershipConfig, sql_string
+from services.storage.service import VersionInfo
+
+_DUCKDB_TYPES: dict[FieldType, str] = {
+    FieldType.STRING: "VARCHAR",
+    FieldType.INTEGER: "BIGINT",
+    FieldType.FLOAT: "DOUBLE",
+    FieldType.BOOLEAN: "BOOLEAN",
+    FieldType.DATE: "DATE",
+    FieldType.TIMESTAMP: "TIMESTAMP",
+}
+
+HKC_SCHEMA = pa.schema(
+    [
+        pa.field("person", pa.string()),
+        pa.field("offences", pa.int64()),
+        pa.field("recent_offences", pa.int64()),
+        pa.field("last_offence_date", pa.date32()),
+        pa.field("gender", pa.string()),
+        pa.field("age", pa.int64()),
+    ]
+)
+_H3_SCHEMA = pa.schema(
+    [
+        pa.field("latitude", pa.float64()),
+        pa.field("longitude", pa.float64()),
+        pa.field("cell", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ProductResult:
+    product: str
+    level: int
+    parameters: dict[str, Any]
+    generated_at: str
+    sources: dict[str, int]
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    notes: dict[str, Any]
+    # "integer", "float", "string", "boolean" per column, for typed exports (Parquet) even
+    # when suppression has left a column without a single value.
+    column_types: dict[str, str] = field(default_factory=dict)
+
+
+# Public entry points
+
+
+def run(
+    defn: ProductDefinition,
+    params: dict[str, Any],
+    *,
+    versions: dict[str, VersionInfo],
+    suppress: bool,
+    k: int,
+    areas: frozenset[str] | None,
+    protector: Protector,
+) -> ProductResult:
+    """One product over the given dataset versions. ``params`` come from ``parse_parameters``.
+
+    ``areas`` None means no area restriction; otherwise rows are limited to those CSP areas and
+    a ``csp`` parameter naming another area is ``Forbidden``.
+    """
+    visible = _visible_areas(defn, params, areas)
+    threshold = defn.k or k
+    comparing = _comparing(defn, params)
+    columns = _present_columns(defn, params, comparing)
+    notes: dict[str, Any] = {}
+    used = defn.used_sources(params)
+    sources = {dataset: versions[dataset].version for dataset in used if dataset in versions}
+    missing = [dataset for dataset in defn.needed_sources(params) if dataset not in versions]
+    if missing:
+        notes["missing_sources"] = missing
+        notes["message"] = "no data has been pushed yet for " + ", ".join(missing)
+        types = _column_types(defn, columns, [])
+        return _result(defn, params, sources, columns, [], notes, types, suppress, threshold)
+    con = duckdb.connect()
+    try:
+        _create_views(con, defn, {d: v.files for d, v in versions.items()}, visible)
+
+        def carriers(as_of: date) -> pa.Table:
+            return habitual_knife_carriers(
+                versions, as_of, partnership=defn.partnership, protector=protector, areas=visible
+            )
+
+        rows, types = _evaluate(con, defn, params, columns, comparing, notes, carriers)
+    finally:
+        con.close()
+    return _finish(defn, params, sources, columns, rows, notes, types, suppress, threshold)
+
+
+def check_definition(defn: ProductDefinition) -> None:
+    """Run the product's SQL on empty tables for every choice, to refuse a broken definition.
+
+    Raises ``ProductConfigError`` when the SQL does not run or does not return the declared
+    columns. A definition that passed once is not run again in this process while its text,
+    its sources' contracts and the partnership's definitions are unchanged (tests build many
+    platforms).
+    """
+    fingerprint = _fingerprint(defn)
+    if fingerprint in _CHECKED:
+        return
+    con = duckdb.connect()
+    try:
+        _create_views(con, defn, {}, None)
+        for params in _trial_parameters(defn):
+            comparing = _comparing(defn, params)
+            columns = _present_columns(defn, params, comparing)
+            _evaluate(con, defn, params, columns, comparing, {}, lambda _: HKC_SCHEMA.empty_table())
+    except duckdb.Error as exc:
+        raise ProductConfigError(
+            f"product {defn.id!r}: its SQL does not run ({_first_line(exc)})"
+        ) from None
+    finally:
+        con.close()
+    _CHECKED.add(fingerprint)
+
+
+_CHECKED: set[str] = set()
+
+
+def _fingerprint(defn: ProductDefinition) -> str:
+    partnership = defn.partnership
+    parts = [
+        defn.spec.model_dump_json(),
+        partnership.serious_violence_where.sql,
+        *(defn.contracts[dataset].model_dump_json() for dataset in defn.sources),
+    ]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+# Areas and columns
+
+
+def _visible_areas(
+    defn: ProductDefinition, params: Mapping[str, Any], areas: frozenset[str] | None
+) -> frozenset[str] | None:
+    chosen: list[str] = []
+    for parameter in defn.parameters:
+        if parameter.type != "csp":
+            continue
+        value = params.get(parameter.name)
+        if isinstance(value, list):
+            chosen.extend(value)
+        elif isinstance(value, str):
+            chosen.append(value)
+    if areas is not None:
+        outside = [area for area in chosen if area not in areas]
+        if outside:
+            raise Forbidden(f"{outside[0]!r} is not one of your areas")
+    if chosen:
+        return frozenset(chosen)
+    return areas
+
+
+def _comparing(defn: ProductDefinition, params: Mapping[str, Any]) -> bool:
+    pair = defn.spec.comparison
+    return pair is not None and all(params.get(name) is not None for name in pair)
+
+
+def _keys_parameter(defn: ProductDefinition) -> str | None:
+    return next((p.name for p in defn.parameters if p.type == "keys"), None)
+
+
+def _present_columns(
+    defn: ProductDefinition, params: Mapping[str, Any], comparing: bool
+) -> list[str]:
+    keys_name = _keys_parameter(defn)
+    chosen = set(params.get(keys_name) or []) if keys_name else set()
+    present = []
+    for name, column in defn.spec.output.columns.items():
+        if column.by and name not in chosen:
+            continue
+        if column.comparison and not comparing:
+            continue
+        if column.when and not conditions_hold(column.when, params):
+            continue
+        present.append(name)
+    return present
+
+
+def _column(defn: ProductDefinition, name: str) -> ColumnModel:
+    return defn.spec.output.columns[name]
+
+
+# Views
+
+
+def _all_columns(contract: Contract) -> list[tuple[str, str]]:
+    """Every stored column of a dataset with its DuckDB type (as validation stores them)."""
+    columns: list[tuple[str, str]] = []
+    for spec in contract.fields:
+        if spec.protection is Protection.NONE:
+            columns.append((spec.name, _DUCKDB_TYPES[spec.type]))
+        elif spec.protection is Protection.IDENTIFIER:
+            columns.append((f"{spec.name}_pseudonym", "VARCHAR"))
+            if spec.reveal_at_level3:
+                columns.append((f"{spec.name}_enc", "BLOB"))
+        else:
+            columns.append((f"{spec.name}_enc", "BLOB"))
+    if contract.person is not None:
+        columns.append(("person_key", "VARCHAR"))
+    return columns
+
+
+def _relation(contract: Contract, files: tuple[Path, ...] | None) -> str:
+    if files:
+        paths = ", ".join(sql_string(str(path)) for path in files)
+        return f"read_parquet([{paths}], union_by_name = true)"
+    # No version yet: an empty relation of the right shape, so the SQL still binds.
+    nulls = ", ".join(f'NULL::{kind} AS "{name}"' for name, kind in _all_columns(contract))
+    return f"(SELECT {nulls} WHERE false)"
+
+
+def _area_filter(contract: Contract, visible: frozenset[str] | None) -> str:
+    if visible is None or "csp" not in contract.field_names:
+        return "true"
+    if not visible:
+        return "false"
+    return '"csp" IN (' + ", ".join(sql_string(area) for area in sorted(visible)) + ")"
+
+
+def _create_views(
+    con: duckdb.DuckDBPyConnection,
+    defn: ProductDefinition,
+    files: Mapping[str, tuple[Path, ...]],
+    visible: frozenset[str] | None,
+) -> None:
+    # A view cannot hold bound parameters, so its text is built here, from names checked
+    # against the contracts, paths from storage, the compiled partnership definition and CSP
+    # names from the closed vocabulary (quoted); nothing in it comes from a request as typed.
+    for dataset, fields in defn.spec.sources.items():
+        contract = defn.contracts[dataset]
+        relation = _relation(contract, files.get(dataset))
+        projection = ", ".join(f'"{name}"' for name in stored_columns(contract, fields))
+        where = _area_filter(contract, visible)
+        con.execute(
+            f"CREATE VIEW {view_name(dataset)} AS SELECT {projection} "  # noqa: S608
+            f"FROM {relation} WHERE {where}"
+        )
+        if dataset == POLICE_DATASET:
+            predicate = defn.partnership.serious_violence_where.sql
+            con.execute(
+                f"CREATE VIEW {SERIOUS_VIOLENCE_VIEW} AS SELECT {projection} "  # noqa: S608
+                f"FROM {relation} WHERE {predicate} AND {where}"
+            )
+    shown = sorted(visible) if visible is not None else list(CSP_AREAS)
+    if shown:
+        values = ", ".join(sql_string(area) for area in shown)
+        con.execute(f"CREATE VIEW {CSP_AREAS_VIEW} AS SELECT unnest([{values}]) AS csp")
+    else:
+        con.execute(f"CREATE VIEW {CSP_AREAS_VIEW} AS SELECT NULL::VARCHAR AS csp WHERE false")
+
+
+# Evaluation
+
+
+def _expand(defn: ProductDefinition, text: str, params: Mapping[str, Any]) -> str:
+    """The SQL with its placeholders replaced by the SQL of the choices made."""
+    keys_name = _keys_parameter(defn)
+
+    def replace(match: Any) -> str:
+        name = match.group(1)
+        if name in ("by", "by_names") and keys_name is not None:
+            spec = defn.parameter(keys_name)
+            assert spec is not None
+            chosen = params.get(keys_name) or []
+            if name == "by":
+                return "".join(f', {spec.choice_sql[key]} AS "{key}"' for key in chosen)
+            return "".join(f', "{key}"' for key in chosen)
+        spec = defn.parameter(name)
+        value = str(params.get(name))
+        if spec is None or value not in spec.choice_sql:
+            raise ProductConfigError(f"product {defn.id!r}: no SQL for {name}={value}")
+        return spec.choice_sql[value]
+
+    return PLACEHOLDER_RE.sub(replace, text)
+
+
+def _bind(text: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: params.get(name) for name in set(SQL_PARAMETER_RE.findall(text))}
+
+
+def _query(
+    con: duckdb.DuckDBPyConnection, defn: ProductDefinition, text: str, params: Mapping[str, Any]
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    sql = _expand(defn, text, params)
+    cursor = con.execute(sql, _bind(sql, params))
+    names = [column[0] for column in cursor.description or []]
+    return names, cursor.fetchall()
+
+
+def _with_period(defn: ProductDefinition, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters with the comparison period in place of the period."""
+    assert defn.spec.period is not None and defn.spec.comparison is not None
+    swapped = dict(params)
+    for current, previous in zip(defn.spec.period, defn.spec.comparison, strict=True):
+        swapped[current] = params[previous]
+    return swapped
+
+
+def _prepare_h3(
+    con: duckdb.DuckDBPyConnection, defn: ProductDefinition, params: Mapping[str, Any]
+) -> None:
+    spec = defn.spec.h3
+    table = _H3_SCHEMA.empty_table()
+    if spec is not None and (spec.when is None or conditions_hold(spec.when, params)):
+        resolution = int(params[spec.resolution])
+        _, points = _query(con, defn, spec.points, params)
+        to_cell = h3.latlng_to_cell
+        latitudes: list[float] = []
+        longitudes: list[float] = []
+        cells: list[str] = []
+        for latitude, longitude in points:
+            if latitude is None or longitude is None:
+                continue
+            latitudes.append(latitude)
+            longitudes.append(longitude)
+            cells.append(to_cell(latitude, longitude, resolution))
+        table = pa.table([latitudes, longitudes, cells], schema=_H3_SCHEMA)
+    con.register(H3_CELLS_TABLE, table)
+
+
+def _run_sql(
+    con: duckdb.DuckDBPyConnection,
+    defn: ProductDefinition,
+    params: Mapping[str, Any],
+    expected: list[str],
+) -> list[dict[str, Any]]:
+    _prepare_h3(con, defn, params)
+    names, tuples = _query(con, defn, defn.spec.sql, params)
+    declared = defn.spec.output.columns
+    unknown = [name for name in names if name not in declared]
+    absent = [name for name in expected if name not in names]
+    if unknown or absent or len(set(names)) != len(names):
+        raise ProductConfigError(
+            f"product {defn.id!r}: its SQL returns {', '.join(names)}; expected "
+            f"{', '.join(expected)}"
+        )
+    return [dict(zip(names, values, strict=True)) for values in tuples]
+
+
+def _evaluate(
+    con: duckdb.DuckDBPyConnection,
+    defn: ProductDefinition,
+    params: Mapping[str, Any],
+    columns: list[str],
+    comparing: bool,
+    notes: dict[str, Any],
+    carriers: Callable[[date], pa.Table],
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    spec = defn.spec
+    if spec.habitual_knife_carriers is not None:
+        con.register(HKC_TABLE, carriers(params[spec.habitual_knife_carriers.as_of]))
+    from_sql = [
+        name
+        for name in columns
+        if _column(defn, name).derive is None and _column(defn, name).previous_of is None
+    ]
+    rows = _run_sql(con, defn, params, from_sql)
+    previous_params = _with_period(defn, params) if comparing else None
+    if previous_params is not None:
+        previous_from_sql = [name for name in from_sql if not _column(defn, name).comparison]
+        previous = _run_sql(con, defn, previous_params, previous_from_sql)
+        rows = _merge_comparison(defn, columns, rows, previous)
+    for name, note in spec.notes.items():
+        if note.text is not None:
+            notes[name] = " ".join(note.text.split())
+            continue
+        assert note.sql is not None
+        notes[name] = _scalar(_query(con, defn, note.sql, params))
+        if note.compare and previous_params is not None:
+            notes[f"previous_{name}"] = _scalar(_query(con, defn, note.sql, previous_params))
+    if SERIOUS_VIOLENCE_VIEW in _expand(defn, spec.sql, params):
+        notes["serious_violence_definition"] = [
+            clause.name for clause in defn.partnership.serious_violence.any_of
+        ]
+    rows = [{name: _plain(row.get(name)) for name in columns} for row in rows]
+    types = _column_types(defn, columns, rows)
+    _derive(defn, columns, rows, notes)
+    return rows, types
+
+
+def _scalar(result: tuple[list[str], list[tuple[Any, ...]]]) -> Any:
+    _, tuples = result
+    if not tuples or not tuples[0]:
+        return None
+    return _plain(tuples[0][0])
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-safe Python value (dates as ISO text)."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Decimal):
+        # DuckDB's SUM and AVG give decimals; readers get plain numbers.
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        # Only ciphertexts are binary: whatever a definition says, they never leave.
+        raise ProductConfigError("a product returned binary values (ciphertexts never leave)")
+    if value is not None and not isinstance(value, str | int | float | bool):
+        return str(value)
+    return value
+
+
+def _merge_comparison(
+    defn: ProductDefinition,
+    columns: list[str],
+    current: list[dict[str, Any]],
+    previous: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Current and previous rows joined on the key columns; a group missing on a side is 0."""
+    keys = [name for name in columns if _column(defn, name).key or _column(defn, name).by]
+    counts = [name for name in columns if _column(defn, name).count]
+
+    def key_of(row: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(row.get(name) for name in keys)
+
+    before = {key_of(row): row for row in previous}
+    merged: list[dict[str, Any]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for row in current:
+        key = key_of(row)
+        seen.add(key)
+        merged.append(_joined(defn, columns, counts, row, before.get(key)))
+    for row in previous:
+        key = key_of(row)
+        if key in seen:
+            continue
+        blank = {name: (0 if name in counts else None) for name in columns}
+        blank.update({name: row.get(name) for name in keys})
+        merged.append(_joined(defn, columns, counts, blank, row))
+    return merged
+
+
+def _joined(
+    defn: ProductDefinition,
+    columns: list[str],
+    counts: list[str],
+    row: Mapping[str, Any],
+    previous: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    joined = dict(row)
+    for name in columns:
+        source = _column(defn, name).previous_of
+        if source is None:
+            continue
+        value = previous.get(source) if previous is not None else None
+        joined[name] = 0 if value is None and name in counts else value
+    return joined
+
+
+def _column_types(
+    defn: ProductDefinition, columns: list[str], rows: list[dict[str, Any]]
+) -> dict[str, str]:
+    types: dict[str, str] = {}
+    for name in columns:
+        column = _column(defn, name)
+        if column.count:
+            types[name] = "integer"
+        elif column.derive is not None:
+            derive = column.derive
+            types[name] = "float" if derive.ratio or derive.change else "integer"
+        else:
+            value = next((row[name] for row in rows if row.get(name) is not None), None)
+            types[name] = _type_name(value)
+    return types
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    return "string"
+
+
+# Derived columns
+
+
+def round_half_away(value: Fraction, decimals: int) -> float:
+    """``value`` rounded to ``decimals`` places, halves away from zero, computed exactly.
+
+    Binary floating point would round 0.125 or 2.675 the "wrong" way now and then; the figures
+    must agree with what an analyst gets by hand.
+    """
+    scaled = value * 10**decimals
+    magnitude = abs(scaled)
+    whole = math.floor(magnitude + Fraction(1, 2))
+    rounded = whole if scaled >= 0 else -whole
+    return float(Fraction(rounded, 10**decimals))
+
+
+def _operand(row: Mapping[str, Any], notes: Mapping[str, Any], name: str) -> Any:
+    if name.startswith("notes."):
+        return notes.get(name.removeprefix("notes."))
+    return row.get(name)
+
+
+def _number(value: Any) -> Fraction | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return Fraction(value)
+
+
+def _derived_value(derive: DeriveModel, row: Mapping[str, Any], notes: Mapping[str, Any]) -> Any:
+    operands = [_number(_operand(row, notes, name)) for name in derive.operands]
+    if any(value is None for value in operands):
+        return None
+    first, second = operands[0], operands[1] if len(operands) > 1 else None
+    assert first is not None
+    if derive.difference is not None:
+        assert second is not None
+        result = first - second
+        return int(result) if result.denominator == 1 else float(result)
+    assert second is not None
+    if second == 0:
+        return None
+    if derive.change is not None:
+        ratio = (first - second) / second * 100
+    else:
+        ratio = first * derive.scale / second
+    if derive.decimals is None:
+        return float(ratio)
+    return round_half_away(ratio, derive.decimals)
+
+
+def _derive(
+    defn: ProductDefinition,
+    columns: list[str],
+    rows: list[dict[str, Any]],
+    notes: Mapping[str, Any],
+) -> None:
+    for name in columns:
+        derive = _column(defn, name).derive
+        if derive is None:
+            continue
+        if derive.dense_rank is not None:
+            by = derive.dense_rank
+            distinct = sorted({row[by] for row in rows if row.get(by) is not None}, reverse=True)
+            ranks = {value: position + 1 for position, value in enumerate(distinct)}
+            for row in rows:
+                row[name] = ranks.get(row.get(by))
+            continue
+        for row in rows:
+            row[name] = _derived_value(derive, row, notes)
+
+
+def derived_operands(defn: ProductDefinition, columns: Iterable[str]) -> dict[str, list[str]]:
+    return {
+        name: list(derive.operands)
+        for name in columns
+        if (derive := _column(defn, name).derive) is not None
+    }
+
+
+# Ordering, limit, suppression
+
+
+def _sort_keys(defn: ProductDefinition, columns: list[str]) -> list[str]:
+    declared = defn.spec.output.sort
+    if declared is not None:
+        return [name for name in declared if name in columns]
+    return [name for name in columns if _column(defn, name).key or _column(defn, name).by]
+
+
+def _position(order: list[Any] | None, value: Any) -> tuple[int, Any]:
+    """Where a value sorts: declared order first, then natural order, empty values last."""
+    if value is None:
+        return (2, 0)
+    if order is not None and value in order:
+        return (0, order.index(value))
+    return (1, value)
+
+
+def _sort(defn: ProductDefinition, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    keys = _sort_keys(defn, columns)
+    orders = [_column(defn, name).order for name in keys]
+
+    def key(row: dict[str, Any]) -> tuple[tuple[int, Any], ...]:
+        return tuple(
+            _position(order, row.get(name)) for name, order in zip(keys, orders, strict=True)
+        )
+
+    rows.sort(key=key)
+
+
+def _apply_limit(
+    defn: ProductDefinition,
+    params: Mapping[str, Any],
+    columns: list[str],
+    rows: list[dict[str, Any]],
+    notes: dict[str, Any],
+) -> list[dict[str, Any]]:
+    limit_name = defn.spec.output.limit
+    if limit_name is None:
+        return rows
+    limit = int(params[limit_name])
+    if len(rows) <= limit:
+        return rows
+    notes["rows_before_limit"] = len(rows)
+    rank = next(
+        (n for n in columns if (d := _column(defn, n).derive) is not None and d.dense_rank), None
+    )
+    if rank is not None and rows[limit - 1].get(rank) == rows[limit].get(rank):
+        notes["ties_at_cutoff"] = True
+    return rows[:limit]
+
+
+def _finish(
+    defn: ProductDefinition,
+    params: Mapping[str, Any],
+    sources: dict[str, int],
+    columns: list[str],
+    rows: list[dict[str, Any]],
+    notes: dict[str, Any],
+    types: dict[str, str],
+    suppress: bool,
+    k: int,
+) -> ProductResult:
+    _sort(defn, columns, rows)
+    rows = _apply_limit(defn, params, columns, rows, notes)
+    if suppress:
+        count_notes = [
+            name
+            for base, note in defn.spec.notes.items()
+            if note.count
+            for name in (base, f"previous_{base}")
+            if name in notes
+        ]
+        withheld_notes = disclosure.suppress_notes(notes, count_notes, k)
+        disclosure.suppress_rows(
+            rows,
+            columns=columns,
+            key_columns=[n for n in columns if _column(defn, n).key or _column(defn, n).by],
+            count_columns=[n for n in columns if _column(defn, n).count],
+            derived=derived_operands(defn, columns),
+            k=k,
+            secondary_suppression=defn.spec.suppression.secondary,
+            withheld_notes=withheld_notes,
+        )
+        # Withheld ranks sort last, so that the order of rows does not give them away.
+        _sort(defn, columns, rows)
+    return _result(defn, params, sources, columns, rows, notes, types, suppress, k)
+
+
+def _result(
+    defn: ProductDefinition,
+    params: Mapping[str, Any],
+    sources: dict[str, int],
+    columns: list[str],
+    rows: list[dict[str, Any]],
+    notes: dict[str, Any],
+    types: dict[str, str],
+    suppress: bool,
+    k: int,
+) -> ProductResult:
+    notes["suppression"] = {"applied": suppress, "k": k} if suppress else {"applied": False}
+    return ProductResult(
+        product=defn.id,
+        level=defn.level,
+        parameters=normalise_parameters(defn, params),
+        generated_at=utcnow().isoformat(timespec="seconds").replace("+00:00", "Z"),
+        sources=sources,
+        columns=columns,
+        rows=rows,
+        notes=notes,
+        column_types={name: types.get(name, "string") for name in columns},
+    )
+
+
+# Trial runs for check_definition
+
+
+def _trial_parameters(defn: ProductDefinition) -> list[dict[str, Any]]:
+    base: dict[str, Any] = {}
+    choice_names: list[str] = []
+    choice_lists: list[list[str]] = []
+    for parameter in defn.parameters:
+        if parameter.type == "date":
+            base[parameter.name] = date(2001, 1, 1)
+        elif parameter.type == "integer":
+            default = parameter.default if isinstance(parameter.default, int) else None
+            base[parameter.name] = default or parameter.minimum or 1
+        elif parameter.type == "keys":
+            base[parameter.name] = list(parameter.choices or ())
+        elif parameter.type == "csp":
+            base[parameter.name] = [] if parameter.repeatable else None
+        else:
+            choice_names.append(parameter.name)
+            choice_lists.append(list(parameter.choices or ()))
+    trials: list[dict[str, Any]] = []
+    for combination in itertools.product(*choice_lists):
+        params = {**base, **dict(zip(choice_names, combination, strict=True))}
+        if any(conditions_hold(c.when, params) for c in defn.spec.constraints):
+            continue
+        trials.append(params)
+        keys_name = _keys_parameter(defn)
+        if keys_name is not None:
+            trials.append({**params, keys_name: []})
+    return trials
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
+# Habitual knife carriers
+
+
+def add_months(day: date, months: int) -> date:
+    """``day`` moved by whole months, clamped to the month's end (31 March - 1 = 29 February)."""
+    index = day.year * 12 + day.month - 1 + months
+    year, month = divmod(index, 12)
+    month += 1
+    next_month = date(year + (month == 12), month % 12 + 1, 1)
+    last_day = (next_month - date(year, month, 1)).days
+    return date(year, month, min(day.day, last_day))
+
+
+def age_on(born: date, day: date) -> int:
+    """Whole years from ``born`` to ``day`` (a 29 February birthday falls on 1 March)."""
+    return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+
+
+def habitual_knife_carriers(
+    source: duckdb.DuckDBPyConnection | Mapping[str, VersionInfo],
+    as_of: date,
+    *,
+    partnership: PartnershipConfig,
+    protector: Protector,
+    relation: str = "police_occurrences",
+    areas: frozenset[str] | None = None,
+) -> pa.Table:
+    """The habitual knife carrier list as of a date: one row per person, sorted by person.
+
+    Columns: ``person`` (the police person id's pseudonym), ``offences`` (qualifying offences
+    in the lookback), ``recent_offences`` (in the recent window), ``last_offence_date``,
+    ``gender`` (the most recent recorded) and ``age`` at ``as_of`` (from the most recent
+    recorded date of birth, decrypted in memory and never kept).
+
+    ``source`` is either the current versions (the police files are read here) or a DuckDB
+    connection holding ``relation`` with the police dataset's stored columns.
+    """
+    if isinstance(source, Mapping):
+        info = source.get(POLICE_DATASET)
+        if info is None or not info.files:
+            return HKC_SCHEMA.empty_table()
+        con = duckdb.connect()
+        try:
+            paths = ", ".join(sql_string(str(path)) for path in info.files)
+            # Paths from storage, quoted: a view cannot hold bound parameters.
+            con.execute(
+                "CREATE VIEW police AS SELECT * FROM "  # noqa: S608
+                f"read_parquet([{paths}], union_by_name = true)"
+            )
+            return _carriers(con, "police", as_of, partnership, protector, areas)
+        finally:
+            con.close()
+    return _carriers(source, relation, as_of, partnership, protector, areas)
+
+
+def _carriers(
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    as_of: date,
+    partnership: PartnershipConfig,
+    protector: Protector,
+    areas: frozenset[str] | None,
+) -> pa.Table:
+    definition = partnership.habitual_knife_carriers
+    qualifying = partnership.hkc_qualifying_where.sql
+    exclude = partnership.hkc_exclude_where
+    if exclude is not None:
+        qualifying = f"{qualifying} AND NOT coalesce({exclude.sql}, false)"
+    if areas is None:
+        area_filter = "true"
+    elif areas:
+        area_filter = '"csp" IN (' + ", ".join(sql_string(a) for a in sorted(areas)) + ")"
+    else:
+        area_filter = "false"
+    if not relation.replace("_", "").isalnum():
+        raise ValueError(f"{relation!r} is not a relation name")
+    # Gender and date of birth are the person's most recent non-null values up to as_of: a
+    # later correction wins, and a later record (after as_of) cannot change an earlier list.
+    # The text holds only the compiled partnership predicates and checked names; values are
+    # bound.
+    sql = f"""
+        WITH rows AS (
+            SELECT suspect_nominal_ref_pseudonym AS person, occurrence_ref, committed_at,
+                suspect_gender, suspect_dob_enc
+            FROM {relation}
+            WHERE suspect_nominal_ref_pseudonym IS NOT NULL AND committed_at < $as_of
+                AND {area_filter}
+        ),
+        carriers AS (
+            SELECT suspect_nominal_ref_pseudonym AS person,
+                count(DISTINCT occurrence_ref) AS offences,
+                count(DISTINCT occurrence_ref)
+                    FILTER (WHERE committed_at >= $recent) AS recent_offences,
+                max(committed_at) AS last_offence_at
+            FROM {relation}
+            WHERE suspect_nominal_ref_pseudonym IS NOT NULL
+                AND committed_at >= $lookback AND committed_at < $as_of
+                AND coalesce({qualifying}, false) AND {area_filter}
+            GROUP BY person
+            HAVING offences >= $min_offences AND recent_offences >= 1
+        ),
+        -- Only the carriers' records are looked at for gender and date of birth.
+        latest AS (
+            SELECT person,
+                first(suspect_gender ORDER BY committed_at DESC, occurrence_ref DESC)
+                    FILTER (WHERE suspect_gender IS NOT NULL) AS gender,
+                first(suspect_dob_enc ORDER BY committed_at DESC, occurrence_ref DESC)
+                    FILTER (WHERE suspect_dob_enc IS NOT NULL) AS dob_enc
+            FROM rows
+            WHERE person IN (SELECT person FROM carriers)
+            GROUP BY person
+        )
+        SELECT person, offences, recent_offences,
+            CAST(last_offence_at AS DATE) AS last_offence_date, gender, dob_enc
+        FROM carriers JOIN latest USING (person)
+        ORDER BY person
+    """  # noqa: S608
+    table = con.sql(
+        sql,
+        params={
+            "as_of": as_of,
+            "lookback": add_months(as_of, -definition.lookback_months),
+            "recent": add_months(as_of, -definition.recent_months),
+            "min_offences": definition.min_offences,
+        },
+    ).to_arrow_table()
+    ciphertexts = table.column("dob_enc")
+    ages: list[int | None] = []
+    if table.num_rows:
+        # Protector.decrypt works once per distinct ciphertext; the dates stay in this frame.
+        dobs = protector.decrypt(ciphertexts, aad=f"{POLICE_DATASET}/suspect_dob").to_pylist()
+        ages = [None if dob is None else age_on(date.fromisoformat(dob), as_of) for dob in dobs]
+        del dobs
+    return pa.table(
+        [
+            table.column("person").cast(pa.string()),
+            table.column("offences").cast(pa.int64()),
+            table.column("recent_offences").cast(pa.int64()),
+            table.column("last_offence_date").cast(pa.date32()),
+            table.column("gender").cast(pa.string()),
+            pa.array(ages, pa.int64()),
+        ],
+        schema=HKC_SCHEMA,
+    )

@@ -1,0 +1,289 @@
+"""Reading a product: decide, compute, audit, and only then hand the data to the caller.
+
+The audit event of a read is committed before the caller receives a single byte: the result is
+computed in full, the event (with the row count) is written and committed, and only then is the
+response serialised. If the event cannot be written, the caller gets `AuditUnavailable` (503)
+and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.audit import service as audit_service
+from services.audit.catalogue import AuditAction, Outcome
+from services.audit.service import AuditRecord, RequestContext
+from services.authz.enforcer import PolicyEngine
+from services.authz.service import ProductAccess, product_access
+from services.contracts.protection import Protector
+from services.identity.schemas import Principal
+from services.kit.errors import AuditUnavailable, BadRequest, Forbidden, NotFound, TogetherError
+from services.products import catalogue as product_catalogue
+from services.products import engine
+from services.products.catalogue import ProductDefinition
+from services.products.catalogue import normalise_parameters as catalogue_normalised
+from services.products.engine import ProductResult
+from services.storage import service as storage_service
+from services.storage.service import Storage, VersionInfo
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("json", "csv", "parquet", "geojson")
+CACHE_ENTRIES = 256
+
+
+@dataclass
+class ProductDeps:
+    sessions: sessionmaker[Session]
+    catalogue: dict[str, ProductDefinition]
+    policy: PolicyEngine
+    storage: Storage
+    protector: Protector
+    k: int
+    # Benchmark-only: measure the cost of the audit write by skipping it. Never set in service.
+    audit_disabled_for_benchmark: bool = False
+    cache: OrderedDict[tuple[Any, ...], ProductResult] = field(default_factory=OrderedDict)
+    cache_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class ProductRead:
+    result: ProductResult
+    format: str
+
+
+def get_definition(deps: ProductDeps, product_id: str) -> ProductDefinition:
+    definition = deps.catalogue.get(product_id)
+    if definition is None:
+        raise NotFound(f"no product {product_id!r}")
+    return definition
+
+
+def formats_for(definition: ProductDefinition) -> list[str]:
+    return [f for f in FORMATS if f != "geojson" or definition.level == 2]
+
+
+def list_readable(deps: ProductDeps, principal: Principal) -> list[dict[str, Any]]:
+    readable = []
+    for definition in sorted(deps.catalogue.values(), key=lambda d: (d.level, d.id)):
+        access = product_access(deps.policy, principal, definition.id, definition.level)
+        if access.allowed:
+            readable.append(
+                {
+                    "id": definition.id,
+                    "level": definition.level,
+                    "title": definition.title,
+                    "description": definition.description,
+                    "parameters": [p.describe() for p in definition.parameters],
+                    "formats": formats_for(definition),
+                    "suppressed": not access.unsuppressed,
+                    "areas": sorted(access.areas) if access.areas is not None else None,
+                }
+            )
+    return readable
+
+
+def explain(
+    deps: ProductDeps, principal: Principal, ctx: RequestContext, product_id: str
+) -> dict[str, Any]:
+    definition = get_definition(deps, product_id)
+    access = product_access(deps.policy, principal, definition.id, definition.level)
+    with deps.sessions() as session:
+        audit_service.record(
+            session,
+            ctx,
+            AuditRecord(
+                action=AuditAction.ACCESS_EXPLAINED,
+                outcome=Outcome.SUCCESS,
+                resource_type="product",
+                resource=definition.id,
+                level=definition.level,
+                matched_rule=access.rule,
+                policy_version=access.policy_version,
+                details={"allowed": access.allowed},
+            ),
+        )
+        session.commit()
+    return {
+        "product": definition.id,
+        "level": definition.level,
+        "allowed": access.allowed,
+        "rule": access.rule,
+        "policy_version": access.policy_version,
+        "suppressed": access.allowed and not access.unsuppressed,
+        "areas": sorted(access.areas) if access.areas is not None else None,
+        "roles": principal.roles,
+    }
+
+
+def _deny(
+    deps: ProductDeps,
+    ctx: RequestContext,
+    definition: ProductDefinition,
+    access: ProductAccess,
+    reason: str,
+    parameters: dict[str, Any],
+) -> None:
+    audit_service.record_committed(
+        deps.sessions,
+        ctx,
+        AuditRecord(
+            action=AuditAction.ACCESS_DENIED,
+            outcome=Outcome.DENIED,
+            reason=reason,
+            resource_type="product",
+            resource=definition.id,
+            level=definition.level,
+            parameters=parameters,
+            matched_rule=access.rule,
+            policy_version=access.policy_version,
+        ),
+    )
+
+
+def _raw_parameters(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """The request's parameters as given, for the audit record (bounded in size)."""
+    raw: dict[str, list[str]] = {}
+    for name, value in pairs[:50]:
+        raw.setdefault(name[:40], []).append(value[:100])
+    return {name: values if len(values) > 1 else values[0] for name, values in raw.items()}
+
+
+def read_product(
+    deps: ProductDeps,
+    principal: Principal,
+    ctx: RequestContext,
+    product_id: str,
+    pairs: list[tuple[str, str]],
+) -> ProductRead:
+    definition = get_definition(deps, product_id)
+    access = product_access(deps.policy, principal, definition.id, definition.level)
+    raw = _raw_parameters(pairs)
+    if not access.allowed:
+        _deny(deps, ctx, definition, access, "tier not permitted", raw)
+        raise Forbidden(f"you may not read {definition.id} (Level {definition.level})")
+    try:
+        formats = [value for name, value in pairs if name == "format"]
+        if len(formats) > 1:
+            raise BadRequest("format given more than once")
+        fmt = formats[0] if formats else "json"
+        if fmt not in formats_for(definition):
+            raise BadRequest(f"format must be one of {', '.join(formats_for(definition))}")
+        params = product_catalogue.parse_parameters(
+            definition, [(name, value) for name, value in pairs if name != "format"]
+        )
+        with deps.sessions() as session:
+            versions = storage_service.current_versions(
+                session, deps.storage, list(definition.sources)
+            )
+        result = _computed(deps, definition, params, versions, access)
+    except Forbidden:
+        _deny(deps, ctx, definition, access, "outside the reader's areas", raw)
+        raise
+    except TogetherError as exc:
+        audit_service.record_committed(
+            deps.sessions,
+            ctx,
+            AuditRecord(
+                action=AuditAction.PRODUCT_REFUSED,
+                outcome=Outcome.REJECTED,
+                reason=exc.code.lower(),
+                resource_type="product",
+                resource=definition.id,
+                level=definition.level,
+                parameters=raw,
+                matched_rule=access.rule,
+                policy_version=access.policy_version,
+            ),
+        )
+        raise
+    if not deps.audit_disabled_for_benchmark:
+        _audit_read(deps, ctx, definition, access, result, fmt)
+    return ProductRead(result, fmt)
+
+
+def _computed(
+    deps: ProductDeps,
+    definition: ProductDefinition,
+    params: dict[str, Any],
+    versions: dict[str, VersionInfo],
+    access: ProductAccess,
+) -> ProductResult:
+    """A product's result, from the cache when the same question met the same versions.
+
+    Versions are immutable, so a result is valid for as long as its sources' versions are
+    current: the key holds them, and a new upload simply makes new keys. Each process keeps
+    its own cache; nothing in it must agree across processes.
+    """
+    key = (
+        definition.id,
+        repr(sorted(catalogue_normalised(definition, params).items())),
+        tuple(sorted((d, v.version) for d, v in versions.items())),
+        not access.unsuppressed,
+        access.areas,
+        deps.k,
+    )
+    with deps.cache_lock:
+        cached = deps.cache.get(key)
+        if cached is not None:
+            deps.cache.move_to_end(key)
+            return cached
+    result = engine.run(
+        definition,
+        params,
+        versions=versions,
+        suppress=not access.unsuppressed,
+        k=deps.k,
+        areas=access.areas,
+        protector=deps.protector,
+    )
+    if definition.level <= 2:
+        # Level 3 results name people: never kept beyond the request that asked for them.
+        with deps.cache_lock:
+            deps.cache[key] = result
+            while len(deps.cache) > CACHE_ENTRIES:
+                deps.cache.popitem(last=False)
+    return result
+
+
+def _audit_read(
+    deps: ProductDeps,
+    ctx: RequestContext,
+    definition: ProductDefinition,
+    access: ProductAccess,
+    result: ProductResult,
+    fmt: str,
+) -> None:
+    try:
+        with deps.sessions() as session:
+            audit_service.record(
+                session,
+                ctx,
+                AuditRecord(
+                    action=AuditAction.PRODUCT_READ,
+                    outcome=Outcome.SUCCESS,
+                    resource_type="product",
+                    resource=definition.id,
+                    level=definition.level,
+                    parameters={**result.parameters, "format": fmt},
+                    rows=len(result.rows),
+                    matched_rule=access.rule,
+                    policy_version=access.policy_version,
+                    details={
+                        "sources": result.sources,
+                        "suppressed": not access.unsuppressed,
+                        "areas": sorted(access.areas) if access.areas is not None else None,
+                    },
+                ),
+            )
+            session.commit()
+    except Exception as exc:
+        # No audit, no data (security-tests T25).
+        log.error("audit write failed; the read is refused", exc_info=exc)
+        raise AuditUnavailable() from exc

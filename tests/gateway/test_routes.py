@@ -1,0 +1,73 @@
+"""Architecture guards: every route authenticates unless listed public; one error shape."""
+
+from __future__ import annotations
+
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+
+from gateway.app import PUBLIC_PATHS, ROUTERS, create_app
+from gateway.deps import authenticated
+from gateway.platform import Platform
+from services.kit.settings import Settings
+
+
+def _dependencies(route: APIRoute) -> set[object]:
+    found: set[object] = set()
+    stack = [route.dependant]
+    while stack:
+        dependant = stack.pop()
+        if dependant.call is not None:
+            found.add(dependant.call)
+        stack.extend(dependant.dependencies)
+    return found
+
+
+def test_every_route_is_authenticated_or_listed_public() -> None:
+    routes = [r for router in ROUTERS for r in router.routes if isinstance(r, APIRoute)]
+    assert len(routes) > 10
+    public = {r.path for r in routes if authenticated not in _dependencies(r)}
+    assert public == set(PUBLIC_PATHS)
+    for route in routes:
+        if route.path.startswith("/v1"):
+            assert authenticated in _dependencies(route), route.path
+
+
+def test_error_shape_is_problem_json(api: TestClient) -> None:
+    for response in (
+        api.get("/v1/contracts"),
+        api.get("/no/such/path"),
+        api.post("/healthz"),
+    ):
+        assert response.headers["content-type"].startswith("application/problem+json")
+        body = response.json()
+        assert set(body) >= {"type", "status", "code", "title", "detail", "request_id"}
+        assert body["status"] == response.status_code
+        assert response.headers["x-request-id"] == body["request_id"]
+        assert response.headers["cache-control"] == "no-store"
+
+
+def test_docs_hidden_outside_development(api: TestClient) -> None:
+    assert api.get("/docs").status_code == 404
+    assert api.get("/openapi.json").status_code == 404
+
+
+def test_internal_errors_say_nothing(settings: Settings, platform: Platform) -> None:
+    app = create_app(settings, platform)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("SELECT secret FROM somewhere /var/lib/path")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/boom")
+    assert response.status_code == 500
+    assert response.json()["code"] == "INTERNAL_ERROR"
+    assert "secret" not in response.text and "/var/lib" not in response.text
+
+
+def test_placeholder_secrets_refused_outside_development() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="placeholder"):
+        Settings(env="production", hmac_key="changeme")
+    Settings(env="development", hmac_key="changeme")
