@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import errors
 from gateway.platform import Platform, build_platform
 from gateway.routes import admin, contracts, health, oauth, products, uploads
+from services.audit.service import Sealer
 from services.kit.settings import Settings, get_settings
 
 # Routes reachable without a bearer token. Pinned by a test: anything else must authenticate.
@@ -70,11 +71,16 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sealer = None
         if platform is None:
             app.state.platform = build_platform(settings)
+            sealer = Sealer(app.state.platform.sessions, settings.audit_seal_interval_seconds)
+            sealer.start()
         try:
             yield
         finally:
+            if sealer is not None:
+                sealer.stop()
             if platform is None:
                 app.state.platform.close()
 

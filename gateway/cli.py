@@ -24,6 +24,28 @@ app.add_typer(contracts_app, name="contracts")
 app.add_typer(demo_app, name="demo")
 app.add_typer(keys_app, name="keys")
 app.add_typer(storage_app, name="storage")
+audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("seal")
+def audit_seal() -> None:
+    """Chain every committed audit event not yet sealed, then check the whole chain."""
+    from gateway.platform import build_platform
+    from services.audit import service as audit_service
+
+    platform = build_platform(_settings())
+    try:
+        sealed = audit_service.seal_all(platform.sessions)
+        with platform.sessions() as session:
+            check = audit_service.verify_chain(session)
+    finally:
+        platform.close()
+    typer.echo(f"sealed {sealed} event(s); chain of {check.checked} link(s) ", nl=False)
+    if not check.ok:
+        typer.echo(f"BROKEN at leaf {check.first_bad_leaf}: {check.reason}")
+        raise typer.Exit(1)
+    typer.echo("verified")
 
 
 def _settings() -> Settings:

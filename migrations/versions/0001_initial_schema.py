@@ -41,8 +41,6 @@ def upgrade() -> None:
     sa.Column('request_id', sa.String(length=64), nullable=True),
     sa.Column('client_address', sa.String(length=64), nullable=True),
     sa.Column('details', sa.JSON(), nullable=False),
-    sa.Column('prev_hash', sa.String(length=64), nullable=False),
-    sa.Column('hash', sa.String(length=64), nullable=False),
     sa.Column('canonical', sa.Text(), nullable=False),
     sa.PrimaryKeyConstraint('seq', name=op.f('pk_audit_events')),
     sa.UniqueConstraint('event_id', name=op.f('uq_audit_events_event_id'))
@@ -55,6 +53,16 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_audit_events_resource'), ['resource'], unique=False)
         batch_op.create_index(batch_op.f('ix_audit_events_resource_org'), ['resource_org'], unique=False)
 
+    op.create_table('audit_chain',
+    sa.Column('leaf_index', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=False, nullable=False),
+    sa.Column('event_seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('prev_hash', sa.String(length=64), nullable=False),
+    sa.Column('hash', sa.String(length=64), nullable=False),
+    sa.Column('sealed_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['event_seq'], ['audit_events.seq'], name=op.f('fk_audit_chain_event_seq_audit_events')),
+    sa.PrimaryKeyConstraint('leaf_index', name=op.f('pk_audit_chain')),
+    sa.UniqueConstraint('event_seq', name=op.f('uq_audit_chain_event_seq'))
+    )
     op.create_table('clients',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('client_id', sa.String(length=64), nullable=False),
@@ -156,38 +164,43 @@ def upgrade() -> None:
 
 
 def _audit_append_only() -> None:
-    """The audit table is append-only from the first day: the database refuses changes."""
+    """The audit tables are append-only from the first day: the database refuses changes."""
     dialect = op.get_bind().dialect.name
-    if dialect == "sqlite":
-        for verb in ("UPDATE", "DELETE"):
+    if dialect == "postgresql":
+        op.execute(
+            "CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME USING ERRCODE = '42501'; "
+            "END $$"
+        )
+    for table in ("audit_events", "audit_chain"):
+        if dialect == "sqlite":
+            for verb in ("UPDATE", "DELETE"):
+                op.execute(
+                    f"CREATE TRIGGER {table}_no_{verb.lower()} BEFORE {verb} ON {table} "
+                    f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+                )
+        elif dialect == "postgresql":
             op.execute(
-                f"CREATE TRIGGER audit_events_no_{verb.lower()} BEFORE {verb} ON audit_events "
-                "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END"
+                f"CREATE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION audit_append_only()"
             )
-    elif dialect == "postgresql":
-        op.execute(
-            "CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
-            "BEGIN RAISE EXCEPTION 'audit_events is append-only' USING ERRCODE = '42501'; END $$"
-        )
-        op.execute(
-            "CREATE TRIGGER audit_events_no_change BEFORE UPDATE OR DELETE ON audit_events "
-            "FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()"
-        )
-        op.execute(
-            "CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events "
-            "FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only()"
-        )
+            op.execute(
+                f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()"
+            )
 
 
 def downgrade() -> None:
     dialect = op.get_bind().dialect.name
+    for table in ("audit_chain", "audit_events"):
+        if dialect == "postgresql":
+            op.execute(f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}")
+            op.execute(f"DROP TRIGGER IF EXISTS {table}_no_change ON {table}")
+        elif dialect == "sqlite":
+            op.execute(f"DROP TRIGGER IF EXISTS {table}_no_update")
+            op.execute(f"DROP TRIGGER IF EXISTS {table}_no_delete")
     if dialect == "postgresql":
-        op.execute("DROP TRIGGER IF EXISTS audit_events_no_truncate ON audit_events")
-        op.execute("DROP TRIGGER IF EXISTS audit_events_no_change ON audit_events")
-        op.execute("DROP FUNCTION IF EXISTS audit_events_append_only()")
-    elif dialect == "sqlite":
-        op.execute("DROP TRIGGER IF EXISTS audit_events_no_update")
-        op.execute("DROP TRIGGER IF EXISTS audit_events_no_delete")
+        op.execute("DROP FUNCTION IF EXISTS audit_append_only()")
     with op.batch_alter_table('version_files', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_version_files_version_pk'))
 
@@ -216,4 +229,5 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_audit_events_actor'))
         batch_op.drop_index(batch_op.f('ix_audit_events_action'))
 
+    op.drop_table('audit_chain')
     op.drop_table('audit_events')

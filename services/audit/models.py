@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.kit.db import Base, UTCDateTime
@@ -36,6 +36,27 @@ class AuditEvent(Base):
     request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     client_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The event's canonical JSON: what the chain hashes, and what an export carries.
+    canonical: Mapped[str] = mapped_column(Text)
+
+
+class AuditChainLink(Base):
+    """The hash chain over the events, in the order the sealer saw them commit. Append-only.
+
+    Events are inserted without any global lock (a read must not wait for other reads); the
+    sealer then appends one link per committed event: leaf `n` holds the SHA-256 of link `n-1`
+    and the event's canonical form. Leaf order, not `seq`, is the order of record: a
+    transaction that commits late is sealed late, but never skipped.
+    """
+
+    __tablename__ = "audit_chain"
+
+    leaf_index: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
+    event_seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("audit_events.seq"), unique=True
+    )
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
-    canonical: Mapped[str] = mapped_column(Text)
+    sealed_at: Mapped[datetime] = mapped_column(UTCDateTime())

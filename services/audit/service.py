@@ -1,28 +1,33 @@
 """Writes audit events into the append-only, hash-chained table.
 
 Each event's canonical form is RFC 8785-style JSON (sorted keys, no insignificant whitespace,
-UTF-8), and its hash is SHA-256 over the previous event's hash and that canonical form. Events
-are written inside the caller's transaction, so an event and the state change it describes
-commit together or not at all.
+UTF-8). Events are written inside the caller's transaction, so an event and the state change it
+describes commit together or not at all, and without any global lock. The sealer then chains
+committed events: each link is SHA-256 over the previous link's hash and the event's canonical
+form (see `AuditChainLink`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from services.audit.catalogue import AuditAction, Outcome
-from services.audit.models import AuditEvent
+from services.audit.models import AuditChainLink, AuditEvent
 from services.kit.clock import utcnow
 from services.kit.ids import new_id
 
+log = logging.getLogger(__name__)
+
 GENESIS_HASH = "0" * 64
-# Any fixed 64-bit number: all writers of the chain on PostgreSQL serialise on this lock.
+# Any fixed 64-bit number: the sealers of all processes on PostgreSQL share this lock.
 _CHAIN_LOCK_ID = 0x746F676574686572
 
 
@@ -63,16 +68,6 @@ def chain_hash(prev_hash: str, canonical: str) -> str:
     return hashlib.sha256((prev_hash + "\n" + canonical).encode("utf-8")).hexdigest()
 
 
-def _last_hash(session: Session) -> str:
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCK_ID})
-    last = session.execute(
-        select(AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
-    ).scalar_one_or_none()
-    return last or GENESIS_HASH
-
-
 def record(session: Session, ctx: RequestContext, rec: AuditRecord) -> AuditEvent:
     if not isinstance(rec.action, AuditAction):
         raise ValueError(f"audit action {rec.action!r} is not in the catalogue")
@@ -101,7 +96,6 @@ def record(session: Session, ctx: RequestContext, rec: AuditRecord) -> AuditEven
         "details": rec.details,
     }
     canonical = canonical_json(document)
-    prev = _last_hash(session)
     event = AuditEvent(
         event_id=document["event_id"],
         occurred_at=occurred_at,
@@ -124,8 +118,6 @@ def record(session: Session, ctx: RequestContext, rec: AuditRecord) -> AuditEven
         request_id=ctx.request_id,
         client_address=ctx.client_address,
         details=rec.details,
-        prev_hash=prev,
-        hash=chain_hash(prev, canonical),
         canonical=canonical,
     )
     session.add(event)
@@ -133,11 +125,99 @@ def record(session: Session, ctx: RequestContext, rec: AuditRecord) -> AuditEven
     return event
 
 
+def seal(session: Session, *, limit: int = 5000) -> int:
+    """Append chain links for committed events not yet sealed; returns how many were sealed.
+
+    Only one sealer works at a time (PostgreSQL: a transaction-level advisory lock, skipped
+    rather than waited for; SQLite: the write lock every transaction takes). The caller
+    commits.
+    """
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        locked = session.execute(
+            text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCK_ID}
+        ).scalar_one()
+        if not locked:
+            return 0
+    last = session.execute(
+        select(AuditChainLink.leaf_index, AuditChainLink.hash)
+        .order_by(AuditChainLink.leaf_index.desc())
+        .limit(1)
+    ).one_or_none()
+    leaf, prev = (last.leaf_index + 1, last.hash) if last is not None else (0, GENESIS_HASH)
+    pending = session.execute(
+        select(AuditEvent.seq, AuditEvent.canonical)
+        .outerjoin(AuditChainLink, AuditChainLink.event_seq == AuditEvent.seq)
+        .where(AuditChainLink.event_seq.is_(None))
+        .order_by(AuditEvent.seq)
+        .limit(limit)
+    ).all()
+    if not pending:
+        return 0
+    now = utcnow()
+    links = []
+    for seq, canonical in pending:
+        digest = chain_hash(prev, canonical)
+        links.append(
+            {
+                "leaf_index": leaf,
+                "event_seq": seq,
+                "prev_hash": prev,
+                "hash": digest,
+                "sealed_at": now,
+            }
+        )
+        prev, leaf = digest, leaf + 1
+    session.execute(insert(AuditChainLink), links)
+    return len(links)
+
+
+def seal_all(factory: Any) -> int:
+    """Seal until nothing is pending (a command, a test, the end of a benchmark)."""
+    total = 0
+    while True:
+        session: Session = factory()
+        try:
+            sealed = seal(session)
+            session.commit()
+        finally:
+            session.close()
+        total += sealed
+        if sealed == 0:
+            return total
+
+
+class Sealer:
+    """Seals the chain every few seconds on a daemon thread of each server process."""
+
+    def __init__(self, factory: Any, interval_seconds: float) -> None:
+        self._factory = factory
+        self._interval = interval_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="audit-sealer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                seal_all(self._factory)
+            except Exception:
+                # The next round retries; events are safe in the table meanwhile.
+                log.exception("sealing the audit chain failed")
+
+
 @dataclass
 class ChainCheck:
     ok: bool
     checked: int
-    first_bad_seq: int | None = None
+    unsealed: int = 0
+    first_bad_leaf: int | None = None
     reason: str | None = None
 
 
@@ -145,18 +225,31 @@ def verify_chain(session: Session) -> ChainCheck:
     """Recompute the chain from the stored canonical forms (the offline verifier comes later)."""
     prev = GENESIS_HASH
     count = 0
-    for seq, prev_hash, digest, canonical in session.execute(
+    for leaf, link_prev, digest, canonical in session.execute(
         select(
-            AuditEvent.seq, AuditEvent.prev_hash, AuditEvent.hash, AuditEvent.canonical
-        ).order_by(AuditEvent.seq)
+            AuditChainLink.leaf_index,
+            AuditChainLink.prev_hash,
+            AuditChainLink.hash,
+            AuditEvent.canonical,
+        )
+        .join(AuditEvent, AuditEvent.seq == AuditChainLink.event_seq)
+        .order_by(AuditChainLink.leaf_index)
     ):
+        if leaf != count:
+            return ChainCheck(False, count, first_bad_leaf=count, reason="a link is missing")
         count += 1
-        if prev_hash != prev:
-            return ChainCheck(False, count, seq, "previous hash does not match")
+        if link_prev != prev:
+            return ChainCheck(False, count, first_bad_leaf=leaf, reason="previous hash differs")
         if chain_hash(prev, canonical) != digest:
-            return ChainCheck(False, count, seq, "event hash does not match its content")
+            return ChainCheck(False, count, first_bad_leaf=leaf, reason="event content changed")
         prev = digest
-    return ChainCheck(True, count)
+    unsealed = session.execute(
+        select(func.count())
+        .select_from(AuditEvent)
+        .outerjoin(AuditChainLink, AuditChainLink.event_seq == AuditEvent.seq)
+        .where(AuditChainLink.event_seq.is_(None))
+    ).scalar_one()
+    return ChainCheck(True, count, unsealed=unsealed)
 
 
 def record_committed(factory: Any, ctx: RequestContext, rec: AuditRecord) -> None:

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     upload_max_decompressed_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)
     upload_max_rows: int = Field(default=5_000_000, gt=0)
     idempotency_lease_seconds: int = Field(default=30, ge=1)
+    audit_seal_interval_seconds: float = Field(default=2.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
