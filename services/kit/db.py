@@ -82,7 +82,9 @@ def make_engine(url: str) -> Engine:
             dbapi_connection.isolation_level = None
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # No pre-ping: it would cost a round trip per transaction on every request. Connections
+    # are recycled instead, and a dead one fails its request once and is replaced.
+    return create_engine(url, pool_pre_ping=False, pool_recycle=900, pool_size=10, max_overflow=10)
 
 
 def is_postgres(engine: Engine) -> bool:
