@@ -42,6 +42,17 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+def live_token(server: LiveServer, client_id: str, client_secret: str) -> str:
+    response = httpx.post(
+        server.url + "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(client_id, client_secret),
+    )
+    response.raise_for_status()
+    value: str = response.json()["access_token"]
+    return value
+
+
 class LiveServer:
     def __init__(self, settings: Settings, log_path: Path, **extra_env: str) -> None:
         self.port = free_port()

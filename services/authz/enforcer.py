@@ -79,7 +79,7 @@ class PolicyEngine:
         allow_rule: str | None = None
         allowing: list[str] = []
         for role in roles:
-            allowed, explain = self._enforcer.enforce_ex(
+            request = (
                 role,
                 organisation,
                 resource.type.value,
@@ -87,20 +87,13 @@ class PolicyEngine:
                 resource.owner or "",
                 action.value,
             )
+            allowed, explain = self._enforcer.enforce_ex(*request)
             if explain and explain[-1] == "deny":
                 return Decision(False, "deny: " + ", ".join(explain), self.version)
             if allowed:
                 allowing.append(role)
                 if allow_rule is None:
-                    _, matched = self._explainer.enforce_ex(
-                        role,
-                        organisation,
-                        resource.type.value,
-                        resource.id,
-                        resource.owner or "",
-                        action.value,
-                    )
-                    allow_rule = ", ".join(matched)
+                    allow_rule = ", ".join(self._explainer.enforce_ex(*request)[1])
         if allow_rule is not None:
             return Decision(True, allow_rule, self.version, tuple(allowing))
         return Decision(False, DEFAULT_DENY_RULE, self.version)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from services.contracts.model import CONTRACT_RULE, Contract, ContractField, PersonSpec
+from services.kit.yamlfile import StrictLoader
 
 CONTRACT_SUFFIX = ".yaml"
 
@@ -130,27 +131,8 @@ def check_file_name(path: Path, contract: Contract) -> None:
 # YAML
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML that rejects a key given twice (YAML would silently keep the last one)."""
-
-    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _value in node.value:
-            if isinstance(key_node, ScalarNode):
-                key = self.construct_scalar(key_node)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        "while reading a mapping",
-                        node.start_mark,
-                        f"the key {key!r} is given twice",
-                        key_node.start_mark,
-                    )
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def _parse_yaml(text: str, path: Path) -> tuple[Any, Node | None]:
-    loader = _StrictLoader(text)
+    loader = StrictLoader(text)
     try:
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None

@@ -17,10 +17,10 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
-from yaml.nodes import MappingNode, ScalarNode
 
 from services.contracts.model import Contract, FieldType, Protection
 from services.kit.errors import ConfigurationError
+from services.kit.yamlfile import StrictLoader
 
 POLICE_DATASET = "police.occurrences"
 
@@ -212,25 +212,6 @@ def compile_any_of(
 # Loading
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML that refuses a key given twice (YAML would keep the last one silently)."""
-
-    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _value in node.value:
-            if isinstance(key_node, ScalarNode):
-                key = self.construct_scalar(key_node)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        "while reading a mapping",
-                        node.start_mark,
-                        f"the key {key!r} is given twice",
-                        key_node.start_mark,
-                    )
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def read_yaml(path: Path) -> Any:
     """A YAML file read safely, duplicate keys refused; raises ``ValueError`` with the reason."""
     try:
@@ -238,7 +219,7 @@ def read_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read the file: {exc}") from exc
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ValueError(f"YAML error: {exc}") from exc
 

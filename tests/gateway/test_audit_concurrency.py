@@ -18,7 +18,7 @@ from services.audit.models import AuditEvent
 from services.demo.generate import write_dataset_csv
 from tests.conftest import ClientCredentials
 from tests.ingestion.helpers import police_rows, to_csv
-from tests.live import LiveServer
+from tests.live import LiveServer, live_token
 
 pytestmark = pytest.mark.slow
 
@@ -26,14 +26,7 @@ SECONDS = float(os.environ.get("TOGETHER_TEST_LOAD_SECONDS", "20"))
 
 
 def token(server: LiveServer, credentials: ClientCredentials) -> str:
-    response = httpx.post(
-        server.url + "/oauth/token",
-        data={"grant_type": "client_credentials"},
-        auth=(credentials.client_id, credentials.client_secret),
-    )
-    response.raise_for_status()
-    value: str = response.json()["access_token"]
-    return value
+    return live_token(server, credentials.client_id, credentials.client_secret)
 
 
 def test_audit_events_equal_reads_plus_denials(

@@ -15,20 +15,13 @@ from gateway.platform import Platform
 from services.storage import service as storage_service
 from tests.conftest import ClientCredentials
 from tests.ingestion.helpers import police_rows, to_csv
-from tests.live import LiveServer
+from tests.live import LiveServer, live_token
 
 pytestmark = pytest.mark.slow
 
 
 def token(server: LiveServer, credentials: ClientCredentials) -> str:
-    response = httpx.post(
-        server.url + "/oauth/token",
-        data={"grant_type": "client_credentials"},
-        auth=(credentials.client_id, credentials.client_secret),
-    )
-    response.raise_for_status()
-    value: str = response.json()["access_token"]
-    return value
+    return live_token(server, credentials.client_id, credentials.client_secret)
 
 
 def test_kill_during_upload_then_retry(

@@ -1,0 +1,27 @@
+"""Safe YAML for files people edit (contracts, partnership configuration, product definitions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, ScalarNode
+
+
+class StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice (YAML would silently keep the last one)."""
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            if isinstance(key_node, ScalarNode):
+                key = self.construct_scalar(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping",
+                        node.start_mark,
+                        f"the key {key!r} is given twice",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
