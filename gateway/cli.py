@@ -233,6 +233,56 @@ def clients_disable(client_id: str) -> None:
     typer.echo(f"client {client_id} disabled")
 
 
+@clients_app.command("roles")
+def clients_roles(
+    client_id: str,
+    role: Annotated[list[str], typer.Option("--role", help="Role (repeatable)")],
+    area: Annotated[
+        list[str] | None,
+        typer.Option("--area", help="Limit the roles to a CSP area (repeatable; all = every area)"),
+    ] = None,
+) -> None:
+    """Replace a client's roles and areas (audited with before and after)."""
+    from gateway.platform import build_platform
+    from services.audit import service as audit_service
+    from services.audit.catalogue import AuditAction, Outcome
+    from services.audit.service import AuditRecord
+    from services.authz.vocabulary import AREA_SCOPED_ROLES, ROLES
+    from services.identity import service as identity_service
+    from services.identity.schemas import RoleGrant
+    from services.kit.errors import TogetherError
+
+    grants = [RoleGrant(r, a) for r in role for a in identity_service.expand_areas(area or [])]
+    platform = build_platform(_settings())
+    try:
+        with platform.sessions() as session:
+            before, after = identity_service.set_grants(
+                session, client_id, grants, ROLES, AREA_SCOPED_ROLES
+            )
+            audit_service.record(
+                session,
+                _cli_context("clients-roles"),
+                AuditRecord(
+                    action=AuditAction.CLIENT_ROLES_CHANGED,
+                    outcome=Outcome.SUCCESS,
+                    resource_type="client",
+                    resource=client_id,
+                    resource_org=after.organisation,
+                    details={
+                        "before": [{"role": g.role, "area": g.area} for g in before.grants],
+                        "after": [{"role": g.role, "area": g.area} for g in after.grants],
+                    },
+                ),
+            )
+            session.commit()
+    except TogetherError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        platform.close()
+    typer.echo(json.dumps([{"role": g.role, "area": g.area} for g in after.grants], indent=2))
+
+
 @contracts_app.command("lint")
 def contracts_lint(
     path: Annotated[Path | None, typer.Argument(help="A contract file or folder")] = None,

@@ -1,0 +1,60 @@
+"""The `together` command line, run as a user would, against the test's database."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from sqlalchemy import select
+
+from gateway.platform import Platform
+from services.audit.models import AuditEvent
+from tests.live import settings_env, together_bin
+
+
+def run(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [together_bin(), *args],
+        env=settings_env(platform.settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_clients_create_list_roles_disable(platform: Platform) -> None:
+    created = run(
+        platform, "clients", "create", "rms", "--org", "hiwfrs", "--role", "partner_system"
+    )
+    assert created.returncode == 0, created.stderr
+    client = json.loads(created.stdout)
+    assert client["client_secret"] and client["organisation"] == "hiwfrs"
+
+    refused = run(platform, "clients", "roles", client["client_id"], "--role", "l2_reader")
+    assert refused.returncode == 2 and "areas" in refused.stderr
+    changed = run(
+        platform, "clients", "roles", client["client_id"], "--role", "l2_reader", "--area", "Havant"
+    )
+    assert changed.returncode == 0, changed.stderr
+    assert json.loads(changed.stdout) == [{"role": "l2_reader", "area": "Havant"}]
+
+    listed = json.loads(run(platform, "clients", "list").stdout)
+    assert [c["roles"] for c in listed] == [[{"role": "l2_reader", "area": "Havant"}]]
+    assert "client_secret" not in json.dumps(listed)
+    assert run(platform, "clients", "disable", client["client_id"]).returncode == 0
+    assert json.loads(run(platform, "clients", "list").stdout)[0]["disabled"] is True
+
+    with platform.sessions() as session:
+        actions = [
+            e.action for e in session.execute(select(AuditEvent).order_by(AuditEvent.seq)).scalars()
+        ]
+    assert actions == ["client.created", "client.roles_changed", "client.disabled"]
+
+
+def test_contracts_lint(platform: Platform, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert run(platform, "contracts", "lint").returncode == 0
+    bad = tmp_path / "health.bad.yaml"
+    bad.write_text("id: health.bad\n")
+    result = run(platform, "contracts", "lint", str(bad))
+    assert result.returncode == 1
+    assert "error" in result.stdout
