@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from services.audit.service import RequestContext
 from services.kit.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from gateway.platform import Platform
 
 app = typer.Typer(help="Together: governed, audited data sharing.", no_args_is_help=True)
 db_app = typer.Typer(help="The metadata database.", no_args_is_help=True)
@@ -31,16 +37,12 @@ app.add_typer(audit_app, name="audit")
 @audit_app.command("seal")
 def audit_seal() -> None:
     """Chain every committed audit event not yet sealed, then check the whole chain."""
-    from gateway.platform import build_platform
     from services.audit import service as audit_service
 
-    platform = build_platform(_settings())
-    try:
+    with _admin_platform() as platform:
         sealed = audit_service.seal_all(platform.sessions)
         with platform.sessions() as session:
             check = audit_service.verify_chain(session)
-    finally:
-        platform.close()
     typer.echo(f"sealed {sealed} event(s); chain of {check.checked} link(s) ", nl=False)
     if not check.ok:
         typer.echo(f"BROKEN at leaf {check.first_bad_leaf}: {check.reason}")
@@ -56,9 +58,7 @@ def _settings() -> Settings:
         raise typer.Exit(2) from exc
 
 
-def _cli_context(name: str):  # type: ignore[no-untyped-def]
-    from services.audit.service import RequestContext
-
+def _cli_context(name: str) -> RequestContext:
     return RequestContext(actor=f"cli:{name}", actor_org="vru", actor_roles=["admin"])
 
 
@@ -100,15 +100,31 @@ def serve(
     )
 
 
+_AREA_HELP = "Limit the roles to a CSP area (repeatable; all = every area)"
+
+
+@contextmanager
+def _admin_platform() -> Iterator[Platform]:
+    """The platform for one administrative command; domain errors end it with status 2."""
+    from gateway.platform import build_platform
+    from services.kit.errors import TogetherError
+
+    platform = build_platform(_settings())
+    try:
+        yield platform
+    except TogetherError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        platform.close()
+
+
 @clients_app.command("create")
 def clients_create(
     name: str,
     org: Annotated[str, typer.Option("--org", help="Organisation id")],
     role: Annotated[list[str], typer.Option("--role", help="Role (repeatable)")],
-    area: Annotated[
-        list[str] | None,
-        typer.Option("--area", help="Limit the roles to a CSP area (repeatable; all = every area)"),
-    ] = None,
+    area: Annotated[list[str] | None, typer.Option("--area", help=_AREA_HELP)] = None,
     output: Annotated[
         str, typer.Option("--format", help="json, or env (shell export lines)")
     ] = "json",
@@ -117,46 +133,16 @@ def clients_create(
     if output not in ("json", "env"):
         typer.echo("error: --format must be json or env", err=True)
         raise typer.Exit(2)
-    from gateway.platform import build_platform
-    from services.audit import service as audit_service
-    from services.audit.catalogue import AuditAction, Outcome
-    from services.audit.service import AuditRecord
-    from services.authz.vocabulary import AREA_SCOPED_ROLES, ROLES
-    from services.identity import service as identity_service
-    from services.identity.schemas import RoleGrant
-    from services.kit.errors import TogetherError
+    from gateway import principals
 
-    platform = build_platform(_settings())
-    areas = identity_service.expand_areas(area or [])
-    grants = [RoleGrant(r, a) for r in role for a in areas]
-    try:
-        with platform.sessions() as session:
-            created = identity_service.create_client(
-                session,
-                name=name,
-                organisation=org,
-                grants=grants,
-                known_roles=ROLES,
-                area_scoped_roles=AREA_SCOPED_ROLES,
-            )
-            audit_service.record(
-                session,
-                _cli_context("clients-create"),
-                AuditRecord(
-                    action=AuditAction.CLIENT_CREATED,
-                    outcome=Outcome.SUCCESS,
-                    resource_type="client",
-                    resource=created.client_id,
-                    resource_org=org,
-                    details={"roles": [[g.role, g.area] for g in created.principal.grants]},
-                ),
-            )
-            session.commit()
-    except TogetherError as exc:
-        typer.echo(f"error: {exc.detail}", err=True)
-        raise typer.Exit(2) from exc
-    finally:
-        platform.close()
+    with _admin_platform() as platform:
+        created = principals.create_client(
+            platform,
+            _cli_context("clients-create"),
+            name=name,
+            organisation=org,
+            grants=principals.grants_for(role, area or []),
+        )
     if output == "env":
         typer.echo(f"export TOGETHER_CLIENT_ID={created.client_id}")
         typer.echo(f"export TOGETHER_CLIENT_SECRET={created.client_secret}")
@@ -167,7 +153,7 @@ def clients_create(
                 "client_id": created.client_id,
                 "client_secret": created.client_secret,
                 "organisation": org,
-                "roles": [{"role": g.role, "area": g.area} for g in created.principal.grants],
+                "roles": principals.grants_json(created.principal),
             },
             indent=2,
         )
@@ -177,59 +163,20 @@ def clients_create(
 @clients_app.command("list")
 def clients_list(org: Annotated[str | None, typer.Option("--org")] = None) -> None:
     """List clients (never their secrets)."""
-    from gateway.platform import build_platform
-    from services.identity import service as identity_service
+    from gateway import principals
 
-    platform = build_platform(_settings())
-    try:
-        with platform.sessions() as session:
-            rows = [
-                {
-                    "client_id": c.client_id,
-                    "name": c.name,
-                    "organisation": c.organisation,
-                    "disabled": c.disabled,
-                    "roles": [{"role": r.role, "area": r.area} for r in c.roles],
-                    "created_at": c.created_at.isoformat(),
-                }
-                for c in identity_service.list_clients(session, org)
-            ]
-    finally:
-        platform.close()
+    with _admin_platform() as platform:
+        rows = principals.list_clients(platform, org)
     typer.echo(json.dumps(rows, indent=2))
 
 
 @clients_app.command("disable")
 def clients_disable(client_id: str) -> None:
     """Disable a client: its tokens stop working at once."""
-    from gateway.platform import build_platform
-    from services.audit import service as audit_service
-    from services.audit.catalogue import AuditAction, Outcome
-    from services.audit.service import AuditRecord
-    from services.identity import service as identity_service
-    from services.kit.errors import TogetherError
+    from gateway import principals
 
-    platform = build_platform(_settings())
-    try:
-        with platform.sessions() as session:
-            principal = identity_service.disable_client(session, client_id)
-            audit_service.record(
-                session,
-                _cli_context("clients-disable"),
-                AuditRecord(
-                    action=AuditAction.CLIENT_DISABLED,
-                    outcome=Outcome.SUCCESS,
-                    resource_type="client",
-                    resource=client_id,
-                    resource_org=principal.organisation,
-                ),
-            )
-            session.commit()
-    except TogetherError as exc:
-        typer.echo(f"error: {exc.detail}", err=True)
-        raise typer.Exit(2) from exc
-    finally:
-        platform.close()
+    with _admin_platform() as platform:
+        principals.disable_client(platform, _cli_context("clients-disable"), client_id)
     typer.echo(f"client {client_id} disabled")
 
 
@@ -237,50 +184,19 @@ def clients_disable(client_id: str) -> None:
 def clients_roles(
     client_id: str,
     role: Annotated[list[str], typer.Option("--role", help="Role (repeatable)")],
-    area: Annotated[
-        list[str] | None,
-        typer.Option("--area", help="Limit the roles to a CSP area (repeatable; all = every area)"),
-    ] = None,
+    area: Annotated[list[str] | None, typer.Option("--area", help=_AREA_HELP)] = None,
 ) -> None:
     """Replace a client's roles and areas (audited with before and after)."""
-    from gateway.platform import build_platform
-    from services.audit import service as audit_service
-    from services.audit.catalogue import AuditAction, Outcome
-    from services.audit.service import AuditRecord
-    from services.authz.vocabulary import AREA_SCOPED_ROLES, ROLES
-    from services.identity import service as identity_service
-    from services.identity.schemas import RoleGrant
-    from services.kit.errors import TogetherError
+    from gateway import principals
 
-    grants = [RoleGrant(r, a) for r in role for a in identity_service.expand_areas(area or [])]
-    platform = build_platform(_settings())
-    try:
-        with platform.sessions() as session:
-            before, after = identity_service.set_grants(
-                session, client_id, grants, ROLES, AREA_SCOPED_ROLES
-            )
-            audit_service.record(
-                session,
-                _cli_context("clients-roles"),
-                AuditRecord(
-                    action=AuditAction.CLIENT_ROLES_CHANGED,
-                    outcome=Outcome.SUCCESS,
-                    resource_type="client",
-                    resource=client_id,
-                    resource_org=after.organisation,
-                    details={
-                        "before": [{"role": g.role, "area": g.area} for g in before.grants],
-                        "after": [{"role": g.role, "area": g.area} for g in after.grants],
-                    },
-                ),
-            )
-            session.commit()
-    except TogetherError as exc:
-        typer.echo(f"error: {exc.detail}", err=True)
-        raise typer.Exit(2) from exc
-    finally:
-        platform.close()
-    typer.echo(json.dumps([{"role": g.role, "area": g.area} for g in after.grants], indent=2))
+    with _admin_platform() as platform:
+        after = principals.set_roles(
+            platform,
+            _cli_context("clients-roles"),
+            client_id,
+            principals.grants_for(role, area or []),
+        )
+    typer.echo(json.dumps(principals.grants_json(after), indent=2))
 
 
 @contracts_app.command("lint")
@@ -320,14 +236,8 @@ def storage_sweep(
     older_than: Annotated[int, typer.Option(help="Minimum age in seconds")] = 3600,
 ) -> None:
     """Remove dataset files that no version references (left by a crash)."""
-    from gateway.platform import build_platform
-
-    platform = build_platform(_settings())
-    try:
-        with platform.sessions() as session:
-            removed = platform.storage.sweep_orphans(session, older_than_seconds=older_than)
-    finally:
-        platform.close()
+    with _admin_platform() as platform, platform.sessions() as session:
+        removed = platform.storage.sweep_orphans(session, older_than_seconds=older_than)
     typer.echo(f"removed {len(removed)} orphan file(s)")
 
 

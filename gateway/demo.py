@@ -8,11 +8,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway import principals
 from gateway.platform import Platform, build_platform
-from services.audit import service as audit_service
-from services.audit.catalogue import AuditAction, Outcome
-from services.audit.service import AuditRecord, RequestContext
-from services.authz.vocabulary import ROLES
+from services.audit.service import RequestContext
 from services.demo.generate import write_demo_set
 from services.identity import service as identity_service
 from services.identity.schemas import RoleGrant
@@ -34,23 +32,13 @@ DEMO_READERS: list[tuple[str, str, list[RoleGrant]]] = [
 
 
 def _create(platform: Platform, name: str, org: str, grants: list[RoleGrant]) -> dict[str, str]:
-    with platform.sessions() as session:
-        created = identity_service.create_client(
-            session, name=name, organisation=org, grants=grants, known_roles=ROLES
-        )
-        audit_service.record(
-            session,
-            RequestContext(actor="cli:demo-load", actor_org="vru", actor_roles=["admin"]),
-            AuditRecord(
-                action=AuditAction.CLIENT_CREATED,
-                outcome=Outcome.SUCCESS,
-                resource_type="client",
-                resource=created.client_id,
-                resource_org=org,
-                details={"roles": [[g.role, g.area] for g in grants]},
-            ),
-        )
-        session.commit()
+    created = principals.create_client(
+        platform,
+        RequestContext(actor="cli:demo-load", actor_org="vru", actor_roles=["admin"]),
+        name=name,
+        organisation=org,
+        grants=grants,
+    )
     return {
         "name": name,
         "organisation": org,

@@ -31,8 +31,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +44,9 @@ from types import FrameType
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
+import benchkit
 import httpx
+from benchkit import BenchError, Server, create_client, log_tail, run_cli, server_env, together
 
 T = TypeVar("T")
 
@@ -66,8 +66,6 @@ CONNECTIONS = 8
 LOAD_WARMUP_S = 1.0
 TARGET_RPS = 1_000.0
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-START_TIMEOUT_S = 60.0
-UPLOAD_TIMEOUT_S = 600.0
 MAX_ERROR_SAMPLES = 5
 MB = 1 << 20
 
@@ -91,10 +89,6 @@ BARE_COUNTS_SQL = """
     GROUP BY ALL
     ORDER BY ALL
 """
-
-
-class BenchError(Exception):
-    """Something broke: the run has no meaningful figures."""
 
 
 @dataclass
@@ -154,156 +148,6 @@ class Database:
 
 # ---------------------------------------------------------------------------------------------
 # The server and its clients
-
-
-def _together() -> Path:
-    # The console script lives beside the interpreter running the benchmark, so the server
-    # runs from the same installation as the code being measured.
-    path = Path(sys.executable).parent / "together"
-    if not path.exists():
-        raise BenchError(f"{path} not found: install the project (make install) first")
-    return path
-
-
-def _server_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
-    # Other TOGETHER_* settings from the caller's shell (the Makefile exports a data dir) must
-    # not leak into the measured server; only the database URL is deliberately passed on.
-    env = {key: value for key, value in os.environ.items() if not key.startswith("TOGETHER_")}
-    env.update(
-        TOGETHER_ENV="development",
-        TOGETHER_DATA_DIR=str(data_dir),
-        TOGETHER_UPLOAD_MAX_BYTES="2000000000",
-    )
-    if database_url:
-        env["TOGETHER_DATABASE_URL"] = database_url
-    return env
-
-
-def _run_cli(args: list[str], env: dict[str, str]) -> str:
-    command = [str(_together()), *args]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise BenchError(
-            f"`together {' '.join(args)}` exited {done.returncode}:\n{done.stderr.strip()}"
-        )
-    return done.stdout
-
-
-def _create_client(env: dict[str, str], name: str, org: str, role: str) -> tuple[str, str]:
-    output = _run_cli(["clients", "create", name, "--org", org, "--role", role], env)
-    # Tolerate log lines around the JSON object the command prints.
-    start, end = output.find("{"), output.rfind("}")
-    try:
-        created = json.loads(output[start : end + 1])
-        return str(created["client_id"]), str(created["client_secret"])
-    except (ValueError, KeyError) as exc:
-        raise BenchError(f"unexpected output from `together clients create`: {output!r}") from exc
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _log_tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no server log)"
-
-
-class Server:
-    """`together serve` in its own process group, so stopping it takes its workers too."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, workers: int) -> None:
-        self.host = "127.0.0.1"
-        self.port = _free_port()
-        self.base_url = f"http://{self.host}:{self.port}"
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                str(_together()),
-                "serve",
-                "--host",
-                self.host,
-                "--port",
-                str(self.port),
-                "--workers",
-                str(workers),
-            ],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, client: httpx.Client) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError(
-                    f"server exited with {self.process.returncode}:\n{_log_tail(self.log_path)}"
-                )
-            try:
-                if client.get(f"{self.base_url}/healthz", timeout=2.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise BenchError(
-            f"server not healthy after {START_TIMEOUT_S:.0f} s:\n{_log_tail(self.log_path)}"
-        )
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=15)
-            except ProcessLookupError:
-                pass
-        self._log.close()
-
-
-def _token(client: httpx.Client, base_url: str, client_id: str, secret: str) -> str:
-    response = client.post(
-        f"{base_url}/oauth/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": client_id,
-            "client_secret": secret,
-        },
-    )
-    if response.status_code != 200:
-        raise BenchError(f"token request failed: {response.status_code} {response.text[:500]}")
-    return str(response.json()["access_token"])
-
-
-def _upload(client: httpx.Client, base_url: str, token: str, dataset: str, csv_path: Path) -> None:
-    with csv_path.open("rb") as body:
-        # A file object makes httpx send Content-Length and stream 64 KiB reads.
-        response = client.post(
-            f"{base_url}/v1/datasets/{dataset}/uploads",
-            params={"mode": "replace"},
-            headers={
-                "Authorization": f"Bearer {token}",
-                "Content-Type": "text/csv",
-                "Idempotency-Key": str(uuid.uuid4()),
-            },
-            content=body,
-            timeout=UPLOAD_TIMEOUT_S,
-        )
-    if response.status_code != 201:
-        raise BenchError(
-            f"upload of {dataset} refused: {response.status_code} {response.text[:2000]}"
-        )
-    payload: dict[str, Any] = response.json()
-    if payload.get("status") != "accepted":
-        raise BenchError(f"unexpected upload result for {dataset}: {json.dumps(payload)[:2000]}")
 
 
 def _product_path(product: str, params: dict[str, str]) -> str:
@@ -631,7 +475,7 @@ def _measure_throughput(server: Server, token: str, seconds: float) -> Throughpu
 
 def _preflight() -> None:
     """Fail before minutes of generating data if the run cannot complete."""
-    _together()
+    together()
     try:
         import duckdb  # noqa: F401
         import psycopg  # noqa: F401
@@ -663,32 +507,32 @@ def _measure(
 ) -> tuple[Latency, Throughput]:
     csvs = _generate(workdir, rows)
     data_dir = workdir / "data"
-    env = _server_env(data_dir, database.url)
-    _run_cli(["db", "upgrade"], env)
-    police = _create_client(env, "bench-police", "hampshire-constabulary", "partner_system")
-    vru = _create_client(env, "bench-vru", "vru", "partner_system")
-    analyst = _create_client(env, "bench-analyst", "vru", "l1_analyst")
+    env = server_env(data_dir, database.url)
+    run_cli(["db", "upgrade"], env)
+    police = create_client(env, "bench-police", "hampshire-constabulary", "partner_system")
+    vru = create_client(env, "bench-vru", "vru", "partner_system")
+    analyst = create_client(env, "bench-analyst", "vru", "l1_analyst")
     server = Server(env, workdir / "server.log", WORKERS)
     try:
         with httpx.Client(timeout=60.0) as client:
             server.wait_ready(client)
-            token = _token(client, server.base_url, *vru)
+            token = benchkit.token(client, server.base_url, *vru)
             for dataset in REFERENCE_DATASETS:
-                _upload(client, server.base_url, token, dataset, csvs[dataset])
+                benchkit.upload(client, server.base_url, token, dataset, csvs[dataset])
             print(f"uploading {rows:,} police rows through the API ...", flush=True)
             started = time.perf_counter()
-            token = _token(client, server.base_url, *police)
-            _upload(client, server.base_url, token, POLICE, csvs[POLICE])
+            token = benchkit.token(client, server.base_url, *police)
+            benchkit.upload(client, server.base_url, token, POLICE, csvs[POLICE])
             print(f"uploaded in {time.perf_counter() - started:.1f} s", flush=True)
             files = _parquet_files(data_dir)
             # Tokens are short-lived and the upload can be slow: a fresh one for the reads.
-            token = _token(client, server.base_url, *analyst)
+            token = benchkit.token(client, server.base_url, *analyst)
             latency = _measure_latency(client, server.base_url, token, files)
             # Before the load, so a refusal is reported plainly rather than as a count of 4xx.
             _read_product(client, server.base_url + _product_path("sv-rates", RATES_PARAMS), token)
             throughput = _measure_throughput(server, token, seconds)
     except BenchError as exc:
-        raise BenchError(f"{exc}\n--- server log (tail) ---\n{_log_tail(server.log_path)}") from exc
+        raise BenchError(f"{exc}\n--- server log (tail) ---\n{log_tail(server.log_path)}") from exc
     finally:
         server.stop()
     return latency, throughput

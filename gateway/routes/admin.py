@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from gateway import principals
 from gateway.deps import Authenticated, Context, PlatformDep
 from gateway.platform import Platform
 from gateway.responses import FastJSONResponse
@@ -15,8 +16,7 @@ from services.audit import service as audit_service
 from services.audit.catalogue import AuditAction, Outcome
 from services.audit.service import AuditRecord, RequestContext
 from services.authz.enforcer import Resource
-from services.authz.vocabulary import AREA_SCOPED_ROLES, ROLES, Action, ResourceType
-from services.identity import service as identity_service
+from services.authz.vocabulary import Action, ResourceType
 from services.identity.schemas import Principal, RoleGrant
 from services.kit.errors import Forbidden
 
@@ -42,9 +42,7 @@ class RolesIn(BaseModel):
 
 
 def _grants(roles: list[GrantIn]) -> list[RoleGrant]:
-    return [
-        RoleGrant(g.role, area) for g in roles for area in identity_service.expand_areas(g.areas)
-    ]
+    return [grant for g in roles for grant in principals.grants_for([g.role], g.areas)]
 
 
 def _require_admin(platform: Platform, principal: Principal, ctx: RequestContext) -> None:
@@ -52,23 +50,14 @@ def _require_admin(platform: Platform, principal: Principal, ctx: RequestContext
         principal, Action.CLIENT_MANAGE, Resource(ResourceType.PRINCIPALS, "*", None)
     )
     if not decision.allowed:
-        audit_service.record_committed(
+        audit_service.record_denial(
             platform.sessions,
             ctx,
-            AuditRecord(
-                action=AuditAction.ACCESS_DENIED,
-                outcome=Outcome.DENIED,
-                reason="not an administrator",
-                resource_type="principals",
-                matched_rule=decision.rule,
-                policy_version=decision.policy_version,
-            ),
+            decision,
+            reason="not an administrator",
+            resource_type="principals",
         )
         raise Forbidden("administrators only")
-
-
-def _grants_out(principal: Principal) -> list[dict[str, Any]]:
-    return [{"role": g.role, "area": g.area} for g in principal.grants]
 
 
 @router.get("/clients")
@@ -77,17 +66,18 @@ async def list_clients(
 ) -> FastJSONResponse:
     def run() -> list[dict[str, Any]]:
         _require_admin(platform, principal, ctx)
-        with platform.sessions() as session:
-            return [
-                {
-                    "client_id": c.client_id,
-                    "name": c.name,
-                    "organisation": c.organisation,
-                    "disabled": c.disabled,
-                    "roles": [{"role": r.role, "area": r.area} for r in c.roles],
-                }
-                for c in identity_service.list_clients(session)
-            ]
+        clients = principals.list_clients(platform)
+        audit_service.record_committed(
+            platform.sessions,
+            ctx,
+            AuditRecord(
+                action=AuditAction.CLIENTS_LISTED,
+                outcome=Outcome.SUCCESS,
+                resource_type="principals",
+                rows=len(clients),
+            ),
+        )
+        return clients
 
     return FastJSONResponse({"clients": await run_in_threadpool(run)})
 
@@ -100,33 +90,18 @@ async def create_client(
 
     def run() -> dict[str, Any]:
         _require_admin(platform, principal, ctx)
-        with platform.sessions() as session:
-            created = identity_service.create_client(
-                session,
-                name=body.name,
-                organisation=body.organisation,
-                grants=_grants(body.roles),
-                known_roles=ROLES,
-                area_scoped_roles=AREA_SCOPED_ROLES,
-            )
-            audit_service.record(
-                session,
-                ctx,
-                AuditRecord(
-                    action=AuditAction.CLIENT_CREATED,
-                    outcome=Outcome.SUCCESS,
-                    resource_type="client",
-                    resource=created.client_id,
-                    resource_org=body.organisation,
-                    details={"roles": _grants_out(created.principal)},
-                ),
-            )
-            session.commit()
+        created = principals.create_client(
+            platform,
+            ctx,
+            name=body.name,
+            organisation=body.organisation,
+            grants=_grants(body.roles),
+        )
         return {
             "client_id": created.client_id,
             "client_secret": created.client_secret,
             "organisation": body.organisation,
-            "roles": _grants_out(created.principal),
+            "roles": principals.grants_json(created.principal),
         }
 
     return FastJSONResponse(await run_in_threadpool(run), status_code=201)
@@ -140,24 +115,8 @@ async def set_roles(
 
     def run() -> dict[str, Any]:
         _require_admin(platform, principal, ctx)
-        with platform.sessions() as session:
-            before, after = identity_service.set_grants(
-                session, client_id, _grants(body.roles), ROLES, AREA_SCOPED_ROLES
-            )
-            audit_service.record(
-                session,
-                ctx,
-                AuditRecord(
-                    action=AuditAction.CLIENT_ROLES_CHANGED,
-                    outcome=Outcome.SUCCESS,
-                    resource_type="client",
-                    resource=client_id,
-                    resource_org=after.organisation,
-                    details={"before": _grants_out(before), "after": _grants_out(after)},
-                ),
-            )
-            session.commit()
-        return {"client_id": client_id, "roles": _grants_out(after)}
+        after = principals.set_roles(platform, ctx, client_id, _grants(body.roles))
+        return {"client_id": client_id, "roles": principals.grants_json(after)}
 
     return FastJSONResponse(await run_in_threadpool(run))
 
@@ -168,20 +127,7 @@ async def disable_client(
 ) -> FastJSONResponse:
     def run() -> dict[str, Any]:
         _require_admin(platform, principal, ctx)
-        with platform.sessions() as session:
-            disabled = identity_service.disable_client(session, client_id)
-            audit_service.record(
-                session,
-                ctx,
-                AuditRecord(
-                    action=AuditAction.CLIENT_DISABLED,
-                    outcome=Outcome.SUCCESS,
-                    resource_type="client",
-                    resource=client_id,
-                    resource_org=disabled.organisation,
-                ),
-            )
-            session.commit()
+        principals.disable_client(platform, ctx, client_id)
         return {"client_id": client_id, "disabled": True}
 
     return FastJSONResponse(await run_in_threadpool(run))

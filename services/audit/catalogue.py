@@ -13,6 +13,7 @@ class AuditAction(StrEnum):
     CLIENT_CREATED = "client.created"
     CLIENT_DISABLED = "client.disabled"
     CLIENT_ROLES_CHANGED = "client.roles_changed"
+    CLIENTS_LISTED = "client.listed"
     # access control
     ACCESS_DENIED = "access.denied"
     # ingestion

@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
@@ -263,3 +263,44 @@ def record_committed(factory: Any, ctx: RequestContext, rec: AuditRecord) -> Non
         raise
     finally:
         session.close()
+
+
+class _Decided(Protocol):
+    """An access decision: the rule that matched and the version of the policy files."""
+
+    @property
+    def rule(self) -> str: ...
+
+    @property
+    def policy_version(self) -> str: ...
+
+
+def record_denial(
+    factory: Any,
+    ctx: RequestContext,
+    decision: _Decided,
+    *,
+    reason: str,
+    resource_type: str,
+    resource: str | None = None,
+    resource_org: str | None = None,
+    level: int | None = None,
+    parameters: dict[str, Any] | None = None,
+) -> None:
+    """An access denial, committed on its own before the refusal is returned."""
+    record_committed(
+        factory,
+        ctx,
+        AuditRecord(
+            action=AuditAction.ACCESS_DENIED,
+            outcome=Outcome.DENIED,
+            reason=reason,
+            resource_type=resource_type,
+            resource=resource,
+            resource_org=resource_org,
+            level=level,
+            parameters=parameters or {},
+            matched_rule=decision.rule,
+            policy_version=decision.policy_version,
+        ),
+    )

@@ -103,20 +103,15 @@ def authorize_upload(
         Resource(ResourceType.DATASET, contract.id, contract.owner),
     )
     if not decision.allowed:
-        audit_service.record_committed(
+        audit_service.record_denial(
             deps.sessions,
             ctx,
-            AuditRecord(
-                action=AuditAction.ACCESS_DENIED,
-                outcome=Outcome.DENIED,
-                reason="not permitted to upload to this dataset",
-                resource_type="dataset",
-                resource=contract.id,
-                resource_org=contract.owner,
-                parameters={"action": Action.DATASET_UPLOAD.value, "mode": mode},
-                matched_rule=decision.rule,
-                policy_version=decision.policy_version,
-            ),
+            decision,
+            reason="not permitted to upload to this dataset",
+            resource_type="dataset",
+            resource=contract.id,
+            resource_org=contract.owner,
+            parameters={"action": Action.DATASET_UPLOAD.value, "mode": mode},
         )
         raise Forbidden("you may not upload to this dataset")
     if mode not in MODES:
