@@ -60,3 +60,16 @@ class AuditChainLink(Base):
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
     sealed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AuditSubject(Base):
+    """A pseudonymous person an audited read returned (Level 3). Append-only, like its event."""
+
+    __tablename__ = "audit_subjects"
+
+    event_seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("audit_events.seq"),
+        primary_key=True,
+    )
+    person_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)

@@ -20,7 +20,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from services.audit.catalogue import AuditAction, Outcome
-from services.audit.models import AuditChainLink, AuditEvent
+from services.audit.models import AuditChainLink, AuditEvent, AuditSubject
 from services.kit.clock import utcnow
 from services.kit.ids import new_id
 
@@ -58,6 +58,8 @@ class AuditRecord:
     matched_rule: str | None = None
     policy_version: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    # Pseudonymous person ids the read returned (never names): "who looked at me".
+    subjects: list[str] = field(default_factory=list)
 
 
 def canonical_json(document: dict[str, Any]) -> str:
@@ -94,6 +96,7 @@ def record(session: Session, ctx: RequestContext, rec: AuditRecord) -> AuditEven
         "request_id": ctx.request_id,
         "client_address": ctx.client_address,
         "details": rec.details,
+        "subjects": sorted(set(rec.subjects)),
     }
     canonical = canonical_json(document)
     event = AuditEvent(
@@ -122,6 +125,11 @@ def record(session: Session, ctx: RequestContext, rec: AuditRecord) -> AuditEven
     )
     session.add(event)
     session.flush()
+    if document["subjects"]:
+        session.execute(
+            insert(AuditSubject),
+            [{"event_seq": event.seq, "person_id": p} for p in document["subjects"]],
+        )
     return event
 
 
