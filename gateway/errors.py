@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.responses import ProblemResponse
-from services.kit.errors import TogetherError
+from services.kit.errors import QuotaExceeded, TogetherError
 
 log = logging.getLogger("together.errors")
 
@@ -54,6 +54,8 @@ def install(app: FastAPI) -> None:
         headers = None
         if exc.status == 401:
             headers = {"WWW-Authenticate": 'Bearer realm="together", error="invalid_token"'}
+        if isinstance(exc, QuotaExceeded) and "retry_after" in exc.extra:
+            headers = {"Retry-After": str(exc.extra["retry_after"])}
         return problem(request, exc.status, exc.code, exc.title, exc.detail, exc.extra, headers)
 
     @app.exception_handler(RequestValidationError)

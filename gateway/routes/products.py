@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from gateway.deps import Authenticated, Context, PlatformDep
 from gateway.responses import FastJSONResponse
+from services.kit.errors import BadRequest
 from services.products import formats
 from services.products import service as product_service
+from services.products.level3 import CASE_REFERENCE_HEADER, PURPOSE_HEADER, Justification
 
 router = APIRouter(tags=["products"])
 
@@ -41,6 +44,7 @@ async def read_product(
         ctx,
         product_id,
         list(request.query_params.multi_items()),
+        _justification(request),
     )
     # The read is audited and committed by now; only from here do bytes leave.
     if read.format == "json":
@@ -56,6 +60,40 @@ async def read_product(
     else:
         body = await run_in_threadpool(formats.to_parquet, read.result)
     return Response(body, media_type=_MEDIA[read.format], headers=headers)
+
+
+@router.put("/v1/products/habitual-knife-carriers/assessments/{person_id}")
+async def assess_carrier(
+    person_id: str,
+    request: Request,
+    principal: Authenticated,
+    ctx: Context,
+    platform: PlatformDep,
+) -> FastJSONResponse:
+    """Grade a habitual knife carrier: `{"rag": "red|amber|green", "lead_agency": ORG}`.
+
+    Level 3: needs `X-Purpose` and `X-Case-Reference`, like a read. Every grading is kept.
+    """
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise BadRequest('the body must be JSON: {"rag": ..., "lead_agency": ...}') from None
+    graded = await run_in_threadpool(
+        product_service.assess_carrier,
+        platform.products,
+        principal,
+        ctx,
+        person_id,
+        body,
+        _justification(request),
+    )
+    return FastJSONResponse(graded)
+
+
+def _justification(request: Request) -> Justification:
+    return Justification(
+        request.headers.get(PURPOSE_HEADER), request.headers.get(CASE_REFERENCE_HEADER)
+    )
 
 
 @router.get("/v1/access/explain")

@@ -25,6 +25,8 @@ class AuditAction(StrEnum):
     PRODUCT_READ = "product.read"
     PRODUCT_REFUSED = "product.refused"  # a permitted reader's malformed request: nothing computed
     ACCESS_EXPLAINED = "access.explained"
+    QUOTA_EXCEEDED = "quota.exceeded"  # a Level 3 read refused: the daily quota is used up
+    ASSESSMENT_RECORDED = "assessment.recorded"  # a RAG grading of a habitual knife carrier
 
 
 class Outcome(StrEnum):

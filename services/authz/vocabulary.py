@@ -22,6 +22,7 @@ class Action(StrEnum):
     PRODUCT_READ = "product:read"
     PRODUCT_READ_UNSUPPRESSED = "product:read_unsuppressed"
     AUDIT_REVIEW = "audit:review"
+    ASSESSMENT_WRITE = "assessment:write"
 
 
 class ResourceType(StrEnum):

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+LONDON = ZoneInfo("Europe/London")
+
+
+def london_today() -> date:
+    """Today's date where the partnership works (quotas and "today" defaults follow it)."""
+    return utcnow().astimezone(LONDON).date()

@@ -46,6 +46,12 @@ class BadRequest(TogetherError):
     title = "Bad request"
 
 
+class QuotaExceeded(TogetherError):
+    code = "QUOTA_EXCEEDED"
+    status = 429
+    title = "Daily quota of Level 3 reads reached"
+
+
 class IdempotencyConflict(TogetherError):
     code = "IDEMPOTENCY_IN_FLIGHT"
     status = 409

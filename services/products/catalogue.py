@@ -3,7 +3,7 @@
 The format (``services/products/definitions/<id>.yaml``; unknown keys are refused)::
 
     id: sv-counts                  # the file's name; lower-case words and hyphens
-    level: 1                       # 1 aggregates, 2 small areas (Level 3 products are code)
+    level: 1                       # 1 aggregates, 2 small areas, 3 named people
     title: ...
     description: ...               # shown to readers in the catalogue
     sources:                       # dataset -> every contract field the product reads
@@ -31,6 +31,11 @@ The format (``services/products/definitions/<id>.yaml``; unknown keys are refuse
     constraints:                   # combinations refused with a message
       - {when: {layer: ed, unit: h3}, message: ...}
     habitual_knife_carriers: {as_of: as_of}  # gives the SQL the table habitual_knife_carriers
+    people:                        # Level 3 only: gives the SQL the table `people` (below)
+      as_of: as_of                 # the date districts are computed at (omitted: today)
+      person_id: person_id         # the output column holding the pseudonymous person id
+      district: district           # the output column checked against the reader's areas
+    assessments: true              # gives the SQL hkc_assessments (latest RAG per person_id)
     h3: {when: {unit: h3}, resolution: resolution, points: "SELECT DISTINCT latitude, ..."}
     notes:                         # name -> one value from sql (or a text), in the notes
       total: {description: ..., count: true, compare: true, sql: "SELECT count(...) ..."}
@@ -47,6 +52,8 @@ The format (``services/products/definitions/<id>.yaml``; unknown keys are refuse
                                    # or {difference: [a, b]}, {change: [a, b], decimals: 1},
                                    # {dense_rank: count}; withheld with what it derives from
           exposes: [police.occurrences.committed_at]   # contract fields whose values it shows
+          reveal: police.occurrences.suspect_forename  # Level 3: the SQL gives the field's
+                                   # ciphertext; decrypted only after the read is audited
           order: [Mon, Tue, ...]   # sort order of the values (default: natural)
           when: {unit: lsoa}       # present only for these choices
           description: ...
@@ -61,6 +68,15 @@ only the declared fields (stored names: ``<field>``, ``<field>_pseudonym`` for i
 partnership's definition), ``csp_areas`` (the visible CSP areas), and ``h3_cells`` or
 ``habitual_knife_carriers`` when asked for. Every view of a dataset with a ``csp`` field is
 already limited to the reader's areas and to the ``csp`` parameter.
+
+Level 3 products name people. Their views are not limited to areas (a person's district comes
+from all their offences); instead each row's ``people.district`` column must be one of the
+reader's areas, and rows outside them are dropped before anything else sees them. The table
+``people`` holds one row per police person as of ``people.as_of``: ``person`` (the police person
+id's pseudonym, as in ``habitual_knife_carriers``), ``person_id`` (the platform's pseudonymous
+person id), ``person_key`` (the cross-agency link), ``district``, ``gender`` and the latest
+ciphertexts ``nominal_ref_enc``, ``forename_enc``, ``surname_enc``, ``dob_enc``. Level 3 counts
+are facts about one person, never suppressed.
 
 A definition is refused at load (``ProductConfigError``, naming the product and the field) when
 it would expose a field whose contract classification is stricter than the product's level
@@ -118,6 +134,22 @@ HKC_TABLE = "habitual_knife_carriers"
 _LEVELS = {Classification.LEVEL1: 1, Classification.LEVEL2: 2, Classification.LEVEL3: 3}
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _INTEGER_RE = re.compile(r"^[+-]?\d{1,9}$")
+_PERSON_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+# The people table of Level 3 products is built from these police fields.
+POLICE_PEOPLE_SOURCE = "police.occurrences"
+POLICE_PEOPLE_FIELDS = (
+    "occurrence_ref",
+    "committed_at",
+    "csp",
+    "suspect_nominal_ref",
+    "suspect_forename",
+    "suspect_surname",
+    "suspect_dob",
+    "suspect_gender",
+)
+PEOPLE_TABLE = "people"
+ASSESSMENTS_TABLE = "hkc_assessments"
 PLACEHOLDER_RE = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 SQL_PARAMETER_RE = re.compile(r"\$([a-z_][a-z0-9_]*)")
 _MAX_VALUE_LENGTH = 200
@@ -151,7 +183,7 @@ class ChoiceModel(_Strict):
     comparable: bool = True
 
 
-ParameterType = Literal["date", "integer", "choice", "keys", "csp"]
+ParameterType = Literal["date", "integer", "choice", "keys", "csp", "person"]
 
 
 class ParameterModel(_Strict):
@@ -224,6 +256,7 @@ class ColumnModel(_Strict):
     previous_of: str | None = None  # this column of the comparison period's rows
     derive: DeriveModel | None = None
     exposes: list[str] = Field(default_factory=list)  # "dataset.field" whose values it shows
+    reveal: str | None = None  # Level 3: "dataset.field" whose ciphertext the SQL returns
     order: list[StrictStr | StrictInt] | None = None  # the values' natural order, for sorting
     when: dict[str, str] | None = None  # present only when these parameters have these values
 
@@ -265,6 +298,12 @@ class HkcUseModel(_Strict):
     as_of: str  # the date parameter
 
 
+class PeopleModel(_Strict):
+    as_of: str | None = None  # a date parameter; None: today
+    person_id: str  # the output column with the pseudonymous person id
+    district: str  # the output column limited to the reader's areas
+
+
 class ConstraintModel(_Strict):
     when: dict[str, str] = Field(min_length=2)
     message: str
@@ -272,7 +311,7 @@ class ConstraintModel(_Strict):
 
 class ProductSpec(_Strict):
     id: str = Field(pattern=PRODUCT_ID_PATTERN)
-    level: Literal[1, 2]
+    level: Literal[1, 2, 3]
     title: str
     description: str
     sources: dict[str, list[str]] = Field(min_length=1)
@@ -284,6 +323,8 @@ class ProductSpec(_Strict):
     comparison: tuple[str, str] | None = None
     constraints: list[ConstraintModel] = Field(default_factory=list)
     habitual_knife_carriers: HkcUseModel | None = None
+    people: PeopleModel | None = None
+    assessments: bool = False
     h3: H3Model | None = None
     output: OutputModel
     notes: dict[str, NoteModel] = Field(default_factory=dict)
@@ -331,6 +372,8 @@ class ParameterSpec:
                 described["format"] = "comma-separated list"
         if self.type == "date":
             described["format"] = "YYYY-MM-DD"
+        if self.type == "person":
+            described["format"] = "person id: 32 lower-case hex digits"
         if self.minimum is not None:
             described["minimum"] = self.minimum
         if self.maximum is not None:
@@ -541,12 +584,67 @@ class _Checker:
                     )
         if spec.habitual_knife_carriers is not None:
             police = spec.computed_from.get("police.occurrences", [])
+            if spec.level == 3:
+                police = spec.sources.get("police.occurrences", [])
             for name in ("suspect_nominal_ref", "suspect_dob"):
                 if name not in police:
                     raise self.fail(
                         "the habitual knife carrier list is computed from police.occurrences."
-                        f"{name}; declare it under sources and computed_from"
+                        f"{name}; declare it under sources"
+                        + ("" if spec.level == 3 else " and computed_from")
                     )
+        self._level3()
+
+    def _level3(self) -> None:
+        spec = self.spec
+        level3_only = {
+            "people": spec.people is not None,
+            "assessments": spec.assessments,
+            "a revealed column": any(c.reveal for c in spec.output.columns.values()),
+            "a person parameter": any(p.type == "person" for p in spec.parameters.values()),
+        }
+        if spec.level != 3:
+            for what, present in level3_only.items():
+                if present:
+                    raise self.fail(f"{what} is for Level 3 products only")
+            return
+        if spec.people is None:
+            raise self.fail("a Level 3 product declares `people` (person id and district)")
+        police = set(spec.sources.get(POLICE_PEOPLE_SOURCE, []))
+        missing = [name for name in POLICE_PEOPLE_FIELDS if name not in police]
+        if missing:
+            raise self.fail(
+                f"the people table is built from {POLICE_PEOPLE_SOURCE}; declare "
+                f"{', '.join(missing)} under its sources"
+            )
+        for role, column in (
+            ("person_id", spec.people.person_id),
+            ("district", spec.people.district),
+        ):
+            if column not in spec.output.columns:
+                raise self.fail(f"people.{role} names {column!r}, which is not a column")
+        if spec.people.as_of is not None and self._type_of(spec.people.as_of) != "date":
+            raise self.fail("people.as_of must name a date parameter")
+        for name, model in spec.output.columns.items():
+            if model.reveal is None:
+                continue
+            dataset, _, field_name = model.reveal.rpartition(".")
+            if field_name not in spec.sources.get(dataset, []):
+                raise self.fail(
+                    f"column {name!r} reveals {model.reveal}, not a declared source field"
+                )
+            contract_field = self.contracts[dataset].field(field_name)
+            encrypted = contract_field.protection is Protection.DIRECT_IDENTIFIER or (
+                contract_field.protection is Protection.IDENTIFIER
+                and contract_field.reveal_at_level3
+            )
+            if not encrypted:
+                raise self.fail(
+                    f"column {name!r} reveals {model.reveal}, which is not kept encrypted for "
+                    "Level 3 display"
+                )
+            if model.count or model.derive is not None or model.key:
+                raise self.fail(f"revealed column {name!r} cannot be a key, count or derived")
 
     def _parameters(self) -> None:
         spec = self.spec
@@ -635,7 +733,7 @@ class _Checker:
         for name in spec.output.sort or []:
             if name not in columns:
                 raise self.fail(f"sort names {name!r}, which is not a column")
-        if not any(model.count for model in columns.values()):
+        if spec.level < 3 and not any(model.count for model in columns.values()):
             raise self.fail("a product shows at least one count column")
         for name, note in spec.notes.items():
             if not re.match(NAME_PATTERN, name) or name.startswith("previous_"):
@@ -776,6 +874,10 @@ def _parse_values(spec: ParameterSpec, values: list[str]) -> Any:
     value = values[0].strip()
     if not value:
         raise BadRequest(f"{spec.name} is empty")
+    if spec.type == "person":
+        if not _PERSON_ID_RE.match(value):
+            raise BadRequest(f"{spec.name} must be a person id (32 lower-case hex digits)")
+        return value
     if spec.type == "date":
         return _date(spec.name, value)
     if spec.type == "integer":

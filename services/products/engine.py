@@ -32,14 +32,16 @@ import pyarrow as pa
 
 from services.contracts.model import Contract, FieldType, Protection
 from services.contracts.protection import Protector
-from services.kit.clock import utcnow
+from services.kit.clock import london_today, utcnow
 from services.kit.errors import Forbidden
 from services.kit.partnership import CSP_AREAS
-from services.products import disclosure
+from services.products import disclosure, people
 from services.products.catalogue import (
+    ASSESSMENTS_TABLE,
     CSP_AREAS_VIEW,
     H3_CELLS_TABLE,
     HKC_TABLE,
+    PEOPLE_TABLE,
     PLACEHOLDER_RE,
     SERIOUS_VIOLENCE_VIEW,
     SQL_PARAMETER_RE,
@@ -110,13 +112,20 @@ def run(
     k: int,
     areas: frozenset[str] | None,
     protector: Protector,
+    assessments: Callable[[], pa.Table] | None = None,
 ) -> ProductResult:
     """One product over the given dataset versions. ``params`` come from ``parse_parameters``.
 
     ``areas`` None means no area restriction; otherwise rows are limited to those CSP areas and
-    a ``csp`` parameter naming another area is ``Forbidden``.
+    a ``csp`` parameter naming another area is ``Forbidden``. Level 3 rows are limited by the
+    person's district instead, and their revealed columns hold ciphertexts (``people.reveal``).
     """
     visible = _visible_areas(defn, params, areas)
+    level3 = defn.level == 3
+    if level3:
+        # A person's district comes from all their records; their row is then kept or dropped.
+        # Counts about one person are facts about them, not statistics to suppress.
+        visible, suppress = None, False
     threshold = defn.k or k
     comparing = _comparing(defn, params)
     columns = _present_columns(defn, params, comparing)
@@ -132,6 +141,22 @@ def run(
     con = duckdb.connect()
     try:
         _create_views(con, defn, {d: v.files for d, v in versions.items()}, visible)
+        police = versions.get(POLICE_DATASET)
+        people.register_people(
+            con,
+            defn,
+            params,
+            people.police_relation(defn.contracts, police.files) if police else None,
+            london_today(),
+            protector,
+        )
+        if defn.spec.assessments:
+            con.register(
+                ASSESSMENTS_TABLE,
+                assessments()
+                if assessments is not None
+                else people.ASSESSMENTS_SCHEMA.empty_table(),
+            )
 
         def carriers(as_of: date) -> pa.Table:
             return habitual_knife_carriers(
@@ -141,6 +166,8 @@ def run(
         rows, types = _evaluate(con, defn, params, columns, comparing, notes, carriers)
     finally:
         con.close()
+    if level3:
+        rows = people.within_areas(defn, rows, areas)
     return _finish(defn, params, sources, columns, rows, notes, types, suppress, threshold)
 
 
@@ -158,6 +185,10 @@ def check_definition(defn: ProductDefinition) -> None:
     con = duckdb.connect()
     try:
         _create_views(con, defn, {}, None)
+        if defn.spec.people is not None:
+            con.register(PEOPLE_TABLE, people.PEOPLE_SCHEMA.empty_table())
+        if defn.spec.assessments:
+            con.register(ASSESSMENTS_TABLE, people.ASSESSMENTS_SCHEMA.empty_table())
         for params in _trial_parameters(defn):
             comparing = _comparing(defn, params)
             columns = _present_columns(defn, params, comparing)
@@ -287,7 +318,11 @@ def _create_views(
     for dataset, fields in defn.spec.sources.items():
         contract = defn.contracts[dataset]
         relation = _relation(contract, files.get(dataset))
-        projection = ", ".join(f'"{name}"' for name in stored_columns(contract, fields))
+        stored = stored_columns(contract, fields)
+        if defn.level == 3 and contract.person is not None:
+            # Level 3 links people across partners by the person key.
+            stored.append("person_key")
+        projection = ", ".join(f'"{name}"' for name in stored)
         where = _area_filter(contract, visible)
         con.execute(
             f"CREATE VIEW {view_name(dataset)} AS SELECT {projection} "  # noqa: S608
@@ -430,7 +465,11 @@ def _evaluate(
         notes["serious_violence_definition"] = [
             clause.name for clause in defn.partnership.serious_violence.any_of
         ]
-    rows = [{name: _plain(row.get(name)) for name in columns} for row in rows]
+    sealed = people.revealed_columns(defn)
+    rows = [
+        {name: row.get(name) if name in sealed else _plain(row.get(name)) for name in columns}
+        for row in rows
+    ]
     types = _column_types(defn, columns, rows)
     _derive(defn, columns, rows, notes)
     return rows, types
@@ -517,6 +556,8 @@ def _column_types(
         column = _column(defn, name)
         if column.count:
             types[name] = "integer"
+        elif column.reveal is not None:
+            types[name] = "string"
         elif column.derive is not None:
             derive = column.derive
             types[name] = "float" if derive.ratio or derive.change else "integer"
@@ -747,6 +788,8 @@ def _trial_parameters(defn: ProductDefinition) -> list[dict[str, Any]]:
             base[parameter.name] = list(parameter.choices or ())
         elif parameter.type == "csp":
             base[parameter.name] = [] if parameter.repeatable else None
+        elif parameter.type == "person":
+            base[parameter.name] = "0" * 32
         else:
             choice_names.append(parameter.name)
             choice_lists.append(list(parameter.choices or ()))

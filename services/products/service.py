@@ -23,12 +23,21 @@ from services.authz.enforcer import PolicyEngine
 from services.authz.service import ProductAccess, product_access
 from services.contracts.protection import Protector
 from services.identity.schemas import Principal
-from services.kit.errors import AuditUnavailable, BadRequest, Forbidden, NotFound, TogetherError
+from services.kit.clock import london_today
+from services.kit.errors import (
+    AuditUnavailable,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    QuotaExceeded,
+    TogetherError,
+)
 from services.products import catalogue as product_catalogue
-from services.products import engine
+from services.products import engine, level3, people
 from services.products.catalogue import ProductDefinition
 from services.products.catalogue import normalise_parameters as catalogue_normalised
 from services.products.engine import ProductResult
+from services.products.level3 import Justification
 from services.storage import service as storage_service
 from services.storage.service import Storage, VersionInfo
 
@@ -46,6 +55,8 @@ class ProductDeps:
     storage: Storage
     protector: Protector
     k: int
+    # Level 3 reads a principal may make a day (None: the partnership's configuration).
+    level3_daily_quota: int | None = None
     # Benchmark-only: measure the cost of the audit write by skipping it. Never set in service.
     audit_disabled_for_benchmark: bool = False
     cache: OrderedDict[tuple[Any, ...], ProductResult] = field(default_factory=OrderedDict)
@@ -156,13 +167,23 @@ def read_product(
     ctx: RequestContext,
     product_id: str,
     pairs: list[tuple[str, str]],
+    why: Justification | None = None,
 ) -> ProductRead:
+    """Decide, compute, audit, and only then (Level 3) decrypt names for the caller.
+
+    ``why`` is the request's purpose and case reference, required at Level 3.
+    """
     definition = get_definition(deps, product_id)
     access = product_access(deps.policy, principal, definition.id, definition.level)
     raw = _raw_parameters(pairs)
+    why = why or Justification(None, None)
     if not access.allowed:
         _deny(deps, ctx, definition, access, "tier not permitted", raw)
         raise Forbidden(f"you may not read {definition.id} (Level {definition.level})")
+    is_level3 = definition.level == 3
+    if is_level3:
+        level3.refuse_unjustified(deps.sessions, ctx, definition, access, why, raw)
+    purpose, case_reference = why.recordable() if is_level3 else (None, None)
     try:
         formats = [value for name, value in pairs if name == "format"]
         if len(formats) > 1:
@@ -173,11 +194,16 @@ def read_product(
         params = product_catalogue.parse_parameters(
             definition, [(name, value) for name, value in pairs if name != "format"]
         )
+        if is_level3:
+            quota = deps.level3_daily_quota or level3.daily_quota(definition)
+            level3.take_quota(deps.sessions, ctx, principal, definition, why, quota)
         with deps.sessions() as session:
             versions = storage_service.current_versions(
                 session, deps.storage, list(definition.sources)
             )
         result = _computed(deps, definition, params, versions, access)
+    except QuotaExceeded:
+        raise
     except Forbidden:
         _deny(deps, ctx, definition, access, "outside the reader's areas", raw)
         raise
@@ -192,6 +218,8 @@ def read_product(
                 resource_type="product",
                 resource=definition.id,
                 level=definition.level,
+                purpose=purpose,
+                case_reference=case_reference,
                 parameters=raw,
                 matched_rule=access.rule,
                 policy_version=access.policy_version,
@@ -199,7 +227,10 @@ def read_product(
         )
         raise
     if not deps.audit_disabled_for_benchmark:
-        _audit_read(deps, ctx, definition, access, result, fmt)
+        _audit_read(deps, ctx, definition, access, result, fmt, purpose, case_reference)
+    if is_level3:
+        # Decided, audited and committed: only now are names and dates of birth decrypted.
+        result = people.reveal(definition, result, deps.protector)
     return ProductRead(result, fmt)
 
 
@@ -237,6 +268,7 @@ def _computed(
         k=deps.k,
         areas=access.areas,
         protector=deps.protector,
+        assessments=lambda: level3.latest_assessments(deps.sessions),
     )
     if definition.level <= 2:
         # Level 3 results name people: never kept beyond the request that asked for them.
@@ -254,7 +286,20 @@ def _audit_read(
     access: ProductAccess,
     result: ProductResult,
     fmt: str,
+    purpose: str | None = None,
+    case_reference: str | None = None,
 ) -> None:
+    details: dict[str, Any] = {
+        "sources": result.sources,
+        "suppressed": not access.unsuppressed and definition.level < 3,
+        "areas": sorted(access.areas) if access.areas is not None else None,
+    }
+    subjects = people.subjects(definition, result.rows)
+    district = definition.spec.people.district if definition.spec.people else None
+    if district is not None:
+        # Which districts the people returned live in: a reviewer can check them against the
+        # reader's areas without seeing anyone's name.
+        details["districts"] = sorted({str(r[district]) for r in result.rows if r.get(district)})
     try:
         with deps.sessions() as session:
             audit_service.record(
@@ -266,15 +311,14 @@ def _audit_read(
                     resource_type="product",
                     resource=definition.id,
                     level=definition.level,
+                    purpose=purpose,
+                    case_reference=case_reference,
                     parameters={**result.parameters, "format": fmt},
                     rows=len(result.rows),
                     matched_rule=access.rule,
                     policy_version=access.policy_version,
-                    details={
-                        "sources": result.sources,
-                        "suppressed": not access.unsuppressed,
-                        "areas": sorted(access.areas) if access.areas is not None else None,
-                    },
+                    details=details,
+                    subjects=subjects,
                 ),
             )
             session.commit()
@@ -282,3 +326,92 @@ def _audit_read(
         # No audit, no data (security-tests T25).
         log.error("audit write failed; the read is refused", exc_info=exc)
         raise AuditUnavailable() from exc
+
+
+def assess_carrier(
+    deps: ProductDeps,
+    principal: Principal,
+    ctx: RequestContext,
+    person_id: str,
+    body: Any,
+    why: Justification,
+) -> dict[str, Any]:
+    """Grade a habitual knife carrier (RAG, lead agency): a Level 3 act, with purpose and case.
+
+    The person must be on today's list and in the grader's areas; otherwise the answer is the
+    same 404 whether or not they exist.
+    """
+    definition = get_definition(deps, level3.HKC_PRODUCT)
+    access = product_access(deps.policy, principal, definition.id, definition.level)
+    allowed, rule, policy_version = level3.may_assess(deps.policy, principal)
+    if not (access.allowed and allowed):
+        decision = (
+            access
+            if not access.allowed
+            else ProductAccess(False, rule, policy_version, False, None)
+        )
+        audit_service.record_denial(
+            deps.sessions,
+            ctx,
+            decision,
+            reason="may not grade habitual knife carriers",
+            resource_type="product",
+            resource=definition.id,
+            level=3,
+        )
+        raise Forbidden("you may not grade habitual knife carriers")
+    level3.refuse_unjustified(deps.sessions, ctx, definition, access, why, {})
+    purpose, case_reference = why.recordable()
+    assert purpose is not None and case_reference is not None
+    rag, lead_agency = level3.parse_assessment(body)
+    with deps.sessions() as session:
+        versions = storage_service.current_versions(session, deps.storage, definition.sources)
+    today = london_today()
+    current = engine.run(
+        definition,
+        {"as_of": today},
+        versions=versions,
+        suppress=False,
+        k=deps.k,
+        areas=access.areas,
+        protector=deps.protector,
+    )
+    on_list = any(row.get("person_id") == person_id for row in current.rows)
+    if not on_list:
+        audit_service.record_committed(
+            deps.sessions,
+            ctx,
+            AuditRecord(
+                action=AuditAction.PRODUCT_REFUSED,
+                outcome=Outcome.REJECTED,
+                reason="not on the list in the reader's areas",
+                resource_type="product",
+                resource=definition.id,
+                level=3,
+                purpose=purpose,
+                case_reference=case_reference,
+                matched_rule=rule,
+                policy_version=policy_version,
+                details={"as_of": today.isoformat(), "assessment": True},
+            ),
+        )
+        level3.require_found(False)
+    try:
+        with deps.sessions() as session:
+            graded = level3.record_assessment(
+                session,
+                ctx,
+                principal,
+                person_id,
+                rag,
+                lead_agency,
+                purpose,
+                case_reference,
+                rule,
+                policy_version,
+            )
+            session.commit()
+    except Exception as exc:
+        log.error("recording an assessment failed", exc_info=exc)
+        raise AuditUnavailable() from exc
+    return graded

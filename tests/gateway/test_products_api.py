@@ -31,7 +31,7 @@ READABLE = {
     "l1_reader": {"sv-counts", "sv-flags", "sv-rates", "hkc-summary"},
     "l1_analyst": {"sv-counts", "sv-flags", "sv-rates", "hkc-summary"},
     "l2_reader": {"hotspots"},
-    "l3_practitioner": set(),
+    "l3_practitioner": {"repeat-suspects", "habitual-knife-carriers", "person-profile"},
     "ig_lead": set(),
     "admin": set(),
 }

@@ -180,7 +180,8 @@ def test_sql_can_only_read_declared_fields(
         ({"sql": "SELECT csp, $limit AS count FROM csp_areas"}, "$limit"),
         ({"sources": {"police.occurrences": ["occurrence_ref", "postcode"]}}, "postcode"),
         ({"sources": {"police.arrests": ["arrest_ref"]}}, "police.arrests"),
-        ({"level": 3}, "level"),
+        ({"level": 3}, "Level 3 product declares `people`"),
+        ({"level": 4}, "level"),
         ({"colour": "red"}, "colour"),
         ({"period": ["from", "until"]}, "until"),
         (
