@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -217,18 +217,27 @@ def may_assess(policy: PolicyEngine, principal: Principal) -> tuple[bool, str, s
     return decision.allowed, decision.rule, decision.policy_version
 
 
-def parse_assessment(body: Any) -> tuple[str, str]:
+def parse_assessment(body: Any) -> tuple[str, str, date]:
+    """``rag``, ``lead_agency`` and the ``as_of`` of the list graded (default today)."""
     if not isinstance(body, dict):
-        raise BadRequest("the body is a JSON object with rag and lead_agency")
-    unknown = sorted(set(body) - {"rag", "lead_agency"})
+        raise BadRequest("the body is a JSON object with rag and lead_agency (and as_of)")
+    unknown = sorted(set(body) - {"rag", "lead_agency", "as_of"})
     if unknown:
-        raise BadRequest(f"unknown field {unknown[0][:40]!r}; the body has rag and lead_agency")
+        raise BadRequest(f"unknown field {unknown[0][:40]!r}; the body has rag, lead_agency, as_of")
     rag, lead = body.get("rag"), body.get("lead_agency")
     if rag not in RAG_VALUES:
         raise BadRequest(f"rag must be one of: {', '.join(RAG_VALUES)}")
     if not isinstance(lead, str) or lead not in ORGANISATIONS:
         raise BadRequest("lead_agency must be a partner organisation id (see the README)")
-    return rag, lead
+    today = london_today()
+    as_of = body.get("as_of", today.isoformat())
+    try:
+        day = date.fromisoformat(as_of) if isinstance(as_of, str) and len(as_of) == 10 else None
+    except ValueError:
+        day = None
+    if day is None or day > today:
+        raise BadRequest("as_of must be a date written YYYY-MM-DD, not in the future")
+    return rag, lead, day
 
 
 def record_assessment(

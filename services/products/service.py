@@ -23,7 +23,6 @@ from services.authz.enforcer import PolicyEngine
 from services.authz.service import ProductAccess, product_access
 from services.contracts.protection import Protector
 from services.identity.schemas import Principal
-from services.kit.clock import london_today
 from services.kit.errors import (
     AuditUnavailable,
     BadRequest,
@@ -338,8 +337,8 @@ def assess_carrier(
 ) -> dict[str, Any]:
     """Grade a habitual knife carrier (RAG, lead agency): a Level 3 act, with purpose and case.
 
-    The person must be on today's list and in the grader's areas; otherwise the answer is the
-    same 404 whether or not they exist.
+    The person must be on the list as of ``as_of`` (default today) and in the grader's areas;
+    otherwise the answer is the same 404 whether or not they exist.
     """
     definition = get_definition(deps, level3.HKC_PRODUCT)
     access = product_access(deps.policy, principal, definition.id, definition.level)
@@ -363,13 +362,12 @@ def assess_carrier(
     level3.refuse_unjustified(deps.sessions, ctx, definition, access, why, {})
     purpose, case_reference = why.recordable()
     assert purpose is not None and case_reference is not None
-    rag, lead_agency = level3.parse_assessment(body)
+    rag, lead_agency, as_of = level3.parse_assessment(body)
     with deps.sessions() as session:
         versions = storage_service.current_versions(session, deps.storage, definition.sources)
-    today = london_today()
     current = engine.run(
         definition,
-        {"as_of": today},
+        {"as_of": as_of},
         versions=versions,
         suppress=False,
         k=deps.k,
@@ -392,7 +390,7 @@ def assess_carrier(
                 case_reference=case_reference,
                 matched_rule=rule,
                 policy_version=policy_version,
-                details={"as_of": today.isoformat(), "assessment": True},
+                details={"as_of": as_of.isoformat(), "assessment": True},
             ),
         )
         level3.require_found(False)
