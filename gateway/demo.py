@@ -27,6 +27,11 @@ DEMO_READERS: list[tuple[str, str, list[RoleGrant]]] = [
     ("demo-l1-reader", "portsmouth-cc", [RoleGrant("l1_reader")]),
     ("demo-l1-analyst", "vru", [RoleGrant("l1_analyst")]),
     ("demo-l2-reader", "southampton-cc", [RoleGrant("l2_reader", "Southampton")]),
+    (
+        "demo-l3-practitioner",
+        "yjs-portsmouth",
+        [RoleGrant("l3_practitioner", "Portsmouth"), RoleGrant("l3_practitioner", "Southampton")],
+    ),
     ("demo-ig-lead", "hampshire-constabulary", [RoleGrant("ig_lead")]),
 ]
 
