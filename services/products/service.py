@@ -92,7 +92,7 @@ def list_readable(deps: ProductDeps, principal: Principal) -> list[dict[str, Any
                     "description": definition.description,
                     "parameters": [p.describe() for p in definition.parameters],
                     "formats": formats_for(definition),
-                    "suppressed": not access.unsuppressed,
+                    "suppressed": not access.unsuppressed and definition.level < 3,
                     "areas": sorted(access.areas) if access.areas is not None else None,
                 }
             )
