@@ -47,8 +47,7 @@ def _authenticate(platform: Platform, authorization: str | None, ctx: RequestCon
             except TokenInvalid as exc:
                 reason = exc.reason
             else:
-                with platform.sessions() as session:
-                    principal = identity_service.active_principal(session, claims.client_id)
+                principal = _principal(platform, claims.client_id)
                 if principal is None:
                     reason = "client_unknown_or_disabled"
                 elif principal.organisation != claims.organisation:
@@ -69,6 +68,17 @@ def _authenticate(platform: Platform, authorization: str | None, ctx: RequestCon
     ctx.actor_org = principal.organisation
     ctx.actor_roles = principal.roles
     return principal
+
+
+def _principal(platform: Platform, client_id: str) -> Principal | None:
+    """The client as the registry has it now (cached while no principal has changed)."""
+
+    def load() -> Principal | None:
+        with platform.sessions() as session:
+            return identity_service.active_principal(session, client_id)
+
+    epoch = platform.epochs.read().principals
+    return platform.principal_cache.get(client_id, epoch, load)
 
 
 async def authenticated(request: Request) -> Principal:

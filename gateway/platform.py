@@ -11,9 +11,11 @@ from services.authz.enforcer import PolicyEngine
 from services.contracts.loader import load_contracts
 from services.contracts.model import Contract
 from services.contracts.protection import Protector
+from services.identity.schemas import Principal
 from services.identity.tokens import TokenService
 from services.ingestion.service import IngestionDeps
 from services.kit.db import make_engine, session_factory
+from services.kit.epochs import EpochCache, EpochReader
 from services.kit.keys import load_keys
 from services.kit.settings import Settings
 from services.products.catalogue import load_catalogue
@@ -35,6 +37,9 @@ class Platform:
     ingestion: IngestionDeps
     partnership: PartnershipConfig
     products: ProductDeps
+    # Principals by client id, valid while the principals epoch is unchanged (services/kit/epochs).
+    epochs: EpochReader
+    principal_cache: EpochCache[str, Principal | None]
 
     def close(self) -> None:
         self.engine.dispose()
@@ -69,6 +74,7 @@ def build_platform(settings: Settings) -> Platform:
         lease_seconds=settings.idempotency_lease_seconds,
     )
     partnership = load_partnership(settings.partnership_file, contracts)
+    epochs = EpochReader(engine)
     products = ProductDeps(
         sessions=sessions,
         catalogue=load_catalogue(settings.products_dir, contracts, partnership),
@@ -76,6 +82,7 @@ def build_platform(settings: Settings) -> Platform:
         storage=storage,
         protector=ingestion.protector,
         k=partnership.k,
+        epochs=epochs,
     )
     return Platform(
         settings,
@@ -88,4 +95,6 @@ def build_platform(settings: Settings) -> Platform:
         ingestion,
         partnership,
         products,
+        epochs,
+        EpochCache(),
     )

@@ -5,6 +5,7 @@ from alembic import context
 import services.audit.models
 import services.identity.models
 import services.ingestion.models
+import services.kit.epochs
 import services.products.models
 import services.storage.models  # noqa: F401  (every model registers its table on Base)
 from services.kit.db import Base, make_engine

@@ -72,6 +72,8 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
+            if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+                return  # a single read (cache epochs) needs no transaction, nor the write lock
             # Take the write lock at the start of every transaction: the audit hash chain and
             # version publication must see the latest committed row, not a stale snapshot.
             conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -23,6 +23,7 @@ from services.authz.enforcer import PolicyEngine
 from services.authz.service import ProductAccess, product_access
 from services.contracts.protection import Protector
 from services.identity.schemas import Principal
+from services.kit.epochs import EpochCache, EpochReader
 from services.kit.errors import (
     AuditUnavailable,
     BadRequest,
@@ -56,6 +57,11 @@ class ProductDeps:
     k: int
     # Level 3 reads a principal may make a day (None: the partnership's configuration).
     level3_daily_quota: int | None = None
+    # Current dataset versions by product sources, valid while the datasets epoch is unchanged.
+    epochs: EpochReader | None = None
+    versions_cache: EpochCache[tuple[str, ...], dict[str, VersionInfo]] = field(
+        default_factory=EpochCache
+    )
     # Benchmark-only: measure the cost of the audit write by skipping it. Never set in service.
     audit_disabled_for_benchmark: bool = False
     cache: OrderedDict[tuple[Any, ...], ProductResult] = field(default_factory=OrderedDict)
@@ -196,10 +202,7 @@ def read_product(
         if is_level3:
             quota = deps.level3_daily_quota or level3.daily_quota(definition)
             level3.take_quota(deps.sessions, ctx, principal, definition, why, quota)
-        with deps.sessions() as session:
-            versions = storage_service.current_versions(
-                session, deps.storage, list(definition.sources)
-            )
+        versions = current_versions(deps, definition.sources)
         result = _computed(deps, definition, params, versions, access)
     except QuotaExceeded:
         raise
@@ -231,6 +234,19 @@ def read_product(
         # Decided, audited and committed: only now are names and dates of birth decrypted.
         result = people.reveal(definition, result, deps.protector)
     return ProductRead(result, fmt)
+
+
+def current_versions(deps: ProductDeps, sources: list[str]) -> dict[str, VersionInfo]:
+    """The current versions of a product's sources; one small query while none has changed."""
+
+    def load() -> dict[str, VersionInfo]:
+        with deps.sessions() as session:
+            return storage_service.current_versions(session, deps.storage, list(sources))
+
+    if deps.epochs is None:
+        return load()
+    epoch = deps.epochs.read().datasets
+    return dict(deps.versions_cache.get(tuple(sources), epoch, load))
 
 
 def _computed(
@@ -363,8 +379,7 @@ def assess_carrier(
     purpose, case_reference = why.recordable()
     assert purpose is not None and case_reference is not None
     rag, lead_agency, as_of = level3.parse_assessment(body)
-    with deps.sessions() as session:
-        versions = storage_service.current_versions(session, deps.storage, definition.sources)
+    versions = current_versions(deps, definition.sources)
     current = engine.run(
         definition,
         {"as_of": as_of},
