@@ -1,7 +1,7 @@
 """Cache epochs: what lets each process keep principals and dataset versions in memory safely.
 
 The database bumps a counter in the same transaction as any change to principals (clients and
-their roles) or to dataset versions (see migration 0006: triggers, so no code path can forget).
+their roles) or to dataset versions (see migration 0003: triggers, so no code path can forget).
 A request reads the counters in one autocommit query and reuses what this process already
 looked up while they are unchanged; a change is therefore seen by the very next request in every
 process, as if nothing were cached.

@@ -1,6 +1,6 @@
 """Principals and dataset versions are cached per process, and never served stale.
 
-The database bumps a counter in the same transaction as any change (triggers, migration 0006),
+The database bumps a counter in the same transaction as any change (triggers, migration 0003),
 so a change made by any path, even plain SQL behind the platform's back, is seen by the next
 request.
 """
