@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import errors
 from gateway.platform import Platform, build_platform
-from gateway.routes import admin, contracts, health, oauth, products, uploads
+from gateway.routes import admin, audit_review, contracts, health, oauth, products, uploads
 from services.audit.service import Sealer
 from services.kit.settings import Settings, get_settings
 
@@ -27,6 +27,7 @@ ROUTERS = (
     uploads.router,
     products.router,
     admin.router,
+    audit_review.router,
 )
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
