@@ -18,7 +18,18 @@ from datetime import date, datetime, time, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, false, or_, select, text, true
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    false,
+    func,
+    or_,
+    select,
+    text,
+    true,
+)
 from sqlalchemy.orm import Session
 
 from services.audit.catalogue import AuditAction, Outcome
@@ -387,3 +398,21 @@ def list_checkpoints(session: Session) -> list[dict[str, Any]]:
     produced yet; the checkpoint page reads this and shows an empty list until they exist.
     """
     return []
+
+
+def count_recent(
+    session: Session, action: str, resource_type: str, resource: str, since: datetime
+) -> int:
+    """How many events of one action about one resource happened since a time (lockouts)."""
+    return int(
+        session.execute(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(
+                AuditEvent.resource == resource,
+                AuditEvent.action == action,
+                AuditEvent.resource_type == resource_type,
+                AuditEvent.occurred_at >= since,
+            )
+        ).scalar_one()
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Boolean, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -100,7 +101,7 @@ def create_user(
     return _person(user)
 
 
-def list_users(session: Session, organisation: str | None = None) -> list[dict[str, object]]:
+def list_users(session: Session, organisation: str | None = None) -> list[dict[str, Any]]:
     statement = select(User).order_by(User.organisation, User.username)
     if organisation is not None:
         statement = statement.where(User.organisation == organisation)

@@ -250,9 +250,7 @@ def test_csv_export_neutralises_formulas_and_ndjson_is_one_event_a_line(
     assert all(r["subjects"] == "p-z" for r in rows)
     assert '"=' not in response.text and '"@' not in response.text and '"+' not in response.text
 
-    response = api.get(
-        "/v1/audit/events", params={"format": "ndjson", "level": 3}, headers=headers
-    )
+    response = api.get("/v1/audit/events", params={"format": "ndjson", "level": 3}, headers=headers)
     lines = response.text.splitlines()
     assert len(lines) == len(payloads)
     assert {json.loads(line)["case_reference"] for line in lines} == set(payloads)
