@@ -1,0 +1,105 @@
+"""`together users`: accounts for people, created, listed and disabled from the command line."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from gateway.platform import Platform
+from services.audit.models import AuditEvent
+from services.identity.people import User
+from tests.live import settings_env, together_bin
+
+PASSWORD = "a long enough password"
+
+
+def run(
+    platform: Platform, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [together_bin(), "users", *args],
+        env=settings_env(platform.settings),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_users_create_list_disable(api: TestClient, platform: Platform) -> None:
+    create = ("create", "alice", "--org", "hiwfrs", "--role", "ig_lead", "--password-stdin")
+    created = run(platform, *create, stdin=PASSWORD + "\n")
+    assert created.returncode == 0, created.stderr
+    assert run(platform, *create, stdin=PASSWORD + "\n").returncode == 2  # exists
+    short = run(
+        platform,
+        "create",
+        "bob",
+        "--org",
+        "hiwfrs",
+        "--role",
+        "ig_lead",
+        "--password-stdin",
+        stdin="short\n",
+    )
+    assert short.returncode == 2 and "12 characters" in short.stderr
+    wrong_role = run(
+        platform,
+        "create",
+        "bob",
+        "--org",
+        "hiwfrs",
+        "--role",
+        "l3_practitioner",
+        "--password-stdin",
+        stdin=PASSWORD,
+    )
+    assert wrong_role.returncode == 2
+    oidc = run(platform, "create", "carol@example.org", "--org", "vru", "--role", "admin", "--oidc")
+    assert oidc.returncode == 0, oidc.stderr
+
+    listed = json.loads(run(platform, "list").stdout)
+    assert [(u["username"], u["sign_in"], u["disabled"]) for u in listed] == [
+        ("alice", "local", False),
+        ("carol@example.org", "oidc", False),
+    ]
+    assert "argon2" not in json.dumps(listed)
+    with platform.sessions() as session:
+        stored = session.scalars(select(User).where(User.username == "alice")).one()
+        assert stored.password_hash and stored.password_hash.startswith("$argon2id$")
+        assert PASSWORD not in stored.password_hash
+
+    # Signed in, then disabled: the very next page is the sign-in form.
+    form = api.get("/ig/sign-in").text
+    token = re.search(r'name="csrf" value="([^"]+)"', form)
+    assert token
+    response = api.post(
+        "/ig/sign-in",
+        data={"username": "alice", "password": PASSWORD, "csrf": token.group(1)},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    assert api.get("/ig/events").status_code == 200
+    assert run(platform, "disable", "alice").returncode == 0
+    after = api.get("/ig/events", follow_redirects=False)
+    assert after.status_code == 303 and after.headers["location"] == "/ig/sign-in"
+    assert run(platform, "disable", "nobody").returncode == 2
+
+    with platform.sessions() as session:
+        actions = [
+            (e.action, e.resource)
+            for e in session.scalars(
+                select(AuditEvent).where(AuditEvent.action.like("user.%")).order_by(AuditEvent.seq)
+            )
+        ]
+    assert actions == [
+        ("user.created", "alice"),
+        ("user.created", "carol@example.org"),
+        ("user.listed", None),
+        ("user.disabled", "alice"),
+    ]
