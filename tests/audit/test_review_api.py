@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from gateway.platform import Platform
 from services.audit.catalogue import AuditAction, Outcome
@@ -310,3 +310,38 @@ def test_a_persons_history_lists_who_read_them_when_and_why(
     assert _ids(_get(api, reviewers["council"], "/v1/audit/people/p-42")) == {theirs}
     assert _ids(_get(api, reviewers["admin"], "/v1/audit/people/p-42")) == {mine, theirs}
     assert _ids(_get(api, reviewers["admin"], "/v1/audit/people/nobody")) == set()
+
+
+def test_no_audit_no_answer(
+    api: TestClient, platform: Platform, reviewers: dict[str, str], world: dict[str, str]
+) -> None:
+    """If the audit event of a query cannot be committed, the reviewer gets 503 and no events."""
+    with platform.engine.begin() as connection:
+        if platform.engine.dialect.name == "sqlite":
+            connection.execute(
+                text(
+                    "CREATE TRIGGER refuse_audit_queries BEFORE INSERT ON audit_events "
+                    "WHEN NEW.action = 'audit.queried' "
+                    "BEGIN SELECT RAISE(ABORT, 'audit store unavailable'); END"
+                )
+            )
+        else:
+            connection.execute(
+                text(
+                    "CREATE FUNCTION refuse_audit_queries() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'audit store unavailable'; END $$"
+                )
+            )
+            connection.execute(
+                text(
+                    "CREATE TRIGGER refuse_audit_queries BEFORE INSERT ON audit_events "
+                    "FOR EACH ROW WHEN (NEW.action = 'audit.queried') "
+                    "EXECUTE FUNCTION refuse_audit_queries()"
+                )
+            )
+    response = api.get(
+        "/v1/audit/events", headers={"Authorization": f"Bearer {reviewers['admin']}"}
+    )
+    assert response.status_code == 503
+    assert response.json()["code"] == "AUDIT_UNAVAILABLE"
+    assert world["police_user"] not in response.text
