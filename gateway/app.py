@@ -13,12 +13,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import errors
 from gateway.platform import Platform, build_platform
-from gateway.routes import admin, contracts, health, oauth, products, uploads
+from gateway.routes import admin, audit_review, contracts, health, oauth, products, uploads
+from gateway.web import pages as ig_pages
+from gateway.web.session import WebSessionMiddleware
 from services.audit.service import Sealer
 from services.kit.settings import Settings, get_settings
 
 # Routes reachable without a bearer token. Pinned by a test: anything else must authenticate.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/oauth/token"})
+# The IG pages under /ig/ authenticate with their session cookie instead (`gateway.web.auth`).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/oauth/token"} | ig_pages.PUBLIC_PATHS)
 
 ROUTERS = (
     health.router,
@@ -27,6 +30,8 @@ ROUTERS = (
     uploads.router,
     products.router,
     admin.router,
+    audit_review.router,
+    ig_pages.router,
 )
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
@@ -99,5 +104,6 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.add_middleware(WebSessionMiddleware)
     app.add_middleware(EdgeMiddleware)
     return app

@@ -199,6 +199,65 @@ def clients_roles(
     typer.echo(json.dumps(principals.grants_json(after), indent=2))
 
 
+users_app = typer.Typer(help="People who sign in to the review pages.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("create")
+def users_create(
+    name: str,
+    org: Annotated[str, typer.Option("--org", help="Organisation id")],
+    role: Annotated[str, typer.Option("--role", help="ig_lead or admin")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+    oidc: Annotated[
+        bool, typer.Option("--oidc", help="No password: signs in through OpenID Connect only")
+    ] = False,
+) -> None:
+    """Create a person's account; the password is prompted for (or read from stdin)."""
+    from gateway import people
+
+    password: str | None = None
+    if oidc and password_stdin:
+        typer.echo("error: --oidc accounts have no password", err=True)
+        raise typer.Exit(2)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif not oidc:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    with _admin_platform() as platform:
+        people.create_user(
+            platform,
+            _cli_context("users-create"),
+            username=name,
+            organisation=org,
+            role=role,
+            password=password,
+        )
+    typer.echo(f"user {name} created ({role}, {org})")
+
+
+@users_app.command("list")
+def users_list(org: Annotated[str | None, typer.Option("--org")] = None) -> None:
+    """List accounts (never password hashes)."""
+    from gateway import people
+
+    with _admin_platform() as platform:
+        rows = people.list_users(platform, _cli_context("users-list"), org)
+    typer.echo(json.dumps(rows, indent=2))
+
+
+@users_app.command("disable")
+def users_disable(name: str) -> None:
+    """Disable an account: its session ends at its next request."""
+    from gateway import people
+
+    with _admin_platform() as platform:
+        people.disable_user(platform, _cli_context("users-disable"), name)
+    typer.echo(f"user {name} disabled")
+
+
 @contracts_app.command("lint")
 def contracts_lint(
     path: Annotated[Path | None, typer.Argument(help="A contract file or folder")] = None,

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from alembic import context
 
+import services.audit.alerts
 import services.audit.models
 import services.identity.models
+import services.identity.people
 import services.ingestion.models
 import services.kit.epochs
 import services.products.models

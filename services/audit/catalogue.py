@@ -27,6 +27,18 @@ class AuditAction(StrEnum):
     ACCESS_EXPLAINED = "access.explained"
     QUOTA_EXCEEDED = "quota.exceeded"  # a Level 3 read refused: the daily quota is used up
     ASSESSMENT_RECORDED = "assessment.recorded"  # a RAG grading of a habitual knife carrier
+    # information-governance review (API and web pages)
+    AUDIT_QUERIED = "audit.queried"
+    AUDIT_PERSON_HISTORY = "audit.person_history"
+    AUDIT_ALERTS_VIEWED = "audit.alerts_viewed"
+    AUDIT_ALERT_REVIEWED = "audit.alert_reviewed"
+    IG_SIGNED_IN = "ig.signed_in"
+    IG_SIGN_IN_FAILED = "ig.sign_in_failed"
+    IG_SIGNED_OUT = "ig.signed_out"
+    IG_REQUEST_REFUSED = "ig.request_refused"  # a form without a valid CSRF token
+    USER_CREATED = "user.created"
+    USER_DISABLED = "user.disabled"
+    USERS_LISTED = "user.listed"
 
 
 class Outcome(StrEnum):

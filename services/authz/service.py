@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.authz.enforcer import PolicyEngine, Resource
-from services.authz.vocabulary import LEVEL_RESOURCE, Action
+from services.authz.vocabulary import LEVEL_RESOURCE, Action, ResourceType
 from services.identity.schemas import Principal
 
 
@@ -39,3 +39,29 @@ def _areas(principal: Principal, roles: tuple[str, ...]) -> frozenset[str]:
         if grant.role in roles and grant.area is not None:
             found.add(grant.area)
     return frozenset(found)
+
+
+# Reviewing the audit trail. The policy decides both whether and how widely: a rule with scope
+# `any` (administrators) reviews every organisation, `own_org` (IG leads) their own.
+EVERY_ORGANISATION = "(every organisation)"
+
+
+@dataclass(frozen=True)
+class AuditReviewAccess:
+    allowed: bool
+    rule: str
+    policy_version: str
+    # None: every organisation. Otherwise the one organisation whose events may be reviewed.
+    organisation: str | None
+
+
+def audit_review_access(policy: PolicyEngine, principal: Principal) -> AuditReviewAccess:
+    everything = policy.decide(
+        principal, Action.AUDIT_REVIEW, Resource(ResourceType.AUDIT, "*", EVERY_ORGANISATION)
+    )
+    if everything.allowed:
+        return AuditReviewAccess(True, everything.rule, everything.policy_version, None)
+    own = policy.decide(
+        principal, Action.AUDIT_REVIEW, Resource(ResourceType.AUDIT, "*", principal.organisation)
+    )
+    return AuditReviewAccess(own.allowed, own.rule, own.policy_version, principal.organisation)

@@ -59,6 +59,65 @@ class Settings(BaseSettings):
     idempotency_lease_seconds: int = Field(default=30, ge=1)
     audit_seal_interval_seconds: float = Field(default=2.0, gt=0, le=3600)
 
+    # Information-governance review: sign-in, sessions and alert rules.
+    ig_session_idle_seconds: int = Field(
+        default=1800, ge=60, le=86400, description="sign-out after this long without a request"
+    )
+    ig_session_max_seconds: int = Field(
+        default=43200, ge=300, le=604800, description="sign-out this long after signing in"
+    )
+    ig_cookie_secure: bool | None = Field(
+        default=None,
+        description="mark the session cookie Secure; unset: Secure except in development and test",
+    )
+    ig_lockout_attempts: int = Field(
+        default=5, ge=1, le=100, description="failed sign-ins of one account that lock it"
+    )
+    ig_lockout_seconds: int = Field(
+        default=900, ge=1, le=86400, description="the window the failed sign-ins are counted in"
+    )
+    ig_oidc_metadata_url: str | None = Field(
+        default=None, description="OpenID Connect discovery document of the organisation's provider"
+    )
+    ig_oidc_client_id: str | None = Field(default=None, description="OpenID Connect client id")
+    ig_oidc_client_secret: str | None = Field(
+        default=None, description="OpenID Connect client secret"
+    )
+    ig_oidc_username_claim: str = Field(
+        default="email", description="ID-token claim matched to a user's name"
+    )
+    ig_oidc_org_claim: str = Field(
+        default="org", description="ID-token claim that names the person's organisation"
+    )
+    ig_oidc_org_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON object: org-claim value -> organisation id; other values are refused",
+    )
+    audit_timezone: str = Field(
+        default="Europe/London", description="time zone of office hours and daily volumes"
+    )
+    audit_office_start_hour: int = Field(
+        default=8, ge=0, le=23, description="office hours start (Monday to Friday)"
+    )
+    audit_office_end_hour: int = Field(
+        default=18, ge=1, le=24, description="office hours end (Monday to Friday)"
+    )
+    audit_volume_factor: float = Field(
+        default=3.0, gt=1, description="flag a reader's day above this multiple of their median"
+    )
+    audit_volume_minimum: int = Field(
+        default=50, ge=1, description="a day below this many reads is never flagged for volume"
+    )
+    audit_volume_history_days: int = Field(
+        default=28, ge=3, le=366, description="days of history a reader's median is taken over"
+    )
+    audit_denials_threshold: int = Field(
+        default=5, ge=2, description="denials of one actor within the window that raise a flag"
+    )
+    audit_denials_window_seconds: int = Field(
+        default=600, ge=1, description="the window repeated denials are counted in"
+    )
+
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
         if self.env == Environment.development:

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from gateway.app import PUBLIC_PATHS, ROUTERS, create_app
 from gateway.deps import authenticated
 from gateway.platform import Platform
+from gateway.web.auth import signed_in
 from services.kit.settings import Settings
 
 
@@ -25,11 +26,16 @@ def _dependencies(route: APIRoute) -> set[object]:
 def test_every_route_is_authenticated_or_listed_public() -> None:
     routes = [r for router in ROUTERS for r in router.routes if isinstance(r, APIRoute)]
     assert len(routes) > 10
-    public = {r.path for r in routes if authenticated not in _dependencies(r)}
+    authenticators = {authenticated, signed_in}
+    public = {r.path for r in routes if not authenticators & _dependencies(r)}
     assert public == set(PUBLIC_PATHS)
     for route in routes:
         if route.path.startswith("/v1"):
             assert authenticated in _dependencies(route), route.path
+        # The pages authenticate by their session cookie, never by a bearer token.
+        if route.path.startswith("/ig/") and route.path not in PUBLIC_PATHS:
+            assert signed_in in _dependencies(route), route.path
+            assert authenticated not in _dependencies(route), route.path
 
 
 def test_error_shape_is_problem_json(api: TestClient) -> None:

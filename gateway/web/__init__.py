@@ -1,0 +1,1 @@
+"""Server-rendered pages for information-governance leads (under /ig/)."""

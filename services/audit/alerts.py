@@ -1,0 +1,493 @@
+"""Rule-based flags for information-governance review, and their append-only review record.
+
+Alerts are computed from the audit trail whenever they are asked for; nothing about an alert is
+stored except its reviews. An alert's id is its rule and the id of the event that anchors it, so
+the same alert keeps its id (and its reviews) from one computation to the next.
+
+Rules:
+- `out_of_hours`: a Level 3 read outside office hours (local time, Monday to Friday).
+- `outside_areas`: a Level 3 read that returned people outside the reader's areas (the read's
+  `details.districts` not within `details.areas`, or `details.rows_outside_areas` above zero).
+  Access control should make this impossible, so a flag is a bug or an attack.
+- `volume`: a reader's reads on one day above `factor` times the median of their own active days
+  in the preceding weeks (and at least `minimum`).
+- `denials`: `threshold` or more denials of one actor (or one address, when the caller was not
+  authenticated) within a window.
+- `new_case`: a Level 3 read whose case reference the reader's organisation never used before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+from collections import defaultdict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, func, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from services.audit.catalogue import AuditAction, Outcome
+from services.audit.models import AuditEvent
+from services.audit.review import Scope, visible
+from services.audit.service import AuditRecord, RequestContext, record
+from services.kit.clock import utcnow
+from services.kit.db import Base, UTCDateTime
+from services.kit.errors import BadRequest, NotFound
+
+RULES = ("out_of_hours", "outside_areas", "volume", "denials", "new_case")
+RULE_TITLES = {
+    "out_of_hours": "Level 3 read outside office hours",
+    "outside_areas": "Level 3 read of people outside the reader's areas",
+    "volume": "Reads far above the reader's own norm",
+    "denials": "Repeated denials",
+    "new_case": "Level 3 read under a case reference new to the organisation",
+}
+MAX_LINKED_EVENTS = 500
+REVIEW_STATES = ("reviewed",)
+
+
+class AlertReview(Base):
+    """A reviewer's verdict on an alert. Append-only (triggers); the latest review is its state."""
+
+    __tablename__ = "audit_alert_reviews"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    alert_id: Mapped[str] = mapped_column(String(80), index=True)
+    rule: Mapped[str] = mapped_column(String(40))
+    state: Mapped[str] = mapped_column(String(20))
+    comment: Mapped[str] = mapped_column(Text)
+    reviewer: Mapped[str] = mapped_column(String(100))
+    reviewer_org: Mapped[str] = mapped_column(String(100))
+    reviewed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The audit event that recorded this review.
+    event_seq: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("audit_events.seq"), nullable=True
+    )
+
+
+@dataclass(frozen=True)
+class AlertRules:
+    timezone: ZoneInfo
+    office_start_hour: int = 8
+    office_end_hour: int = 18
+    volume_factor: float = 3.0
+    volume_minimum: int = 50
+    volume_history_days: int = 28
+    denials_threshold: int = 5
+    denials_window: timedelta = timedelta(minutes=10)
+
+
+@dataclass
+class Review:
+    state: str
+    comment: str
+    reviewer: str
+    reviewer_org: str
+    reviewed_at: datetime
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "comment": self.comment,
+            "reviewer": self.reviewer,
+            "reviewer_org": self.reviewer_org,
+            "reviewed_at": self.reviewed_at.isoformat(timespec="seconds"),
+        }
+
+
+@dataclass
+class Alert:
+    id: str
+    rule: str
+    occurred_at: datetime
+    actor: str | None
+    actor_org: str | None
+    summary: str
+    event_ids: list[str]
+    reviews: list[Review] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return RULE_TITLES[self.rule]
+
+    @property
+    def state(self) -> str:
+        return self.reviews[-1].state if self.reviews else "open"
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "rule": self.rule,
+            "title": self.title,
+            "occurred_at": self.occurred_at.isoformat(timespec="seconds"),
+            "actor": self.actor,
+            "actor_org": self.actor_org,
+            "summary": self.summary,
+            # Each links to its event: GET /v1/audit/events/{event_id}.
+            "event_ids": self.event_ids,
+            "state": self.state,
+            "reviews": [r.document() for r in self.reviews],
+        }
+
+
+def _alert_id(rule: str, event_id: str) -> str:
+    return f"{rule}.{event_id}"
+
+
+def _level3_reads(session: Session, scope: Scope, since: datetime, until: datetime) -> list[Any]:
+    return list(
+        session.scalars(
+            select(AuditEvent)
+            .where(
+                AuditEvent.action == AuditAction.PRODUCT_READ.value,
+                AuditEvent.outcome == Outcome.SUCCESS.value,
+                AuditEvent.level == 3,
+                AuditEvent.occurred_at >= since,
+                AuditEvent.occurred_at < until,
+                visible(session, scope),
+            )
+            .order_by(AuditEvent.seq)
+        )
+    )
+
+
+def _outside_office(moment: datetime, rules: AlertRules) -> bool:
+    local = moment.astimezone(rules.timezone)
+    return (
+        local.weekday() >= 5
+        or local.hour < rules.office_start_hour
+        or local.hour >= rules.office_end_hour
+    )
+
+
+def _outside_areas(details: dict[str, Any]) -> str | None:
+    outside = details.get("rows_outside_areas")
+    if isinstance(outside, int) and not isinstance(outside, bool) and outside > 0:
+        return f"{outside} row(s) outside the reader's areas"
+    if outside is True:
+        return "rows outside the reader's areas"
+    districts = details.get("districts")
+    areas = details.get("areas")
+    if isinstance(districts, list) and isinstance(areas, list):
+        extra = sorted({str(d) for d in districts} - {str(a) for a in areas})
+        if extra:
+            return (
+                "people in "
+                + ", ".join(extra)
+                + " (reader's areas: "
+                + ", ".join(sorted(str(a) for a in areas))
+                + ")"
+            )
+    return None
+
+
+def _first_case_uses(session: Session, pairs: Iterable[tuple[str, str]]) -> set[int]:
+    """The seq of the first Level 3 read of each (organisation, case reference)."""
+    wanted = set(pairs)
+    if not wanted:
+        return set()
+    rows = session.execute(
+        select(AuditEvent.actor_org, AuditEvent.case_reference, func.min(AuditEvent.seq))
+        .where(
+            AuditEvent.action == AuditAction.PRODUCT_READ.value,
+            AuditEvent.outcome == Outcome.SUCCESS.value,
+            AuditEvent.level == 3,
+            AuditEvent.case_reference.in_(sorted({c for _, c in wanted})),
+        )
+        .group_by(AuditEvent.actor_org, AuditEvent.case_reference)
+    )
+    return {seq for org, case, seq in rows if (org, case) in wanted}
+
+
+def _level3_alerts(
+    session: Session, scope: Scope, since: datetime, until: datetime, rules: AlertRules
+) -> list[Alert]:
+    reads = _level3_reads(session, scope, since, until)
+    alerts: list[Alert] = []
+    firsts = _first_case_uses(
+        session, ((r.actor_org, r.case_reference) for r in reads if r.case_reference)
+    )
+    for read in reads:
+        local = read.occurred_at.astimezone(rules.timezone)
+        base = {"actor": read.actor, "actor_org": read.actor_org, "event_ids": [read.event_id]}
+        if _outside_office(read.occurred_at, rules):
+            alerts.append(
+                Alert(
+                    _alert_id("out_of_hours", read.event_id),
+                    "out_of_hours",
+                    read.occurred_at,
+                    summary=f"{read.resource} read at {local:%a %d %b %Y %H:%M} local time",
+                    **base,
+                )
+            )
+        outside = _outside_areas(read.details or {})
+        if outside is not None:
+            alerts.append(
+                Alert(
+                    _alert_id("outside_areas", read.event_id),
+                    "outside_areas",
+                    read.occurred_at,
+                    summary=f"{read.resource}: {outside}",
+                    **base,
+                )
+            )
+        if read.seq in firsts:
+            alerts.append(
+                Alert(
+                    _alert_id("new_case", read.event_id),
+                    "new_case",
+                    read.occurred_at,
+                    summary=f"first use of case reference {read.case_reference!r} "
+                    f"by {read.actor_org}",
+                    **base,
+                )
+            )
+    return alerts
+
+
+def _volume_alerts(
+    session: Session, scope: Scope, since: datetime, until: datetime, rules: AlertRules
+) -> list[Alert]:
+    history_start = since - timedelta(days=rules.volume_history_days + 1)
+    rows = session.execute(
+        select(AuditEvent.actor, AuditEvent.actor_org, AuditEvent.occurred_at, AuditEvent.event_id)
+        .where(
+            AuditEvent.action == AuditAction.PRODUCT_READ.value,
+            AuditEvent.outcome == Outcome.SUCCESS.value,
+            AuditEvent.actor.is_not(None),
+            AuditEvent.occurred_at >= history_start,
+            AuditEvent.occurred_at < until,
+            visible(session, scope),
+        )
+        .order_by(AuditEvent.seq)
+    ).yield_per(10000)
+    per_day: dict[str, dict[date, list[tuple[datetime, str]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    orgs: dict[str, str | None] = {}
+    for actor, actor_org, occurred_at, event_id in rows:
+        assert actor is not None
+        per_day[actor][occurred_at.astimezone(rules.timezone).date()].append(
+            (occurred_at, event_id)
+        )
+        orgs[actor] = actor_org
+    alerts: list[Alert] = []
+    for actor, days in per_day.items():
+        for day, events in sorted(days.items()):
+            first_at = events[0][0]
+            if first_at < since or len(events) < rules.volume_minimum:
+                continue
+            history = [
+                len(days[d])
+                for d in days
+                if day - timedelta(days=rules.volume_history_days) <= d < day
+            ]
+            if len(history) < 3:
+                continue  # no norm yet to compare with
+            norm = statistics.median(history)
+            if len(events) <= rules.volume_factor * norm:
+                continue
+            alerts.append(
+                Alert(
+                    _alert_id("volume", events[0][1]),
+                    "volume",
+                    first_at,
+                    actor,
+                    orgs[actor],
+                    summary=f"{len(events)} reads on {day.isoformat()}; the reader's median is "
+                    f"{norm:g} over {len(history)} active day(s)",
+                    event_ids=[e for _, e in events[:MAX_LINKED_EVENTS]],
+                )
+            )
+    return alerts
+
+
+def _denial_alerts(
+    session: Session, scope: Scope, since: datetime, until: datetime, rules: AlertRules
+) -> list[Alert]:
+    rows = session.execute(
+        select(
+            AuditEvent.actor,
+            AuditEvent.actor_org,
+            AuditEvent.client_address,
+            AuditEvent.occurred_at,
+            AuditEvent.event_id,
+        )
+        .where(
+            AuditEvent.outcome == Outcome.DENIED.value,
+            AuditEvent.occurred_at >= since,
+            AuditEvent.occurred_at < until,
+            visible(session, scope),
+        )
+        .order_by(AuditEvent.seq)
+    )
+    by_key: dict[str, list[tuple[str | None, str | None, datetime, str]]] = defaultdict(list)
+    for actor, actor_org, address, occurred_at, event_id in rows:
+        key = actor if actor is not None else f"address {address or 'unknown'}"
+        by_key[key].append((actor, actor_org, occurred_at, event_id))
+    alerts: list[Alert] = []
+    for key, events in by_key.items():
+        window: deque[tuple[str | None, str | None, datetime, str]] = deque()
+        burst: list[tuple[str | None, str | None, datetime, str]] | None = None
+        for item in events:
+            if burst is not None and item[2] - burst[-1][2] <= rules.denials_window:
+                burst.append(item)
+                continue
+            if burst is not None:
+                alerts.append(_denial_alert(key, burst))
+                burst = None
+                window.clear()
+            window.append(item)
+            while item[2] - window[0][2] > rules.denials_window:
+                window.popleft()
+            if len(window) >= rules.denials_threshold:
+                burst = list(window)
+                window.clear()
+        if burst is not None:
+            alerts.append(_denial_alert(key, burst))
+    return alerts
+
+
+def _denial_alert(key: str, burst: list[tuple[str | None, str | None, datetime, str]]) -> Alert:
+    actor, actor_org, first_at, first_id = burst[0]
+    span = burst[-1][2] - first_at
+    return Alert(
+        _alert_id("denials", first_id),
+        "denials",
+        first_at,
+        actor,
+        actor_org,
+        summary=f"{len(burst)} denials of {key} within {int(span.total_seconds())} s",
+        event_ids=[e[3] for e in burst[:MAX_LINKED_EVENTS]],
+    )
+
+
+def _reviews(session: Session, alert_ids: list[str]) -> dict[str, list[Review]]:
+    found: dict[str, list[Review]] = defaultdict(list)
+    if not alert_ids:
+        return found
+    for row in session.scalars(
+        select(AlertReview).where(AlertReview.alert_id.in_(alert_ids)).order_by(AlertReview.id)
+    ):
+        found[row.alert_id].append(
+            Review(row.state, row.comment, row.reviewer, row.reviewer_org, row.reviewed_at)
+        )
+    return found
+
+
+def compute(
+    session: Session,
+    scope: Scope,
+    rules: AlertRules,
+    *,
+    since: datetime,
+    until: datetime,
+    rule: str | None = None,
+    state: str | None = None,
+) -> list[Alert]:
+    """The alerts raised by the events of [since, until) the scope may see, newest first."""
+    if rule is not None and rule not in RULES:
+        raise BadRequest(f"rule is one of {', '.join(RULES)}")
+    if state is not None and state not in ("open", *REVIEW_STATES):
+        raise BadRequest("state is open or reviewed")
+    alerts: list[Alert] = []
+    if rule in (None, "out_of_hours", "outside_areas", "new_case"):
+        alerts += _level3_alerts(session, scope, since, until, rules)
+    if rule in (None, "volume"):
+        alerts += _volume_alerts(session, scope, since, until, rules)
+    if rule in (None, "denials"):
+        alerts += _denial_alerts(session, scope, since, until, rules)
+    if rule is not None:
+        alerts = [a for a in alerts if a.rule == rule]
+    reviews = _reviews(session, [a.id for a in alerts])
+    for alert in alerts:
+        alert.reviews = reviews.get(alert.id, [])
+    if state is not None:
+        alerts = [a for a in alerts if a.state == state]
+    alerts.sort(key=lambda a: (a.occurred_at, a.id), reverse=True)
+    return alerts
+
+
+def find(session: Session, scope: Scope, rules: AlertRules, alert_id: str) -> Alert:
+    """One alert the scope may see, recomputed around its anchoring event; 404 otherwise."""
+    rule, _, event_id = alert_id.partition(".")
+    if rule not in RULES or not event_id:
+        raise NotFound("no such alert")
+    anchor = session.scalars(
+        select(AuditEvent).where(AuditEvent.event_id == event_id, visible(session, scope))
+    ).one_or_none()
+    if anchor is None:
+        raise NotFound("no such alert")
+    since = anchor.occurred_at - timedelta(seconds=1)
+    until = anchor.occurred_at + timedelta(days=2)
+    for alert in compute(session, scope, rules, since=since, until=until, rule=rule):
+        if alert.id == alert_id:
+            return alert
+    raise NotFound("no such alert")
+
+
+def review(
+    session: Session,
+    ctx: RequestContext,
+    scope: Scope,
+    rules: AlertRules,
+    alert_id: str,
+    *,
+    comment: str,
+    matched_rule: str,
+    policy_version: str,
+) -> Alert:
+    """Mark an alert reviewed, with a comment: a review row and its audit event, one transaction.
+
+    The audit event carries a digest of the comment rather than the comment (free text may name
+    someone; audit never does), so the stored comment can be checked against the log.
+    """
+    comment = comment.strip()
+    if not comment:
+        raise BadRequest("a review needs a comment")
+    if len(comment) > 2000:
+        raise BadRequest("a comment has at most 2000 characters")
+    alert = find(session, scope, rules, alert_id)
+    event = record(
+        session,
+        ctx,
+        AuditRecord(
+            action=AuditAction.AUDIT_ALERT_REVIEWED,
+            outcome=Outcome.SUCCESS,
+            resource_type="audit_alert",
+            resource=alert.id,
+            resource_org=scope.organisation,
+            parameters={"state": "reviewed"},
+            matched_rule=matched_rule,
+            policy_version=policy_version,
+            details={
+                "rule": alert.rule,
+                "event_ids": alert.event_ids[:20],
+                "comment_sha256": hashlib.sha256(comment.encode("utf-8")).hexdigest(),
+            },
+        ),
+    )
+    now = utcnow()
+    session.add(
+        AlertReview(
+            alert_id=alert.id,
+            rule=alert.rule,
+            state="reviewed",
+            comment=comment,
+            reviewer=ctx.actor or "unknown",
+            reviewer_org=ctx.actor_org or "unknown",
+            reviewed_at=now,
+            event_seq=event.seq,
+        )
+    )
+    session.flush()
+    alert.reviews.append(
+        Review("reviewed", comment, ctx.actor or "unknown", ctx.actor_org or "unknown", now)
+    )
+    return alert

@@ -1,0 +1,211 @@
+"""The IG pages: sign-in, session, CSRF, organisation scope, alerts review, headers."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from gateway import people as people_admin
+from gateway.platform import Platform
+from gateway.web import session as web_session
+from services.audit.alerts import AlertReview
+from services.audit.models import AuditEvent
+from services.kit.settings import Environment, Settings
+from tests.audit.review_fixtures import COUNCIL, POLICE, clock_at, level3_read
+from tests.conftest import cli_context
+
+PASSWORD = "correct horse battery"
+
+
+def _user(platform: Platform, name: str, org: str, role: str = "ig_lead") -> None:
+    people_admin.create_user(
+        platform, cli_context(), username=name, organisation=org, role=role, password=PASSWORD
+    )
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, html
+    return found.group(1)
+
+
+def _sign_in(api: TestClient, name: str, password: str = PASSWORD) -> int:
+    form = api.get("/ig/sign-in")
+    response = api.post(
+        "/ig/sign-in",
+        data={"username": name, "password": password, "csrf": _csrf(form.text)},
+        follow_redirects=False,
+    )
+    return response.status_code
+
+
+def _events_of(platform: Platform, action: str) -> list[AuditEvent]:
+    with platform.sessions() as session:
+        return list(
+            session.scalars(
+                select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq)
+            )
+        )
+
+
+def test_pages_need_a_session_and_not_a_bearer_token(api: TestClient, police_token: str) -> None:
+    for path in ("/ig/", "/ig/events", "/ig/alerts", "/ig/people/p-1", "/ig/checkpoints"):
+        response = api.get(path, follow_redirects=False)
+        assert response.status_code == 303, path
+        assert response.headers["location"] == "/ig/sign-in"
+        with_token = api.get(
+            path, headers={"Authorization": f"Bearer {police_token}"}, follow_redirects=False
+        )
+        assert with_token.status_code == 303, path
+    page = api.get("/ig/sign-in")
+    assert page.status_code == 200 and "<form" in page.text
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script" not in policy
+    assert "frame-ancestors 'none'" in policy
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "<script" not in page.text
+    css = api.get("/ig/static/style.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    # The API is untouched by the pages' cookie: it still wants a bearer token.
+    assert api.get("/v1/audit/events").status_code == 401
+
+
+def test_sign_in_session_cookie_and_sign_out(api: TestClient, platform: Platform) -> None:
+    _user(platform, "alice", POLICE)
+    assert _sign_in(api, "alice") == 303
+    cookie = next(h for k, h in api.get("/ig/events").headers.multi_items() if k == "set-cookie")
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/ig/" in cookie
+    page = api.get("/ig/events")
+    assert page.status_code == 200 and "alice (ig_lead, hampshire-constabulary)" in page.text
+    signed = _events_of(platform, "ig.signed_in")
+    assert [(e.actor, e.actor_org, e.outcome) for e in signed] == [
+        ("user:alice", POLICE, "success")
+    ]
+    response = api.post("/ig/sign-out", data={"csrf": _csrf(page.text)}, follow_redirects=False)
+    assert response.status_code == 303
+    assert api.get("/ig/events", follow_redirects=False).status_code == 303
+    assert [e.actor for e in _events_of(platform, "ig.signed_out")] == ["user:alice"]
+
+
+def test_secure_cookie_outside_development(key_file: object, tmp_path: object) -> None:
+    production = Settings(env=Environment.production, data_dir=tmp_path)  # type: ignore[arg-type]
+    assert "Secure" in web_session.set_cookie_header(production, "v").split("; ")
+    test = Settings(env=Environment.test, data_dir=tmp_path)  # type: ignore[arg-type]
+    assert "Secure" not in web_session.set_cookie_header(test, "v").split("; ")
+
+
+def test_a_tampered_or_idle_session_is_no_session(settings: Settings) -> None:
+    key = b"k" * 32
+    value = web_session.encode(key, {"user": "alice", "started": 1000, "seen": 1000})
+    assert web_session.decode(key, value, settings, 1010)["user"] == "alice"
+    body, _, signature = value.partition(".")
+    forged = web_session.encode(b"x" * 32, {"user": "admin", "started": 1000, "seen": 1000})
+    assert web_session.decode(key, forged, settings, 1010) == {}
+    assert web_session.decode(key, body + "." + signature[:-2] + "AA", settings, 1010) == {}
+    idle = 1000 + settings.ig_session_idle_seconds + 1
+    assert web_session.decode(key, value, settings, idle) == {}
+
+
+def test_bad_password_is_refused_audited_and_locks_out(api: TestClient, platform: Platform) -> None:
+    _user(platform, "bob", POLICE)
+    assert _sign_in(api, "bob", "wrong password!") == 401
+    assert _sign_in(api, "nobody", "wrong password!") == 401
+    failed = _events_of(platform, "ig.sign_in_failed")
+    assert [(e.resource, e.reason, e.actor) for e in failed] == [
+        ("bob", "bad_credentials", None),
+        ("nobody", "bad_credentials", None),
+    ]
+    assert all("wrong password" not in e.canonical for e in failed)
+    for _ in range(platform.settings.ig_lockout_attempts - 1):
+        assert _sign_in(api, "bob", "wrong password!") == 401
+    # Locked out: even the right password is refused until the window passes.
+    assert _sign_in(api, "bob") == 401
+    assert _events_of(platform, "ig.sign_in_failed")[-1].reason == "locked_out"
+    assert _events_of(platform, "ig.signed_in") == []
+
+
+def test_a_form_without_the_csrf_token_is_refused_and_audited(
+    api: TestClient, platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _user(platform, "carol", POLICE)
+    with clock_at(monkeypatch, datetime(2026, 3, 7, 23, 0, tzinfo=UTC)):
+        read = level3_read(platform, actor="pc-1", org=POLICE, subjects=["p-1"])
+    response = api.post(
+        "/ig/sign-in", data={"username": "carol", "password": PASSWORD}, follow_redirects=False
+    )
+    assert response.status_code == 403
+    assert _sign_in(api, "carol") == 303
+    alert_id = f"out_of_hours.{read}"
+    for token in ("", "forged"):
+        response = api.post(
+            f"/ig/alerts/{alert_id}/review", data={"comment": "looked", "csrf": token}
+        )
+        assert response.status_code == 403
+    refused = _events_of(platform, "ig.request_refused")
+    assert len(refused) == 3 and all(e.reason == "csrf_token_invalid" for e in refused)
+    assert refused[-1].actor == "user:carol"
+    with platform.sessions() as session:
+        assert session.scalars(select(AlertReview)).all() == []
+
+
+def test_ig_lead_pages_show_only_their_organisation(
+    api: TestClient, platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _user(platform, "dave", POLICE)
+    with clock_at(monkeypatch, datetime(2026, 3, 7, 23, 0, tzinfo=UTC)):
+        ours = level3_read(
+            platform, actor="pc-1", org=POLICE, subjects=["p-7"], case_reference="OURS-1"
+        )
+        theirs = level3_read(
+            platform, actor="cc-1", org=COUNCIL, subjects=["p-7"], case_reference="THEIRS-1"
+        )
+    assert _sign_in(api, "dave") == 303
+    events = api.get("/ig/events", params={"level": "3"}).text
+    assert ours in events and "OURS-1" in events
+    assert theirs not in events and "THEIRS-1" not in events
+    person = api.get("/ig/people/p-7").text
+    assert "OURS-1" in person and "THEIRS-1" not in person
+    assert api.get(f"/ig/events/{theirs}").status_code == 404
+    detail = api.get(f"/ig/events/{ours}")
+    assert detail.status_code == 200 and "p-7" in detail.text
+    alerts = api.get("/ig/alerts", params={"since": "2026-03-01"}).text
+    assert f"out_of_hours.{ours}" in alerts and theirs not in alerts
+    response = api.post(
+        f"/ig/alerts/out_of_hours.{theirs}/review",
+        data={"comment": "not mine", "csrf": _csrf(alerts)},
+    )
+    assert response.status_code == 404
+
+
+def test_marking_an_alert_reviewed_is_stored_and_audited(
+    api: TestClient, platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _user(platform, "erin", POLICE)
+    with clock_at(monkeypatch, datetime(2026, 3, 7, 23, 0, tzinfo=UTC)):
+        read = level3_read(platform, actor="pc-1", org=POLICE, subjects=["p-1"])
+    assert _sign_in(api, "erin") == 303
+    alerts = api.get("/ig/alerts", params={"since": "2026-03-01"})
+    alert_id = f"out_of_hours.{read}"
+    assert alert_id in alerts.text
+    comment = '<script>alert("x")</script> spoke to the officer'
+    response = api.post(
+        f"/ig/alerts/{alert_id}/review",
+        data={"comment": comment, "csrf": _csrf(alerts.text)},
+        follow_redirects=True,
+    )
+    assert response.status_code == 200
+    assert "&lt;script&gt;" in response.text and "<script>" not in response.text
+    with platform.sessions() as session:
+        reviews = session.scalars(select(AlertReview)).all()
+    assert [(r.alert_id, r.reviewer, r.reviewer_org, r.comment) for r in reviews] == [
+        (alert_id, "user:erin", POLICE, comment)
+    ]
+    audited = _events_of(platform, "audit.alert_reviewed")
+    assert len(audited) == 1 and audited[0].seq == reviews[0].event_seq
+    assert audited[0].resource == alert_id and comment not in audited[0].canonical
+    open_alerts = api.get("/ig/alerts", params={"since": "2026-03-01"}).text
+    assert alert_id not in open_alerts
