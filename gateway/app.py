@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import errors
 from gateway.platform import Platform, build_platform
-from gateway.routes import admin, contracts, health, oauth, products, uploads
+from gateway.routes import admin, audit_checkpoints, contracts, health, oauth, products, uploads
 from services.audit.service import Sealer
 from services.kit.settings import Settings, get_settings
 
@@ -27,6 +27,7 @@ ROUTERS = (
     uploads.router,
     products.router,
     admin.router,
+    audit_checkpoints.router,
 )
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
@@ -74,7 +75,12 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         sealer = None
         if platform is None:
             app.state.platform = build_platform(settings)
-            sealer = Sealer(app.state.platform.sessions, settings.audit_seal_interval_seconds)
+            sealer = Sealer(
+                app.state.platform.sessions,
+                settings.audit_seal_interval_seconds,
+                app.state.platform.audit_signer,
+                settings.audit_checkpoint_interval_seconds,
+            )
             sealer.start()
         try:
             yield

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.audit.checkpoints import CheckpointSigner, load_signer
 from services.authz.enforcer import PolicyEngine
 from services.contracts.loader import load_contracts
 from services.contracts.model import Contract
@@ -35,6 +36,7 @@ class Platform:
     ingestion: IngestionDeps
     partnership: PartnershipConfig
     products: ProductDeps
+    audit_signer: CheckpointSigner
 
     def close(self) -> None:
         self.engine.dispose()
@@ -43,6 +45,7 @@ class Platform:
 def build_platform(settings: Settings) -> Platform:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     keys = load_keys(settings)
+    audit_signer = load_signer(settings)
     engine = make_engine(settings.resolved_database_url)
     sessions = session_factory(engine)
     tokens = TokenService(
@@ -76,6 +79,7 @@ def build_platform(settings: Settings) -> Platform:
         storage=storage,
         protector=ingestion.protector,
         k=partnership.k,
+        audit_disabled_for_benchmark=settings.benchmark_only_skip_audit,
     )
     return Platform(
         settings,
@@ -88,4 +92,5 @@ def build_platform(settings: Settings) -> Platform:
         ingestion,
         partnership,
         products,
+        audit_signer,
     )

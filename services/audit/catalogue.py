@@ -25,6 +25,9 @@ class AuditAction(StrEnum):
     PRODUCT_READ = "product.read"
     PRODUCT_REFUSED = "product.refused"  # a permitted reader's malformed request: nothing computed
     ACCESS_EXPLAINED = "access.explained"
+    # the audit trail itself
+    AUDIT_EXPORTED = "audit.exported"
+    AUDIT_CHECKPOINTS_LISTED = "audit.checkpoints_listed"
 
 
 class Outcome(StrEnum):
