@@ -437,14 +437,6 @@ def _verify(
                 "leaves: the tail was cut",
             )
         )
-    if result.checkpoints == 0 or verified_size != size:
-        raise _Stop(
-            Failure(
-                verified_size,
-                line_no,
-                f"leaves from {verified_size} on are not covered by a signed checkpoint",
-            )
-        )
     for at, items in sorted(held_at.items()):
         for item in items:
             raise _Stop(
@@ -455,6 +447,14 @@ def _verify(
                     f"ends after leaf {size - 1}: the log was truncated",
                 )
             )
+    if result.checkpoints == 0 or verified_size != size:
+        raise _Stop(
+            Failure(
+                verified_size,
+                line_no,
+                f"leaves from {verified_size} on are not covered by a signed checkpoint",
+            )
+        )
 
 
 def verify_database(session: Session, signer: cp.CheckpointSigner) -> Verification:
