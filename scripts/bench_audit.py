@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -179,12 +181,19 @@ def write_synthetic_export(path: Path, events: int, key_path: Path) -> str:
     sha256 = hashlib.sha256
     seq = 0
     with path.open("wb") as out:
-        header = (
-            '{"type":"header","format":"%s","log":"together-audit","first_leaf":0,'
-            '"tree_size":%d,"since":null,"exported_at":null,"compact_range":[],'
-            '"chain_hash":"%s","keys":[]}\n' % (FORMAT, events, chain.decode())
-        )
-        out.write(header.encode())
+        header = {
+            "type": "header",
+            "format": FORMAT,
+            "log": "together-audit",
+            "first_leaf": 0,
+            "tree_size": events,
+            "since": None,
+            "exported_at": None,
+            "compact_range": [],
+            "chain_hash": chain.decode(),
+            "keys": [],
+        }
+        out.write(json.dumps(header).encode() + b"\n")
         chunk: list[bytes] = []
         for leaf in range(events):
             moment = (start + timedelta(milliseconds=leaf * 50)).isoformat(timespec="microseconds")
@@ -233,7 +242,7 @@ def measure_verify(workdir: Path, events: int) -> tuple[float, float, int, str]:
         capture_output=True,
         text=True,
         check=False,
-        env={k: v for k, v in __import__("os").environ.items() if not k.startswith("TOGETHER_")},
+        env={k: v for k, v in os.environ.items() if not k.startswith("TOGETHER_")},
     )
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
