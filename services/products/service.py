@@ -256,28 +256,28 @@ def _audit_read(
     fmt: str,
 ) -> None:
     try:
-        with deps.sessions() as session:
-            audit_service.record(
-                session,
-                ctx,
-                AuditRecord(
-                    action=AuditAction.PRODUCT_READ,
-                    outcome=Outcome.SUCCESS,
-                    resource_type="product",
-                    resource=definition.id,
-                    level=definition.level,
-                    parameters={**result.parameters, "format": fmt},
-                    rows=len(result.rows),
-                    matched_rule=access.rule,
-                    policy_version=access.policy_version,
-                    details={
-                        "sources": result.sources,
-                        "suppressed": not access.unsuppressed,
-                        "areas": sorted(access.areas) if access.areas is not None else None,
-                    },
-                ),
-            )
-            session.commit()
+        # Committed with the events of concurrent reads (one flush for all); returns only
+        # once this read's own event is committed.
+        audit_service.record_grouped(
+            deps.sessions,
+            ctx,
+            AuditRecord(
+                action=AuditAction.PRODUCT_READ,
+                outcome=Outcome.SUCCESS,
+                resource_type="product",
+                resource=definition.id,
+                level=definition.level,
+                parameters={**result.parameters, "format": fmt},
+                rows=len(result.rows),
+                matched_rule=access.rule,
+                policy_version=access.policy_version,
+                details={
+                    "sources": result.sources,
+                    "suppressed": not access.unsuppressed,
+                    "areas": sorted(access.areas) if access.areas is not None else None,
+                },
+            ),
+        )
     except Exception as exc:
         # No audit, no data (security-tests T25).
         log.error("audit write failed; the read is refused", exc_info=exc)
