@@ -124,8 +124,37 @@ def _write(value: Any, out: list[str]) -> None:
         raise NotCanonicalisable(f"{type(value).__name__} is not a JSON type")
 
 
+class _HasFloat(Exception):
+    pass
+
+
+def _float_seen(_token: str) -> float:
+    raise _HasFloat
+
+
+def _fast(document: Any) -> str | None:
+    """The standard library's C encoder gives the RFC 8785 form exactly when the text is ASCII
+    (so code point and UTF-16 key order agree) and holds no float (formatted differently);
+    None when that cannot be shown, or the document is not plain JSON."""
+    if not isinstance(document, dict):
+        return None
+    try:
+        text = json.dumps(
+            document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+        # Reading it back equal also rules out keys the encoder coerced to strings.
+        if not text.isascii() or json.loads(text, parse_float=_float_seen) != document:
+            return None
+    except (_HasFloat, TypeError, ValueError):
+        return None
+    return text
+
+
 def canonical_json(document: Any) -> str:
     """The RFC 8785 canonical form of a JSON document, as text (encode it as UTF-8)."""
+    fast = _fast(document)
+    if fast is not None:
+        return fast
     out: list[str] = []
     _write(document, out)
     return "".join(out)
