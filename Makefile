@@ -50,6 +50,7 @@ format: install
 bench: install
 	$(BIN)/python scripts/bench_ingest.py
 	$(BIN)/python scripts/bench_products.py
+	$(BIN)/python scripts/bench_audit.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import errors
 from gateway.platform import Platform, build_platform
-from gateway.routes import admin, audit_review, contracts, health, oauth, products, uploads
+from gateway.routes import (
+    admin,
+    audit_checkpoints,
+    audit_review,
+    contracts,
+    health,
+    oauth,
+    products,
+    uploads,
+)
 from gateway.web import pages as ig_pages
 from gateway.web.session import WebSessionMiddleware
 from services.audit.service import Sealer
@@ -31,6 +40,7 @@ ROUTERS = (
     products.router,
     admin.router,
     audit_review.router,
+    audit_checkpoints.router,
     ig_pages.router,
 )
 
@@ -79,7 +89,12 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         sealer = None
         if platform is None:
             app.state.platform = build_platform(settings)
-            sealer = Sealer(app.state.platform.sessions, settings.audit_seal_interval_seconds)
+            sealer = Sealer(
+                app.state.platform.sessions,
+                settings.audit_seal_interval_seconds,
+                app.state.platform.audit_signer,
+                settings.audit_checkpoint_interval_seconds,
+            )
             sealer.start()
         try:
             yield

@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -36,18 +37,193 @@ app.add_typer(audit_app, name="audit")
 
 @audit_app.command("seal")
 def audit_seal() -> None:
-    """Chain every committed audit event not yet sealed, then check the whole chain."""
+    """Chain every committed audit event not yet sealed, sign a checkpoint, verify the log."""
+    from services.audit import checkpoints
     from services.audit import service as audit_service
+    from services.audit.export import verify_database
 
     with _admin_platform() as platform:
         sealed = audit_service.seal_all(platform.sessions)
         with platform.sessions() as session:
+            checkpoint = checkpoints.write_checkpoint(session, platform.audit_signer)
+            session.commit()
+        with platform.sessions() as session:
             check = audit_service.verify_chain(session)
+            verification = verify_database(session, platform.audit_signer)
     typer.echo(f"sealed {sealed} event(s); chain of {check.checked} link(s) ", nl=False)
     if not check.ok:
         typer.echo(f"BROKEN at leaf {check.first_bad_leaf}: {check.reason}")
         raise typer.Exit(1)
     typer.echo("verified")
+    if checkpoint is not None:
+        typer.echo(
+            f"checkpoint {checkpoint.seq}: {checkpoint.tree_size} leaves, "
+            f"root {checkpoint.root_hash}, key {checkpoint.key_id}"
+        )
+    if not verification.ok:
+        typer.echo(f"log BROKEN at {verification.failure}")
+        raise typer.Exit(1)
+    typer.echo(f"Merkle tree and {verification.checkpoints} signed checkpoint(s) verified")
+
+
+def _parse_since(value: str) -> datetime:
+    from datetime import UTC
+
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter("--since takes an ISO 8601 date or date and time") from exc
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+@audit_app.command("export")
+def audit_export(
+    since: Annotated[
+        str | None, typer.Option(help="Only events from this ISO time on (UTC without offset)")
+    ] = None,
+) -> None:
+    """Write the audit log as NDJSON to standard output: events and the checkpoints covering
+    them; seals and signs first, so everything exported is covered. The export is audited."""
+    from services.audit import checkpoints
+    from services.audit import service as audit_service
+    from services.audit.catalogue import AuditAction, Outcome
+    from services.audit.export import write_export
+    from services.kit.clock import utcnow
+
+    moment = _parse_since(since) if since else None
+    with _admin_platform() as platform:
+        audit_service.record_committed(
+            platform.sessions,
+            _cli_context("audit-export"),
+            audit_service.AuditRecord(
+                action=AuditAction.AUDIT_EXPORTED,
+                outcome=Outcome.SUCCESS,
+                resource_type="audit_log",
+                parameters={"since": moment.isoformat() if moment else None},
+            ),
+        )
+        audit_service.seal_all(platform.sessions)
+        with platform.sessions() as session:
+            checkpoints.write_checkpoint(session, platform.audit_signer)
+            session.commit()
+        with platform.sessions() as session:
+            summary = write_export(
+                session,
+                sys.stdout.buffer,
+                platform.audit_signer.published_keys(),
+                since=moment,
+                exported_at=utcnow(),
+            )
+        sys.stdout.buffer.flush()
+    typer.echo(
+        f"exported {summary.events} event(s) (leaves {summary.first_leaf} to "
+        f"{summary.tree_size - 1}) and {summary.checkpoints} checkpoint(s)",
+        err=True,
+    )
+
+
+def _trusted_keys(values: list[str]) -> dict[str, bytes]:
+    from services.audit.checkpoints import key_id, parse_public_key
+    from services.audit.export import keys_from_jwks
+
+    keys: dict[str, bytes] = {}
+    for value in values:
+        path = Path(value)
+        text = path.read_text() if path.is_file() else value
+        if text.lstrip().startswith(("{", "[")):
+            found = keys_from_jwks(json.loads(text))
+            if not found:
+                raise ValueError(f"no public key in {value}")
+            keys.update(found)
+        else:
+            raw = parse_public_key(text)
+            keys[key_id(raw)] = raw
+    return keys
+
+
+@audit_app.command("verify")
+def audit_verify(
+    file: Annotated[Path, typer.Argument(help="An export from `together audit export`")],
+    key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--key",
+            help="Published public key: base64, a PEM file, or a saved /v1/audit/checkpoints "
+            "answer (repeatable)",
+        ),
+    ] = None,
+    held: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoints", help="Checkpoints kept from before (a saved /v1/audit/checkpoints)"
+        ),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option(help="Also check every event is exactly RFC 8785 canonical")
+    ] = False,
+) -> None:
+    """Verify an export offline (no database): exit 0 when intact, 1 naming the first bad
+    position, 2 when the files cannot be read."""
+    from services.audit.export import load_held, verify_export
+
+    try:
+        keys = _trusted_keys(key) if key else None
+        held_checkpoints = load_held(json.loads(held.read_text())) if held else []
+        with file.open("rb") as handle:
+            result = verify_export(handle, keys=keys, held=held_checkpoints, strict=strict)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    if not result.ok:
+        typer.echo(f"FAILED at {result.failure}")
+        raise typer.Exit(1)
+    last = result.last_checkpoint or {}
+    typer.echo(
+        f"OK: {result.events} event(s) from leaf {result.first_leaf}, "
+        f"{result.checkpoints} signed checkpoint(s), {result.held_checked} held checkpoint(s) "
+        f"matched; latest checkpoint {last.get('seq')}: {last.get('tree_size')} leaves, root "
+        f"{last.get('root_hash')}, {last.get('issued_at')}, key {last.get('key_id')}"
+    )
+
+
+@audit_app.command("keygen")
+def audit_keygen(path: Path) -> None:
+    """Write a new Ed25519 checkpoint signing key (PEM, mode 0600) for TOGETHER_AUDIT_KEY_FILE."""
+    import base64
+
+    from services.audit.checkpoints import write_signing_key
+
+    try:
+        signer = write_signing_key(path)
+    except FileExistsError as exc:
+        typer.echo(f"error: {path} exists; refusing to overwrite a key", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"wrote {path}")
+    typer.echo(f"key id {signer.key_id}; public key {base64.b64encode(signer.public.raw).decode()}")
+
+
+@db_app.command("grant-app-role")
+def db_grant_app_role(role: str) -> None:
+    """PostgreSQL, as the schema owner: give the app's role read/write on ordinary tables and
+    only SELECT and INSERT on append-only (audit) tables."""
+    from services.kit.app_role import grant_app_role
+    from services.kit.db import make_engine
+    from services.kit.errors import TogetherError
+
+    engine = make_engine(_settings().resolved_database_url)
+    try:
+        grants = grant_app_role(engine, role)
+    except TogetherError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        engine.dispose()
+    typer.echo(
+        f"role {grants.role} in schema {grants.schema}: read/write {len(grants.read_write)} "
+        f"table(s); select and insert only on {', '.join(grants.append_only)}"
+    )
 
 
 def _settings() -> Settings:

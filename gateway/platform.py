@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.audit.checkpoints import CheckpointSigner, load_signer
 from services.authz.enforcer import PolicyEngine
 from services.contracts.loader import load_contracts
 from services.contracts.model import Contract
@@ -40,6 +41,7 @@ class Platform:
     # Principals by client id, valid while the principals epoch is unchanged (services/kit/epochs).
     epochs: EpochReader
     principal_cache: EpochCache[str, Principal | None]
+    audit_signer: CheckpointSigner
 
     def close(self) -> None:
         self.engine.dispose()
@@ -48,6 +50,7 @@ class Platform:
 def build_platform(settings: Settings) -> Platform:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     keys = load_keys(settings)
+    audit_signer = load_signer(settings)
     engine = make_engine(settings.resolved_database_url)
     sessions = session_factory(engine)
     tokens = TokenService(
@@ -83,6 +86,7 @@ def build_platform(settings: Settings) -> Platform:
         protector=ingestion.protector,
         k=partnership.k,
         epochs=epochs,
+        audit_disabled_for_benchmark=settings.benchmark_only_skip_audit,
     )
     return Platform(
         settings,
@@ -97,4 +101,5 @@ def build_platform(settings: Settings) -> Platform:
         products,
         epochs,
         EpochCache(),
+        audit_signer,
     )

@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 
 from gateway.app import create_app
 from gateway.platform import Platform, build_platform
+from services.audit.checkpoints import write_signing_key
 from services.audit.service import RequestContext
 from services.authz.vocabulary import ROLES
 from services.identity import service as identity_service
@@ -33,6 +34,13 @@ POSTGRES_URL = os.environ.get("TOGETHER_TEST_DATABASE_URL")
 def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("keys") / "keys.json"
     write_key_file(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def audit_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("audit-keys") / "audit-signing-key.pem"
+    write_signing_key(path)
     return path
 
 
@@ -71,7 +79,7 @@ def database_url(tmp_path: Path, sqlite_template: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str, key_file: Path) -> Settings:
+def settings(tmp_path: Path, database_url: str, key_file: Path, audit_key_file: Path) -> Settings:
     data_dir = tmp_path / "var"
     data_dir.mkdir()
     return Settings(
@@ -79,6 +87,7 @@ def settings(tmp_path: Path, database_url: str, key_file: Path) -> Settings:
         data_dir=data_dir,
         database_url=database_url,
         key_file=key_file,
+        audit_key_file=audit_key_file,
         idempotency_lease_seconds=30,
     )
 

@@ -38,6 +38,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     )
     if settings.key_file is not None:
         env["TOGETHER_KEY_FILE"] = str(settings.key_file)
+    if settings.audit_key_file is not None:
+        env["TOGETHER_AUDIT_KEY_FILE"] = str(settings.audit_key_file)
     env.update(extra)
     return env
 

@@ -39,6 +39,9 @@ class AuditAction(StrEnum):
     USER_CREATED = "user.created"
     USER_DISABLED = "user.disabled"
     USERS_LISTED = "user.listed"
+    # the audit trail itself
+    AUDIT_EXPORTED = "audit.exported"
+    AUDIT_CHECKPOINTS_LISTED = "audit.checkpoints_listed"
 
 
 class Outcome(StrEnum):

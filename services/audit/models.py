@@ -73,3 +73,28 @@ class AuditSubject(Base):
         primary_key=True,
     )
     person_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
+class AuditCheckpoint(Base):
+    """A signed statement of the log's state: tree size, Merkle root, chain head, time.
+
+    `body` holds the exact canonical JSON that was signed (Ed25519, `signature`, base64);
+    the other columns repeat its fields for queries. `frontier` is the compact range of the
+    tree at `tree_size` (unsigned: a cache that lets the next checkpoint and a partial export
+    continue the tree without rereading every event; a wrong value cannot pass verification,
+    because the verifier recomputes roots from the events). Append-only.
+    """
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
+    tree_size: Mapped[int] = mapped_column(BigInteger, index=True)
+    root_hash: Mapped[str] = mapped_column(String(64))
+    chain_hash: Mapped[str] = mapped_column(String(64))
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    key_id: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(String(100))
+    frontier: Mapped[list[str]] = mapped_column(JSON)

@@ -1,16 +1,16 @@
 """Writes audit events into the append-only, hash-chained table.
 
-Each event's canonical form is RFC 8785-style JSON (sorted keys, no insignificant whitespace,
-UTF-8). Events are written inside the caller's transaction, so an event and the state change it
-describes commit together or not at all, and without any global lock. The sealer then chains
+Each event's canonical form is RFC 8785 JSON (services/audit/canonical.py). Events are written
+inside the caller's transaction, so an event and the state change it describes commit together
+or not at all, and without any global lock. The sealer then chains
 committed events: each link is SHA-256 over the previous link's hash and the event's canonical
-form (see `AuditChainLink`).
+form (see `AuditChainLink`), and the same leaves form an RFC 6962 Merkle tree whose roots are
+signed in checkpoints (services/audit/checkpoints.py, merkle.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
+from services.audit.canonical import canonical_json
 from services.audit.catalogue import AuditAction, Outcome
 from services.audit.models import AuditChainLink, AuditEvent, AuditSubject
 from services.kit.clock import utcnow
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
 # Any fixed 64-bit number: the sealers of all processes on PostgreSQL share this lock.
-_CHAIN_LOCK_ID = 0x746F676574686572
+CHAIN_LOCK_ID = 0x746F676574686572
 
 
 @dataclass
@@ -60,10 +61,6 @@ class AuditRecord:
     details: dict[str, Any] = field(default_factory=dict)
     # Pseudonymous person ids the read returned (never names): "who looked at me".
     subjects: list[str] = field(default_factory=list)
-
-
-def canonical_json(document: dict[str, Any]) -> str:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def chain_hash(prev_hash: str, canonical: str) -> str:
@@ -143,7 +140,7 @@ def seal(session: Session, *, limit: int = 5000) -> int:
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
         locked = session.execute(
-            text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCK_ID}
+            text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_ID}
         ).scalar_one()
         if not locked:
             return 0
@@ -196,11 +193,20 @@ def seal_all(factory: Any) -> int:
 
 
 class Sealer:
-    """Seals the chain every few seconds on a daemon thread of each server process."""
+    """Seals the chain every few seconds on a daemon thread of each server process, and signs
+    a checkpoint whenever the last one is `checkpoint_interval_seconds` old."""
 
-    def __init__(self, factory: Any, interval_seconds: float) -> None:
+    def __init__(
+        self,
+        factory: Any,
+        interval_seconds: float,
+        signer: Any = None,
+        checkpoint_interval_seconds: float = 3600.0,
+    ) -> None:
         self._factory = factory
         self._interval = interval_seconds
+        self._signer = signer
+        self._checkpoint_interval = checkpoint_interval_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audit-sealer", daemon=True)
 
@@ -215,9 +221,23 @@ class Sealer:
         while not self._stop.wait(self._interval):
             try:
                 seal_all(self._factory)
+                if self._signer is not None:
+                    self._checkpoint()
             except Exception:
                 # The next round retries; events are safe in the table meanwhile.
                 log.exception("sealing the audit chain failed")
+
+    def _checkpoint(self) -> None:
+        from services.audit import checkpoints
+
+        session: Session = self._factory()
+        try:
+            checkpoints.write_checkpoint(
+                session, self._signer, interval_seconds=self._checkpoint_interval
+            )
+            session.commit()
+        finally:
+            session.close()
 
 
 @dataclass
@@ -271,6 +291,99 @@ def record_committed(factory: Any, ctx: RequestContext, rec: AuditRecord) -> Non
         raise
     finally:
         session.close()
+
+
+class _Pending:
+    __slots__ = ("ctx", "done", "error", "rec")
+
+    def __init__(self, ctx: RequestContext, rec: AuditRecord) -> None:
+        self.ctx = ctx
+        self.rec = rec
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class GroupCommitter:
+    """Commits the events of concurrent requests together: one transaction (one WAL flush)
+    for every event that arrived while the previous commit was running.
+
+    Each caller still waits for its own event's commit before it returns, so "audited before
+    data" holds exactly as with a transaction per event; only the flushes are shared. A batch
+    that fails is retried one event at a time, so a bad event fails only its own request.
+    """
+
+    def __init__(self, factory: Any, timeout_seconds: float = 30.0) -> None:
+        self._factory = factory
+        self._timeout = timeout_seconds
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._thread: threading.Thread | None = None
+
+    def record(self, ctx: RequestContext, rec: AuditRecord) -> None:
+        """Record one event and return once it is committed; raise if it could not be."""
+        if not isinstance(rec.action, AuditAction):
+            raise ValueError(f"audit action {rec.action!r} is not in the catalogue")
+        item = _Pending(ctx, rec)
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="audit-group-commit", daemon=True
+                )
+                self._thread.start()
+            self._queue.append(item)
+            self._cond.notify()
+        if not item.done.wait(self._timeout):
+            raise TimeoutError("the audit event was not committed in time")
+        if item.error is not None:
+            raise item.error
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                batch, self._queue = self._queue, []
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # never leave a caller waiting
+                for item in batch:
+                    item.error = item.error or exc
+            finally:
+                for item in batch:
+                    item.done.set()
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        session: Session = self._factory()
+        try:
+            for item in batch:
+                record(session, item.ctx, item.rec)
+            session.commit()
+            return
+        except Exception:
+            session.rollback()
+            if len(batch) == 1:
+                raise
+        finally:
+            session.close()
+        for item in batch:
+            try:
+                record_committed(self._factory, item.ctx, item.rec)
+            except Exception as exc:
+                item.error = exc
+
+
+_committers: dict[int, tuple[Any, GroupCommitter]] = {}
+_committers_lock = threading.Lock()
+
+
+def record_grouped(factory: Any, ctx: RequestContext, rec: AuditRecord) -> None:
+    """Record an event through the process's group committer for this session factory."""
+    with _committers_lock:
+        entry = _committers.get(id(factory))
+        if entry is None or entry[0] is not factory:
+            entry = (factory, GroupCommitter(factory))
+            _committers[id(factory)] = entry
+    entry[1].record(ctx, rec)
 
 
 class _Decided(Protocol):

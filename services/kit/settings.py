@@ -118,6 +118,45 @@ class Settings(BaseSettings):
         default=600, ge=1, description="the window repeated denials are counted in"
     )
 
+    # Audit checkpoints (services/audit/checkpoints.py).
+    audit_checkpoint_interval_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=3600,
+        description="Most seconds between two signed audit checkpoints, even when idle",
+    )
+    audit_key_file: Path | None = Field(
+        default=None,
+        description="PEM Ed25519 private key signing audit checkpoints (`together audit keygen`)",
+    )
+    audit_signing_key: str | None = Field(
+        default=None, description="The audit checkpoint signing key as a PEM value"
+    )
+    audit_retired_public_keys: str | None = Field(
+        default=None,
+        description="Comma-separated base64 Ed25519 public keys of earlier checkpoint keys",
+    )
+    benchmark_only_skip_audit: bool = Field(
+        default=False,
+        description="BENCHMARK ONLY: product reads skip their audit write; development only",
+    )
+
+    @model_validator(mode="after")
+    def _audit_settings(self) -> Settings:
+        if self.benchmark_only_skip_audit and self.env != Environment.development:
+            raise ValueError(
+                "TOGETHER_BENCHMARK_ONLY_SKIP_AUDIT turns the audit of reads off and is refused "
+                "unless TOGETHER_ENV=development"
+            )
+        key = self.audit_signing_key
+        if (
+            self.env != Environment.development
+            and key is not None
+            and key.strip().lower() in PLACEHOLDER_SECRETS
+        ):
+            raise ValueError("TOGETHER_AUDIT_SIGNING_KEY holds a placeholder value")
+        return self
+
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
         if self.env == Environment.development:

@@ -316,27 +316,27 @@ def _audit_read(
         # reader's areas without seeing anyone's name.
         details["districts"] = sorted({str(r[district]) for r in result.rows if r.get(district)})
     try:
-        with deps.sessions() as session:
-            audit_service.record(
-                session,
-                ctx,
-                AuditRecord(
-                    action=AuditAction.PRODUCT_READ,
-                    outcome=Outcome.SUCCESS,
-                    resource_type="product",
-                    resource=definition.id,
-                    level=definition.level,
-                    purpose=purpose,
-                    case_reference=case_reference,
-                    parameters={**result.parameters, "format": fmt},
-                    rows=len(result.rows),
-                    matched_rule=access.rule,
-                    policy_version=access.policy_version,
-                    details=details,
-                    subjects=subjects,
-                ),
-            )
-            session.commit()
+        # Committed with the events of concurrent reads (one flush for all); returns only
+        # once this read's own event is committed.
+        audit_service.record_grouped(
+            deps.sessions,
+            ctx,
+            AuditRecord(
+                action=AuditAction.PRODUCT_READ,
+                outcome=Outcome.SUCCESS,
+                resource_type="product",
+                resource=definition.id,
+                level=definition.level,
+                purpose=purpose,
+                case_reference=case_reference,
+                parameters={**result.parameters, "format": fmt},
+                rows=len(result.rows),
+                matched_rule=access.rule,
+                policy_version=access.policy_version,
+                details=details,
+                subjects=subjects,
+            ),
+        )
     except Exception as exc:
         # No audit, no data (security-tests T25).
         log.error("audit write failed; the read is refused", exc_info=exc)
