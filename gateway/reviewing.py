@@ -322,7 +322,7 @@ def review_alert(
 
 
 def checkpoints(
-    platform: Platform, principal: Principal, ctx: RequestContext
+    platform: Platform, principal: Principal, ctx: RequestContext, *, verify_log: bool = False
 ) -> list[dict[str, Any]]:
     scope, access = authorise(platform, principal, ctx)
 
@@ -333,6 +333,11 @@ def checkpoints(
             resource_type="audit_checkpoints",
             resource_org=scope.organisation,
             rows=len(found),
+            parameters={"verify": verify_log},
+            details={"all_verified": all(c["verified"] for c in found)},
         )
 
-    return _audited(platform, ctx, access, review.list_checkpoints, describe)
+    def work(session: Session) -> list[dict[str, Any]]:
+        return review.list_checkpoints(session, platform.audit_signer, verify_log=verify_log)
+
+    return _audited(platform, ctx, access, work, describe)

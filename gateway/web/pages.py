@@ -7,6 +7,7 @@ value is escaped by Jinja2's autoescaping; every form carries the session's CSRF
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -303,11 +304,17 @@ async def review_alert(
 
 
 @router.get("/checkpoints")
-async def checkpoints(user: SignedIn, platform: PlatformDep) -> Response:
+async def checkpoints(user: SignedIn, platform: PlatformDep, verify: str | None = None) -> Response:
     if user is None:
         return _to_sign_in()
+    verify_log = verify == "1"
     try:
-        found = await run_in_threadpool(reviewing.checkpoints, platform, user.principal, user.ctx)
+        found = await run_in_threadpool(
+            partial(reviewing.checkpoints, verify_log=verify_log),
+            platform,
+            user.principal,
+            user.ctx,
+        )
     except TogetherError as exc:
         return _error(user, exc)
-    return _render("checkpoints.html", user=user, checkpoints=found)
+    return _render("checkpoints.html", user=user, checkpoints=found, verified_log=verify_log)

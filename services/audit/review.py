@@ -33,7 +33,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from services.audit.catalogue import AuditAction, Outcome
-from services.audit.models import AuditEvent, AuditSubject
+from services.audit.checkpoints import CheckpointSigner, published, verify_signature
+from services.audit.export import verify_database
+from services.audit.models import AuditCheckpoint, AuditEvent, AuditSubject
 from services.kit.errors import BadRequest
 
 DEFAULT_LIMIT = 100
@@ -391,13 +393,50 @@ def person_history(
     return search(session, scope, EventFilters(person_id=person_id), cursor=cursor, limit=limit)
 
 
-def list_checkpoints(session: Session) -> list[dict[str, Any]]:
-    """Signed checkpoints of the log, newest first, with the result of verifying each.
+def list_checkpoints(
+    session: Session, signer: CheckpointSigner, *, verify_log: bool, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Signed checkpoints of the log, newest first, each with the result of checking it.
 
-    Each item: `tree_size`, `root_hash`, `signed_at`, `verified` (bool) and `detail`. None are
-    produced yet; the checkpoint page reads this and shows an empty list until they exist.
+    Each item: `seq`, `tree_size`, `root_hash`, `signed_at`, `verified` (bool) and `detail`.
+    Every checkpoint's signature is checked against the published keys. With `verify_log`, the
+    whole log is also exported and verified as an IG lead would verify it offline (every event
+    against every checkpoint): a checkpoint whose events no longer match is marked failed, with
+    the first bad position.
     """
-    return []
+    keys = {key.key_id: key.raw for key in signer.published_keys()}
+    rows = list(
+        session.execute(
+            select(AuditCheckpoint).order_by(AuditCheckpoint.seq.desc()).limit(limit)
+        ).scalars()
+    )
+    failure = None
+    if verify_log and rows:
+        verification = verify_database(session, signer)
+        if not verification.ok:
+            failure = verification.failure
+    found: list[dict[str, Any]] = []
+    for row in rows:
+        body = published(row)
+        verified = verify_signature(body["body"], row.signature, keys)
+        detail = None if verified else "signature does not verify with the published keys"
+        if verified and failure is not None:
+            bad_leaf = failure.leaf
+            if bad_leaf is None or bad_leaf < row.tree_size:
+                verified, detail = False, str(failure)
+        elif verified and verify_log:
+            detail = "events verified"
+        found.append(
+            {
+                "seq": row.seq,
+                "tree_size": row.tree_size,
+                "root_hash": row.root_hash,
+                "signed_at": row.issued_at.isoformat(timespec="seconds"),
+                "verified": verified,
+                "detail": detail,
+            }
+        )
+    return found
 
 
 def count_recent(

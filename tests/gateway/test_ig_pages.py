@@ -209,3 +209,41 @@ def test_marking_an_alert_reviewed_is_stored_and_audited(
     assert audited[0].resource == alert_id and comment not in audited[0].canonical
     open_alerts = api.get("/ig/alerts", params={"since": "2026-03-01"}).text
     assert alert_id not in open_alerts
+
+
+def _checkpoint(platform: Platform) -> None:
+    from services.audit import checkpoints
+    from services.audit import service as audit_service
+
+    audit_service.seal_all(platform.sessions)
+    with platform.sessions() as session:
+        checkpoints.write_checkpoint(session, platform.audit_signer)
+        session.commit()
+
+
+def test_checkpoints_page_verifies_signatures_and_the_log(
+    api: TestClient, platform: Platform
+) -> None:
+    _user(platform, "cora", POLICE)
+    assert _sign_in(api, "cora") == 303
+    _checkpoint(platform)
+    _checkpoint(platform)
+    page = api.get("/ig/checkpoints")
+    assert page.status_code == 200
+    assert page.text.count(">verified<") == 2 and "FAILED" not in page.text
+    checked = api.get("/ig/checkpoints", params={"verify": "1"})
+    assert "The whole log verifies against every checkpoint." in checked.text
+    assert "events verified" in checked.text
+    viewed = _events_of(platform, "audit.queried")[-1]
+    assert viewed.resource_type == "audit_checkpoints" and viewed.parameters == {"verify": True}
+    if platform.engine.dialect.name != "sqlite":
+        return
+    # Tamper with an event behind the platform's back (SQLite: drop the trigger first).
+    with platform.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER audit_events_no_update")
+        conn.exec_driver_sql(
+            "UPDATE audit_events SET canonical = replace(canonical, 'cora', 'dora') "
+            "WHERE seq = (SELECT min(seq) FROM audit_events WHERE canonical LIKE '%cora%')"
+        )
+    tampered = api.get("/ig/checkpoints", params={"verify": "1"})
+    assert "The log does NOT verify" in tampered.text and "FAILED" in tampered.text
