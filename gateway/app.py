@@ -13,12 +13,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import errors
 from gateway.platform import Platform, build_platform
-from gateway.routes import admin, contracts, health, oauth, products, uploads
+from gateway.routes import admin, contracts, health, oauth, products, sharing, uploads
 from services.audit.service import Sealer
 from services.kit.settings import Settings, get_settings
 
 # Routes reachable without a bearer token. Pinned by a test: anything else must authenticate.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/oauth/token"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/oauth/token", sharing.FILE_PATH})
 
 ROUTERS = (
     health.router,
@@ -27,6 +27,8 @@ ROUTERS = (
     uploads.router,
     products.router,
     admin.router,
+    sharing.router,
+    sharing.protocol,
 )
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
@@ -72,13 +74,17 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sealer = None
+        refresher = None
         if platform is None:
             app.state.platform = build_platform(settings)
             sealer = Sealer(app.state.platform.sessions, settings.audit_seal_interval_seconds)
             sealer.start()
+            refresher = sharing.refresher(app.state.platform)
         try:
             yield
         finally:
+            if refresher is not None:
+                refresher.stop()
             if sealer is not None:
                 sealer.stop()
             if platform is None:

@@ -19,6 +19,7 @@ from services.kit.settings import Settings
 from services.products.catalogue import load_catalogue
 from services.products.config import PartnershipConfig, load_partnership
 from services.products.service import ProductDeps
+from services.sharing.service import SharingDeps, build_sharing
 from services.storage.inputs import InputLimits
 from services.storage.service import Storage
 
@@ -35,6 +36,7 @@ class Platform:
     ingestion: IngestionDeps
     partnership: PartnershipConfig
     products: ProductDeps
+    sharing: SharingDeps
 
     def close(self) -> None:
         self.engine.dispose()
@@ -77,6 +79,7 @@ def build_platform(settings: Settings) -> Platform:
         protector=ingestion.protector,
         k=partnership.k,
     )
+    sharing = build_sharing(settings, products, tokens, keys)
     return Platform(
         settings,
         engine,
@@ -88,4 +91,5 @@ def build_platform(settings: Settings) -> Platform:
         ingestion,
         partnership,
         products,
+        sharing,
     )

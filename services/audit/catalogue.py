@@ -25,6 +25,10 @@ class AuditAction(StrEnum):
     PRODUCT_READ = "product.read"
     PRODUCT_REFUSED = "product.refused"  # a permitted reader's malformed request: nothing computed
     ACCESS_EXPLAINED = "access.explained"
+    # Delta Sharing
+    SHARING_PROFILE_ISSUED = "sharing.profile_issued"  # a profile (and its token) was issued
+    SHARING_QUERIED = "sharing.queried"  # a recipient's query: the file URLs it was given
+    SHARING_FILE_READ = "sharing.file_read"  # bytes of a published table's file were sent
 
 
 class Outcome(StrEnum):
