@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from gateway import principals
 from gateway.platform import Platform
@@ -375,3 +375,47 @@ def test_profiles(api: TestClient, people: dict[str, Any], platform: Platform) -
     # Disabled: the profile's token stops working at once.
     principals.disable_client(platform, cli_context(), people["reader"].client_id)
     assert api.get("/delta-sharing/shares", headers=_bearer(token)).status_code == 401
+
+
+def _block_audit(platform: Platform, action: str) -> None:
+    with platform.engine.begin() as connection:
+        if platform.engine.dialect.name == "sqlite":
+            connection.execute(
+                text(
+                    "CREATE TRIGGER block_sharing BEFORE INSERT ON audit_events "
+                    f"WHEN NEW.action = '{action}' "
+                    "BEGIN SELECT RAISE(ABORT, 'audit store unavailable'); END"
+                )
+            )
+        else:
+            connection.execute(
+                text(
+                    "CREATE FUNCTION block_sharing() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                    f"BEGIN IF NEW.action = '{action}' THEN "
+                    "RAISE EXCEPTION 'audit store unavailable'; END IF; RETURN NEW; END $$"
+                )
+            )
+            connection.execute(
+                text(
+                    "CREATE TRIGGER block_sharing BEFORE INSERT ON audit_events "
+                    "FOR EACH ROW EXECUTE FUNCTION block_sharing()"
+                )
+            )
+
+
+def test_no_audit_no_file_url(api: TestClient, people: dict[str, Any], platform: Platform) -> None:
+    """A query that cannot be audited gives 503 and no file URL (T25)."""
+    _block_audit(platform, "sharing.queried")
+    response = _query(api, people["reader_token"], "strategic.violence.flags")
+    assert response.status_code == 503
+    assert response.json()["errorCode"] == "TEMPORARILY_UNAVAILABLE"
+    assert "/files/" not in response.text
+
+
+def test_no_audit_no_bytes(api: TestClient, people: dict[str, Any], platform: Platform) -> None:
+    """A file read that cannot be audited gives 503 and not a byte of the file (T25)."""
+    lines = _lines(_query(api, people["reader_token"], "strategic.violence.flags"))
+    _block_audit(platform, "sharing.file_read")
+    response = api.get(lines[2]["file"]["url"])
+    assert response.status_code == 503
+    assert b"PAR1" not in response.content
