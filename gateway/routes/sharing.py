@@ -22,6 +22,7 @@ from gateway.platform import Platform
 from gateway.responses import FastJSONResponse
 from services.kit.errors import BadRequest, TogetherError
 from services.sharing import materialise
+from services.sharing import protocol as protocol_shapes
 from services.sharing import service as sharing_service
 from services.sharing.materialise import Refresher
 
@@ -30,8 +31,7 @@ FILE_PATH = PREFIX + "/files/{token}"
 TABLE_PATH = PREFIX + "/shares/{share}/schemas/{schema}/tables/{table}"
 NDJSON = "application/x-ndjson; charset=utf-8"
 _MAX_QUERY_BODY = 64 * 1024
-# Every answer is in the protocol's parquet format, which every connector reads.
-_CAPABILITIES = {"delta-sharing-capabilities": "responseformat=parquet"}
+CAPABILITIES = "delta-sharing-capabilities"
 
 _ERROR_CODES = {
     400: "INVALID_PARAMETER_VALUE",
@@ -203,8 +203,23 @@ async def list_all_tables(
     return FastJSONResponse(body)
 
 
-def _version_headers(read: sharing_service.TableRead) -> dict[str, str]:
-    return {"Delta-Table-Version": str(read.snapshot.version), **_CAPABILITIES}
+def _delta_format(request: Request) -> bool:
+    """The response format: parquet (every connector reads it) unless only delta is asked for."""
+    asked = protocol_shapes.capabilities(request.headers.get(CAPABILITIES)).get(
+        "responseformat", ["parquet"]
+    )
+    if "parquet" in asked:
+        return False
+    if "delta" in asked:
+        return True
+    raise BadRequest("responseformat must be parquet or delta")
+
+
+def _version_headers(read: sharing_service.TableRead, delta: bool = False) -> dict[str, str]:
+    return {
+        "Delta-Table-Version": str(read.snapshot.version),
+        CAPABILITIES: "responseformat=" + ("delta" if delta else "parquet"),
+    }
 
 
 @protocol.get("/shares/{share}/schemas/{schema}/tables/{table}/version")
@@ -251,14 +266,16 @@ async def table_metadata(
     share: str,
     schema: str,
     table: str,
+    request: Request,
     principal: Authenticated,
     ctx: Context,
     platform: PlatformDep,
 ) -> Response:
+    delta = _delta_format(request)
     read = await run_in_threadpool(
         sharing_service.open_table, platform.sharing, principal, ctx, share, schema, table
     )
-    return _ndjson(sharing_service.metadata_lines(read), _version_headers(read))
+    return _ndjson(sharing_service.metadata_lines(read, delta=delta), _version_headers(read, delta))
 
 
 @protocol.post("/shares/{share}/schemas/{schema}/tables/{table}/query")
@@ -283,15 +300,18 @@ async def query_table(
     if not isinstance(body, dict):
         raise BadRequest("the query body must be a JSON object")
     endpoint = _endpoint(platform, request)
+    delta = _delta_format(request)
 
     def answer() -> tuple[sharing_service.TableRead, list[dict[str, Any]]]:
         read = sharing_service.open_table(platform.sharing, principal, ctx, share, schema, table)
         sharing_service.check_query(read, body)
-        return read, sharing_service.query_lines(platform.sharing, principal, ctx, read, endpoint)
+        return read, sharing_service.query_lines(
+            platform.sharing, principal, ctx, read, endpoint, delta=delta
+        )
 
     read, lines = await run_in_threadpool(answer)
     # The query is audited and committed by now.
-    return _ndjson(lines, _version_headers(read))
+    return _ndjson(lines, _version_headers(read, delta))
 
 
 @protocol.get("/shares/{share}/schemas/{schema}/tables/{table}/changes")

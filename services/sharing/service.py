@@ -261,24 +261,39 @@ def open_table(
     return TableRead(table, access, snapshot)
 
 
-def metadata_lines(read: TableRead) -> list[dict[str, Any]]:
+def metadata_lines(read: TableRead, *, delta: bool = False) -> list[dict[str, Any]]:
+    """The protocol and metaData lines, in the parquet response format or the delta one."""
     table, snapshot = read.table, read.snapshot
-    return [
-        {"protocol": {"minReaderVersion": 1}},
-        {
-            "metaData": {
-                "id": table.id,
-                "name": table.name,
-                "description": table.description,
-                "format": {"provider": "parquet"},
-                "schemaString": snapshot.schema_string,
-                "partitionColumns": [],
-                "configuration": configuration(table, snapshot),
-                "size": snapshot.size_bytes,
-                "numFiles": 1,
-            }
-        },
-    ]
+    metadata: dict[str, Any] = {
+        "id": table.id,
+        "name": table.name,
+        "description": table.description,
+        "format": {"provider": "parquet"},
+        "schemaString": snapshot.schema_string,
+        "partitionColumns": [],
+        "configuration": configuration(table, snapshot),
+    }
+    if delta:
+        # The Delta log's own actions, wrapped: the connector replays them as a local log.
+        metadata["format"]["options"] = {}
+        metadata["createdTime"] = _millis(snapshot.created_at)
+        return [
+            {"protocol": {"deltaProtocol": {"minReaderVersion": 1, "minWriterVersion": 2}}},
+            {
+                "metaData": {
+                    "deltaMetadata": metadata,
+                    "version": snapshot.version,
+                    "size": snapshot.size_bytes,
+                    "numFiles": 1,
+                }
+            },
+        ]
+    metadata.update({"size": snapshot.size_bytes, "numFiles": 1})
+    return [{"protocol": {"minReaderVersion": 1}}, {"metaData": metadata}]
+
+
+def _millis(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).timestamp() * 1000)
 
 
 def configuration(table: PublishedTable, snapshot: Snapshot) -> dict[str, str]:
@@ -308,26 +323,49 @@ def check_query(read: TableRead, body: dict[str, Any]) -> None:
 
 
 def query_lines(
-    deps: SharingDeps, principal: Principal, ctx: RequestContext, read: TableRead, endpoint: str
+    deps: SharingDeps,
+    principal: Principal,
+    ctx: RequestContext,
+    read: TableRead,
+    endpoint: str,
+    *,
+    delta: bool = False,
 ) -> list[dict[str, Any]]:
     """The query's answer; its audit event is committed before this returns."""
     snapshot = read.snapshot
     expires = int(utcnow().timestamp()) + urls.URL_LIFETIME_SECONDS
     token = urls.seal(deps.url_key, FileGrant(snapshot.file_id, principal.client_id, expires))
-    lines = metadata_lines(read)
-    lines.append(
-        {
-            "file": {
-                "url": f"{endpoint}/files/{token}",
-                "id": snapshot.file_id,
-                "partitionValues": {},
-                "size": snapshot.size_bytes,
-                "stats": f'{{"numRecords":{snapshot.row_count}}}',
-                "version": snapshot.version,
-                "expirationTimestamp": expires * 1000,
-            }
+    url = f"{endpoint}/files/{token}"
+    stats = f'{{"numRecords":{snapshot.row_count}}}'
+    lines = metadata_lines(read, delta=delta)
+    if delta:
+        created = _millis(snapshot.created_at)
+        add = {
+            "path": url,
+            "partitionValues": {},
+            "size": snapshot.size_bytes,
+            "modificationTime": created,
+            "dataChange": True,
+            "stats": stats,
         }
-    )
+        file: dict[str, Any] = {
+            "id": snapshot.file_id,
+            "version": snapshot.version,
+            "timestamp": created,
+            "expirationTimestamp": expires * 1000,
+            "deltaSingleAction": {"add": add},
+        }
+    else:
+        file = {
+            "url": url,
+            "id": snapshot.file_id,
+            "partitionValues": {},
+            "size": snapshot.size_bytes,
+            "stats": stats,
+            "version": snapshot.version,
+            "expirationTimestamp": expires * 1000,
+        }
+    lines.append({"file": file})
     _commit(
         deps,
         ctx,

@@ -419,3 +419,42 @@ def test_no_audit_no_bytes(api: TestClient, people: dict[str, Any], platform: Pl
     response = api.get(lines[2]["file"]["url"])
     assert response.status_code == 503
     assert b"PAR1" not in response.content
+
+
+def test_the_delta_response_format(api: TestClient, people: dict[str, Any]) -> None:
+    """Asked for delta only, the answer wraps Delta log actions; parquet is preferred."""
+    token = people["reader_token"]
+    key = "strategic.violence.counts_by_csp"
+    both = {"delta-sharing-capabilities": "responseformat=delta,parquet;readerfeatures=x"}
+    parquet = _query(api, token, key)
+    mixed = api.post(
+        "/delta-sharing/shares/strategic/schemas/violence/tables/counts_by_csp/query",
+        json={},
+        headers={**_bearer(token), **both},
+    )
+    assert mixed.headers["delta-sharing-capabilities"] == "responseformat=parquet"
+    delta = api.post(
+        "/delta-sharing/shares/strategic/schemas/violence/tables/counts_by_csp/query",
+        json={},
+        headers={**_bearer(token), "delta-sharing-capabilities": "ResponseFormat=Delta"},
+    )
+    assert delta.headers["delta-sharing-capabilities"] == "responseformat=delta"
+    lines = _lines(delta)
+    assert lines[0] == {
+        "protocol": {"deltaProtocol": {"minReaderVersion": 1, "minWriterVersion": 2}}
+    }
+    metadata = lines[1]["metaData"]
+    plain = _lines(parquet)[1]["metaData"]
+    assert metadata["version"] == int(delta.headers["delta-table-version"])
+    assert metadata["deltaMetadata"]["schemaString"] == plain["schemaString"]
+    assert metadata["deltaMetadata"]["format"] == {"provider": "parquet", "options": {}}
+    file = lines[2]["file"]
+    add = file["deltaSingleAction"]["add"]
+    assert add["dataChange"] is True and add["partitionValues"] == {}
+    assert file["id"] == _lines(parquet)[2]["file"]["id"]
+    assert _file_rows(api, add["path"]) == _file_rows(api, _lines(parquet)[2]["file"]["url"])
+    bad = api.get(
+        "/delta-sharing/shares/strategic/schemas/violence/tables/counts_by_csp/metadata",
+        headers={**_bearer(token), "delta-sharing-capabilities": "responseformat=csv"},
+    )
+    assert bad.status_code == 400
