@@ -156,9 +156,23 @@ def visible_tables(
         if access is None:
             access = product_access(deps.products.policy, principal, table.product, table.level)
             decided[table.product] = access
-        if access.allowed:
+        if access.allowed and _within_areas(deps, table, access):
             visible.append((table, access))
     return visible
+
+
+def _within_areas(deps: SharingDeps, table: PublishedTable, access: ProductAccess) -> bool:
+    """False when the table's fixed CSP areas are not all among the reader's."""
+    if access.areas is None:
+        return True
+    definition = deps.products.catalogue[table.product]
+    for name, value in table.parameters.items():
+        spec = definition.parameter(name)
+        if spec is not None and spec.type == "csp":
+            values = value if isinstance(value, list) else [value]
+            if any(str(v) not in access.areas for v in values):
+                return False
+    return True
 
 
 def _table_item(table: PublishedTable) -> dict[str, Any]:
@@ -257,7 +271,22 @@ def open_table(
             level=table.level,
         )
         raise Forbidden(f"you may not read {table.key} (Level {table.level})")
-    snapshot = materialise.current_snapshot(deps.products, deps.folder, table, Variant.of(access))
+    try:
+        snapshot = materialise.current_snapshot(
+            deps.products, deps.folder, table, Variant.of(access)
+        )
+    except Forbidden:
+        # The table's fixed csp parameter names an area outside the reader's.
+        audit_service.record_denial(
+            deps.products.sessions,
+            ctx,
+            access,
+            reason="outside the reader's areas",
+            resource_type="sharing_table",
+            resource=table.key,
+            level=table.level,
+        )
+        raise
     return TableRead(table, access, snapshot)
 
 

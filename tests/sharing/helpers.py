@@ -44,9 +44,13 @@ shares:
           hotspots_lsoa:
             product: hotspots
             parameters: {from: "2023-01-01", to: "2024-01-01", unit: lsoa, top: 50}
+          hotspots_havant:
+            product: hotspots
+            parameters: {from: "2023-01-01", to: "2024-01-01", csp: Havant}
 """
 LEVEL1_TABLES = {"strategic.violence.counts_by_csp", "strategic.violence.counts_by_csp_month",
                  "strategic.violence.flags"}  # fmt: skip
+# The Havant table is for Level 2 readers of Havant: the tests' Level 2 readers are not.
 LEVEL2_TABLES = {"local.hotspots.hotspots_lsoa"}
 
 

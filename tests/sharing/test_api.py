@@ -169,6 +169,10 @@ def test_errors_and_pagination_follow_the_protocol(
     denial = _events(platform, "access.denied")[-1]
     assert denial.resource == "local.hotspots.hotspots_lsoa"
     assert denial.resource_type == "sharing_table"
+    # A table of another area than the Level 2 reader's: not listed, and refused.
+    elsewhere = _query(api, people["local_token"], "local.hotspots.hotspots_havant")
+    assert elsewhere.status_code == 403
+    assert _events(platform, "access.denied")[-1].reason == "outside the reader's areas"
     history = _query(api, token, "strategic.violence.flags", {"version": 999})
     assert history.status_code == 400
     changes = api.get(
