@@ -63,7 +63,8 @@ def open_token(key: bytes, token: str, now: int) -> FileGrant:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
         raise UrlRefused("url_malformed") from None
-    if len(raw) < 12 + 16:
+    # One spelling per token: base64 would otherwise ignore changed padding bits.
+    if len(raw) < 12 + 16 or base64.urlsafe_b64encode(raw).decode().rstrip("=") != token:
         raise UrlRefused("url_malformed")
     try:
         payload = AESGCM(key).decrypt(raw[:12], raw[12:], _AAD)

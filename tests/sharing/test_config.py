@@ -130,7 +130,7 @@ def test_file_url_tokens() -> None:
         assert secret not in token
     with pytest.raises(UrlRefused, match="url_expired"):
         open_token(key, token, now=2001)
-    for index in (0, 14, len(token) - 1):
+    for index in range(len(token)):
         changed = token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1 :]
         with pytest.raises(UrlRefused, match=r"url_tampered|url_malformed"):
             open_token(key, changed, now=1999)
