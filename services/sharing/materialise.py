@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.authz.service import ProductAccess
 from services.kit.clock import utcnow
+from services.kit.errors import TogetherError
 from services.kit.ids import new_id
 from services.products import catalogue as product_catalogue
 from services.products import engine, formats
@@ -296,7 +297,11 @@ def refresh_all(products: ProductDeps, folder: Path, config: SharingConfig) -> l
         if table.level == 1:
             variants |= {Variant(True, None), Variant(False, None)}
         for variant in sorted(variants, key=lambda v: (v.suppressed, v.areas or ())):
-            refreshed.append(current_snapshot(products, folder, table, variant))
+            try:
+                refreshed.append(current_snapshot(products, folder, table, variant))
+            except TogetherError as exc:
+                # One table that cannot be made today must not hold up the others.
+                log.warning("cannot materialise %s: %s", table.key, exc.detail)
     return refreshed
 
 

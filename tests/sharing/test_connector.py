@@ -1,21 +1,22 @@
 """Acceptance: the official Delta Sharing connector against a running platform.
 
 A real server process, data pushed through the real API, profiles from ``/v1/sharing/profile``
-and ``delta_sharing`` (PyPI) reading them: each reader lists exactly the tables the policy lets
-it read and loads exactly the rows the JSON API gives for the same product and parameters. The
-connector reaches nothing but the platform: every socket it opens is recorded.
+and ``delta_sharing`` (PyPI, in an environment of its own: ``make install`` makes
+``.venv-connector``) reading them: each reader lists exactly the tables the policy lets it read
+and loads exactly the rows the JSON API gives for the same product and parameters. The
+connector reaches nothing but the platform: every host its process resolves or connects to is
+recorded.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import sys
+import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import delta_sharing
 import httpx
 import pytest
 from sqlalchemy import select
@@ -38,22 +39,34 @@ from tests.sharing.helpers import (
 
 pytestmark = pytest.mark.slow
 
-# Every address the connector resolves or connects to while a test records (audit hooks cannot
-# be removed, so the hook stays installed and records only when asked).
-_RECORDING: list[list[str]] = []
+_ROOT = Path(__file__).resolve().parents[2]
+CONNECTOR_PYTHON = _ROOT / ".venv-connector" / "bin" / "python"
+CLIENT_SCRIPT = Path(__file__).with_name("connector_client.py")
 
 
-def _hook(event: str, args: tuple[Any, ...]) -> None:
-    if not _RECORDING:
-        return
-    if event == "socket.connect":
-        address = args[1]
-        _RECORDING[-1].append(str(address[0]) if isinstance(address, tuple) else str(address))
-    elif event == "socket.getaddrinfo":
-        _RECORDING[-1].append(str(args[0]))
-
-
-sys.addaudithook(_hook)
+def connector(profile: Path, load: list[str] | None = None) -> dict[str, Any]:
+    """The official connector, run as an analyst would: list the tables, load some."""
+    if not CONNECTOR_PYTHON.exists():
+        pytest.fail("the connector's environment is missing: run `make install`")
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    result = subprocess.run(
+        [
+            str(CONNECTOR_PYTHON),
+            str(CLIENT_SCRIPT),
+            json.dumps({"profile": str(profile), "load": load or []}),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=profile.parent,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    # Nothing but the platform on this machine.
+    assert answer["contacted"], "the connector's connections were not observed"
+    assert set(answer["contacted"]) <= {"127.0.0.1", "localhost"}, answer["contacted"]
+    return answer
 
 
 @pytest.fixture
@@ -126,25 +139,6 @@ def _api_document(server: LiveServer, client: ClientCredentials, table: str) -> 
     return document
 
 
-def _plain(value: Any) -> Any:
-    """A pandas cell as the JSON API writes it (NaN for null, numpy arrays for lists)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return value
-
-
-def _tables(profile: Path) -> set[str]:
-    client = delta_sharing.SharingClient(str(profile))
-    return {f"{t.share}.{t.schema}.{t.name}" for t in client.list_all_tables()}
-
-
-def _load(profile: Path, key: str) -> list[dict[str, Any]]:
-    frame = delta_sharing.load_as_pandas(f"{profile}#{key}")
-    return [{k: _plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
-
-
 def _events(platform: Platform, action: str, actor: str) -> list[AuditEvent]:
     with platform.sessions() as session:
         return list(
@@ -165,27 +159,22 @@ def test_the_connector_reads_what_the_api_returns(
     profiles = {
         name: _profile(server, c, tmp_path / f"{name}.share") for name, c in readers.items()
     }
-    _RECORDING.append([])
-    try:
-        # A Level 1 reader sees the Level 1 tables and only those; Level 2 its own; a principal
-        # with no Level 1 grant sees nothing.
-        assert _tables(profiles["reader"]) == LEVEL1_TABLES
-        assert _tables(profiles["analyst"]) == LEVEL1_TABLES
-        assert _tables(profiles["local"]) == LEVEL2_TABLES
-        assert _tables(profiles["partner"]) == set()
-
-        loaded: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for name, keys in (
-            ("reader", LEVEL1_TABLES),
-            ("analyst", {"strategic.violence.counts_by_csp_month"}),
-            ("local", LEVEL2_TABLES),
-        ):
-            for key in sorted(keys):
-                loaded[(name, key)] = _load(profiles[name], key)
-    finally:
-        contacted = _RECORDING.pop()
-    assert contacted, "the connector's connections were not observed"
-    assert set(contacted) <= {"127.0.0.1", "localhost"}, contacted
+    # A Level 1 reader sees the Level 1 tables and only those, and loads them; an analyst the
+    # same tables unsuppressed; a Level 2 reader its own; a principal with no Level 1 grant sees
+    # nothing.
+    month = "strategic.violence.counts_by_csp_month"
+    loads = {"reader": sorted(LEVEL1_TABLES), "analyst": [month], "local": sorted(LEVEL2_TABLES)}
+    answers = {name: connector(profiles[name], loads.get(name)) for name in profiles}
+    assert set(answers["reader"]["tables"]) == LEVEL1_TABLES
+    assert set(answers["analyst"]["tables"]) == LEVEL1_TABLES
+    assert set(answers["local"]["tables"]) == LEVEL2_TABLES
+    assert answers["partner"]["tables"] == []
+    loaded = {
+        (name, key): rows
+        for name, answer in answers.items()
+        for key, rows in answer["rows"].items()
+    }
+    assert len(loaded) == 5
 
     for (name, key), rows in loaded.items():
         table = key.split(".")[-1]
@@ -194,7 +183,6 @@ def test_the_connector_reads_what_the_api_returns(
         assert rows == expected, (name, key)
 
     # The suppressed reader's table withholds small counts; the analyst's does not.
-    month = "strategic.violence.counts_by_csp_month"
     assert any(row["count"] is None for row in loaded[("reader", month)])
     assert all(row["count"] is not None for row in loaded[("analyst", month)])
     assert any(0 < row["count"] < 5 for row in loaded[("analyst", month)])
@@ -234,6 +222,7 @@ def test_an_oauth_client_credentials_profile(
     profile["clientSecret"] = client.client_secret
     path = tmp_path / "oauth.share"
     path.write_text(json.dumps(profile))
-    assert _tables(path) == LEVEL1_TABLES
-    rows = _load(path, "strategic.violence.flags")
+    answer = connector(path, ["strategic.violence.flags"])
+    assert set(answer["tables"]) == LEVEL1_TABLES
+    rows = answer["rows"]["strategic.violence.flags"]
     assert rows == api_rows(_api_document(server, client, "flags"))
