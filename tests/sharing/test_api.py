@@ -462,3 +462,41 @@ def test_the_delta_response_format(api: TestClient, people: dict[str, Any]) -> N
         headers={**_bearer(token), "delta-sharing-capabilities": "responseformat=csv"},
     )
     assert bad.status_code == 400
+
+
+def test_concurrent_materialisations_keep_one_version(
+    api: TestClient, people: dict[str, Any], platform: Platform
+) -> None:
+    """Two processes materialising the same fingerprint: one version stays, the other file goes."""
+    from services.sharing import materialise
+
+    deps = platform.sharing
+    table = deps.config.find("strategic", "violence", "flags")
+    snapshot = materialise.current_snapshot(
+        deps.products, deps.folder, table, materialise.Variant(True, None)
+    )
+    with platform.sessions() as session:
+        fingerprint = session.scalars(
+            select(SharingTableVersion.fingerprint).where(
+                SharingTableVersion.table_key == table.key
+            )
+        ).one()
+    before = sorted(p.name for p in deps.folder.iterdir())
+    lost = materialise._store(
+        deps.products.sessions,
+        deps.folder,
+        table,
+        deps.products.catalogue["sv-flags"],
+        materialise.Variant(True, None),
+        fingerprint,
+        snapshot.parameters,
+        snapshot.sources,
+        snapshot.row_count,
+        snapshot.file_path.read_bytes(),
+    )
+    assert lost is None
+    assert sorted(p.name for p in deps.folder.iterdir()) == before
+    again = materialise.current_snapshot(
+        deps.products, deps.folder, table, materialise.Variant(True, None)
+    )
+    assert (again.version, again.file_id) == (snapshot.version, snapshot.file_id)
