@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# The official Delta Sharing connector, for the acceptance test of /delta-sharing, in an
+# environment of its own: it pins pyarrow below the platform's, as an analyst's laptop might.
+CONNECTOR_VENV := .venv-connector
+CONNECTOR_STAMP := $(CONNECTOR_VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 export TOGETHER_DATA_DIR ?= ./var
@@ -15,7 +19,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+$(CONNECTOR_STAMP): tests/sharing/connector-requirements.txt
+	test -x $(CONNECTOR_VENV)/bin/python || $(PYTHON) -m venv $(CONNECTOR_VENV)
+	$(CONNECTOR_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CONNECTOR_VENV)/bin/python -m pip install --quiet -r tests/sharing/connector-requirements.txt
+	touch $(CONNECTOR_STAMP)
+
+install: $(STAMP) $(CONNECTOR_STAMP)
 
 run: install
 	TOGETHER_ENV=development $(BIN)/together db upgrade
@@ -53,4 +63,4 @@ bench: install
 	$(BIN)/python scripts/bench_audit.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CONNECTOR_VENV) var .pytest_cache .mypy_cache .ruff_cache

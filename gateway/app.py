@@ -21,6 +21,7 @@ from gateway.routes import (
     health,
     oauth,
     products,
+    sharing,
     uploads,
 )
 from gateway.web import pages as ig_pages
@@ -29,8 +30,11 @@ from services.audit.service import Sealer
 from services.kit.settings import Settings, get_settings
 
 # Routes reachable without a bearer token. Pinned by a test: anything else must authenticate.
-# The IG pages under /ig/ authenticate with their session cookie instead (`gateway.web.auth`).
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/oauth/token"} | ig_pages.PUBLIC_PATHS)
+# The IG pages under /ig/ authenticate with their session cookie instead (`gateway.web.auth`);
+# Delta Sharing file URLs carry their own signed, expiring, recipient-bound token.
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/oauth/token", sharing.FILE_PATH} | ig_pages.PUBLIC_PATHS
+)
 
 ROUTERS = (
     health.router,
@@ -42,6 +46,8 @@ ROUTERS = (
     audit_review.router,
     audit_checkpoints.router,
     ig_pages.router,
+    sharing.router,
+    sharing.protocol,
 )
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
@@ -87,6 +93,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sealer = None
+        refresher = None
         if platform is None:
             app.state.platform = build_platform(settings)
             sealer = Sealer(
@@ -96,9 +103,12 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
                 settings.audit_checkpoint_interval_seconds,
             )
             sealer.start()
+            refresher = sharing.refresher(app.state.platform)
         try:
             yield
         finally:
+            if refresher is not None:
+                refresher.stop()
             if sealer is not None:
                 sealer.stop()
             if platform is None:

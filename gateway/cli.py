@@ -476,6 +476,27 @@ def storage_sweep(
     typer.echo(f"removed {len(removed)} orphan file(s)")
 
 
+sharing_app = typer.Typer(help="Delta Sharing: the published tables.", no_args_is_help=True)
+app.add_typer(sharing_app, name="sharing")
+
+
+@sharing_app.command("refresh")
+def sharing_refresh() -> None:
+    """Materialise every published table whose sources have a new version (for each variant)."""
+    from services.sharing import materialise
+
+    with _admin_platform() as platform:
+        deps = platform.sharing
+        snapshots = materialise.refresh_all(deps.products, deps.folder, deps.config)
+    for snapshot in snapshots:
+        variant = "suppressed" if snapshot.variant.suppressed else "unsuppressed"
+        areas = ",".join(snapshot.variant.areas) if snapshot.variant.areas is not None else "all"
+        typer.echo(
+            f"{snapshot.table_key} version {snapshot.version} ({variant}, areas {areas}): "
+            f"{snapshot.row_count} row(s)"
+        )
+
+
 @demo_app.command("load")
 def demo_load(
     force: Annotated[bool, typer.Option(help="Load again even if already loaded")] = False,

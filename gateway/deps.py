@@ -15,6 +15,7 @@ from services.identity import service as identity_service
 from services.identity.schemas import Principal
 from services.identity.tokens import TokenInvalid
 from services.kit.errors import NotAuthenticated
+from services.sharing import service as sharing_service
 
 
 def get_platform(request: Request) -> Platform:
@@ -32,7 +33,13 @@ def request_context(request: Request) -> RequestContext:
     )
 
 
-def _authenticate(platform: Platform, authorization: str | None, ctx: RequestContext) -> Principal:
+# Under this prefix a profile's token (scoped to Delta Sharing) is accepted as well.
+SHARING_PREFIX = "/delta-sharing/"
+
+
+def _authenticate(
+    platform: Platform, authorization: str | None, ctx: RequestContext, sharing: bool = False
+) -> Principal:
     reason: str | None = None
     principal: Principal | None = None
     if not authorization:
@@ -43,7 +50,10 @@ def _authenticate(platform: Platform, authorization: str | None, ctx: RequestCon
             reason = "not_a_bearer_token"
         else:
             try:
-                claims = platform.tokens.verify(token.strip())
+                if sharing:
+                    claims = sharing_service.verify_bearer(platform.sharing, token.strip())
+                else:
+                    claims = platform.tokens.verify(token.strip())
             except TokenInvalid as exc:
                 reason = exc.reason
             else:
@@ -85,7 +95,11 @@ async def authenticated(request: Request) -> Principal:
     platform = get_platform(request)
     ctx = request_context(request)
     principal = await run_in_threadpool(
-        _authenticate, platform, request.headers.get("authorization"), ctx
+        _authenticate,
+        platform,
+        request.headers.get("authorization"),
+        ctx,
+        request.url.path.startswith(SHARING_PREFIX),
     )
     request.state.principal = principal
     request.state.ctx = ctx

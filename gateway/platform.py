@@ -22,6 +22,7 @@ from services.kit.settings import Settings
 from services.products.catalogue import load_catalogue
 from services.products.config import PartnershipConfig, load_partnership
 from services.products.service import ProductDeps
+from services.sharing.service import SharingDeps, build_sharing
 from services.storage.inputs import InputLimits
 from services.storage.service import Storage
 
@@ -42,6 +43,7 @@ class Platform:
     epochs: EpochReader
     principal_cache: EpochCache[str, Principal | None]
     audit_signer: CheckpointSigner
+    sharing: SharingDeps
 
     def close(self) -> None:
         self.engine.dispose()
@@ -88,6 +90,7 @@ def build_platform(settings: Settings) -> Platform:
         epochs=epochs,
         audit_disabled_for_benchmark=settings.benchmark_only_skip_audit,
     )
+    sharing = build_sharing(settings, products, tokens, keys)
     return Platform(
         settings,
         engine,
@@ -102,4 +105,5 @@ def build_platform(settings: Settings) -> Platform:
         epochs,
         EpochCache(),
         audit_signer,
+        sharing,
     )

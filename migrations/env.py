@@ -9,6 +9,7 @@ import services.identity.people
 import services.ingestion.models
 import services.kit.epochs
 import services.products.models
+import services.sharing.models
 import services.storage.models  # noqa: F401  (every model registers its table on Base)
 from services.kit.db import Base, make_engine
 from services.kit.settings import get_settings

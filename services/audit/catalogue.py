@@ -42,6 +42,10 @@ class AuditAction(StrEnum):
     # the audit trail itself
     AUDIT_EXPORTED = "audit.exported"
     AUDIT_CHECKPOINTS_LISTED = "audit.checkpoints_listed"
+    # Delta Sharing
+    SHARING_PROFILE_ISSUED = "sharing.profile_issued"  # a profile (and its token) was issued
+    SHARING_QUERIED = "sharing.queried"  # a recipient's query: the file URLs it was given
+    SHARING_FILE_READ = "sharing.file_read"  # bytes of a published table's file were sent
 
 
 class Outcome(StrEnum):

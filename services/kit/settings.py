@@ -157,6 +157,31 @@ class Settings(BaseSettings):
             raise ValueError("TOGETHER_AUDIT_SIGNING_KEY holds a placeholder value")
         return self
 
+    # Delta Sharing (services/sharing): published tables for analysts' own tools.
+    sharing_file: Path = Field(
+        default_factory=lambda: _repository_root() / "config" / "sharing.yaml",
+        description="The published tables: shares, schemas and tables of Level 1 and 2 products",
+    )
+    sharing_endpoint: str | None = Field(
+        default=None,
+        description="Public URL of the sharing endpoint (ending /delta-sharing), put in profiles "
+        "and file URLs; default: taken from each request",
+    )
+    sharing_token_lifetime_seconds: int = Field(
+        default=7 * 86400,
+        ge=300,
+        le=366 * 86400,
+        description="Lifetime of the bearer token in a sharing profile (usable on the sharing "
+        "endpoint only)",
+    )
+    sharing_refresh_seconds: float = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="How often each server process materialises published tables whose sources "
+        "have a new version; 0: only when recipients ask",
+    )
+
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
         if self.env == Environment.development:

@@ -58,3 +58,16 @@ def test_contracts_lint(platform: Platform, tmp_path) -> None:  # type: ignore[n
     result = run(platform, "contracts", "lint", str(bad))
     assert result.returncode == 1
     assert "error" in result.stdout
+
+
+def test_sharing_refresh(platform: Platform) -> None:
+    """Every Level 1 table in both variants; run again, nothing new is materialised."""
+    first = run(platform, "sharing", "refresh")
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    level1 = [t for t in platform.sharing.config.tables if t.level == 1]
+    assert len(lines) == 2 * len(level1)
+    assert any("(suppressed, areas all)" in line for line in lines)
+    assert any("(unsuppressed, areas all)" in line for line in lines)
+    again = run(platform, "sharing", "refresh")
+    assert again.stdout == first.stdout
