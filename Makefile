@@ -27,7 +27,7 @@ $(CONNECTOR_STAMP): tests/sharing/connector-requirements.txt
 
 install: $(STAMP) $(CONNECTOR_STAMP)
 
-run: install
+run: $(STAMP)
 	TOGETHER_ENV=development $(BIN)/together db upgrade
 	TOGETHER_ENV=development $(BIN)/together demo load
 	TOGETHER_ENV=development $(BIN)/together serve --host $(HOST) --port $(PORT)
@@ -48,12 +48,12 @@ install-browser:
 test: install install-browser
 	$(BIN)/python -m pytest
 
-lint: install
+lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-format: install
+format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
