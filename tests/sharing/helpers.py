@@ -54,7 +54,9 @@ LEVEL1_TABLES = {"strategic.violence.counts_by_csp", "strategic.violence.counts_
 LEVEL2_TABLES = {"local.hotspots.hotspots_lsoa"}
 
 
-def sharing_settings(tmp_path: Path, database_url: str, key_file: Path) -> Settings:
+def sharing_settings(
+    tmp_path: Path, database_url: str, key_file: Path, audit_key_file: Path
+) -> Settings:
     shares = tmp_path / "sharing.yaml"
     shares.write_text(SHARES)
     data_dir = tmp_path / "var"
@@ -64,6 +66,7 @@ def sharing_settings(tmp_path: Path, database_url: str, key_file: Path) -> Setti
         data_dir=data_dir,
         database_url=database_url,
         key_file=key_file,
+        audit_key_file=audit_key_file,
         sharing_file=shares,
         sharing_refresh_seconds=0,
     )

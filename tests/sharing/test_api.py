@@ -34,8 +34,8 @@ ROLES = {
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str, key_file: Path) -> Settings:
-    return sharing_settings(tmp_path, database_url, key_file)
+def settings(tmp_path: Path, database_url: str, key_file: Path, audit_key_file: Path) -> Settings:
+    return sharing_settings(tmp_path, database_url, key_file, audit_key_file)
 
 
 def _upload(api: TestClient, token: str, dataset: str, body: bytes) -> None:

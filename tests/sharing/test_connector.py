@@ -70,8 +70,8 @@ def connector(profile: Path, load: list[str] | None = None) -> dict[str, Any]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str, key_file: Path) -> Settings:
-    return sharing_settings(tmp_path, database_url, key_file)
+def settings(tmp_path: Path, database_url: str, key_file: Path, audit_key_file: Path) -> Settings:
+    return sharing_settings(tmp_path, database_url, key_file, audit_key_file)
 
 
 @pytest.fixture
