@@ -57,7 +57,7 @@ def _authenticate(
             except TokenInvalid as exc:
                 reason = exc.reason
             else:
-                principal = _principal(platform, claims.client_id)
+                principal = _principal(platform, claims.client_id, ctx)
                 if principal is None:
                     reason = "client_unknown_or_disabled"
                 elif principal.organisation != claims.organisation:
@@ -80,15 +80,18 @@ def _authenticate(
     return principal
 
 
-def _principal(platform: Platform, client_id: str) -> Principal | None:
-    """The client as the registry has it now (cached while no principal has changed)."""
+def _principal(platform: Platform, client_id: str, ctx: RequestContext) -> Principal | None:
+    """The client as the registry has it now (cached while no principal has changed).
+
+    The epochs read here serve the whole request (the product's source versions too).
+    """
 
     def load() -> Principal | None:
         with platform.sessions() as session:
             return identity_service.active_principal(session, client_id)
 
-    epoch = platform.epochs.read().principals
-    return platform.principal_cache.get(client_id, epoch, load)
+    ctx.cache_epochs = platform.epochs.read()
+    return platform.principal_cache.get(client_id, ctx.cache_epochs.principals, load)
 
 
 async def authenticated(request: Request) -> Principal:

@@ -41,6 +41,9 @@ class RequestContext:
     actor: str | None = None
     actor_org: str | None = None
     actor_roles: list[str] = field(default_factory=list)
+    # The cache epochs the gateway read once for this request (services/kit/epochs.Epochs);
+    # not part of any audit record.
+    cache_epochs: Any = None
 
 
 @dataclass
@@ -67,10 +70,12 @@ def chain_hash(prev_hash: str, canonical: str) -> str:
     return hashlib.sha256((prev_hash + "\n" + canonical).encode("utf-8")).hexdigest()
 
 
-def record(session: Session, ctx: RequestContext, rec: AuditRecord) -> AuditEvent:
+def _row(ctx: RequestContext, rec: AuditRecord) -> tuple[dict[str, Any], list[str]]:
+    """The event's table row (its canonical form included) and its subjects."""
     if not isinstance(rec.action, AuditAction):
         raise ValueError(f"audit action {rec.action!r} is not in the catalogue")
     occurred_at = utcnow()
+    subjects = sorted(set(rec.subjects))
     document: dict[str, Any] = {
         "event_id": new_id(),
         "occurred_at": occurred_at.isoformat(timespec="microseconds"),
@@ -93,40 +98,42 @@ def record(session: Session, ctx: RequestContext, rec: AuditRecord) -> AuditEven
         "request_id": ctx.request_id,
         "client_address": ctx.client_address,
         "details": rec.details,
-        "subjects": sorted(set(rec.subjects)),
+        "subjects": subjects,
     }
-    canonical = canonical_json(document)
-    event = AuditEvent(
-        event_id=document["event_id"],
-        occurred_at=occurred_at,
-        action=rec.action.value,
-        outcome=rec.outcome.value,
-        reason=rec.reason,
-        actor=ctx.actor,
-        actor_org=ctx.actor_org,
-        actor_roles=document["actor_roles"],
-        resource_type=rec.resource_type,
-        resource=rec.resource,
-        resource_org=rec.resource_org,
-        level=rec.level,
-        purpose=rec.purpose,
-        case_reference=rec.case_reference,
-        parameters=rec.parameters,
-        rows=rec.rows,
-        matched_rule=rec.matched_rule,
-        policy_version=rec.policy_version,
-        request_id=ctx.request_id,
-        client_address=ctx.client_address,
-        details=rec.details,
-        canonical=canonical,
-    )
-    session.add(event)
-    session.flush()
-    if document["subjects"]:
-        session.execute(
-            insert(AuditSubject),
-            [{"event_seq": event.seq, "person_id": p} for p in document["subjects"]],
-        )
+    row = {name: value for name, value in document.items() if name != "subjects"}
+    row["occurred_at"] = occurred_at
+    row["canonical"] = canonical_json(document)
+    return row, subjects
+
+
+_INSERT_EVENTS = insert(AuditEvent).returning(AuditEvent.seq, sort_by_parameter_order=True)
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    seq: int
+    event_id: str
+
+
+def record_many(
+    session: Session, items: list[tuple[RequestContext, AuditRecord]]
+) -> list[RecordedEvent]:
+    """Insert several events in one statement (and their subjects in another)."""
+    built = [_row(ctx, rec) for ctx, rec in items]
+    seqs = list(session.execute(_INSERT_EVENTS, [row for row, _ in built]).scalars())
+    subjects = [
+        {"event_seq": seq, "person_id": person}
+        for seq, (_, people) in zip(seqs, built, strict=True)
+        for person in people
+    ]
+    if subjects:
+        session.execute(insert(AuditSubject), subjects)
+    return [RecordedEvent(seq, row["event_id"]) for seq, (row, _) in zip(seqs, built, strict=True)]
+
+
+def record(session: Session, ctx: RequestContext, rec: AuditRecord) -> RecordedEvent:
+    """Write one event in the caller's transaction (committed, or not, with the caller's work)."""
+    (event,) = record_many(session, [(ctx, rec)])
     return event
 
 
@@ -355,8 +362,7 @@ class GroupCommitter:
     def _commit(self, batch: list[_Pending]) -> None:
         session: Session = self._factory()
         try:
-            for item in batch:
-                record(session, item.ctx, item.rec)
+            record_many(session, [(item.ctx, item.rec) for item in batch])
             session.commit()
             return
         except Exception:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,10 @@ class TokenClaims:
     expires_at: int
 
 
+# Verified tokens remembered per process (a token is about 600 bytes).
+_VERIFIED_MAX = 10_000
+
+
 class TokenService:
     def __init__(
         self, private_key_pem: bytes, *, issuer: str, audience: str, lifetime: int, leeway: int
@@ -53,6 +58,9 @@ class TokenService:
         self.audience = audience
         self.lifetime = lifetime
         self.leeway = leeway
+        # Tokens whose signature and claims were checked: token -> (claims, not before).
+        self._verified: dict[str, tuple[TokenClaims, int]] = {}
+        self._verified_lock = threading.Lock()
 
     def public_jwk(self) -> dict[str, Any]:
         document = dict(self._key.as_dict(private=False))
@@ -76,6 +84,25 @@ class TokenService:
         return jwt.encode(header, claims, self._key, algorithms=[ALGORITHM]), self.lifetime
 
     def verify(self, token: str) -> TokenClaims:
+        """The token's claims, or TokenInvalid. A token verified before is not verified again
+        (its signature cannot change), but its time window is checked on every use."""
+        found = self._verified.get(token)
+        if found is not None:
+            claims, not_before = found
+            now = int(utcnow().timestamp())
+            if claims.expires_at + self.leeway < now:
+                raise TokenInvalid("expired")
+            if not_before - self.leeway > now:
+                raise TokenInvalid("not_yet_valid")
+            return claims
+        claims, not_before = self._verify(token)
+        with self._verified_lock:
+            if len(self._verified) >= _VERIFIED_MAX:
+                self._verified.clear()
+            self._verified[token] = (claims, not_before)
+        return claims
+
+    def _verify(self, token: str) -> tuple[TokenClaims, int]:
         if len(token) > 4096:
             raise TokenInvalid("token_too_large")
         header = _read_header(token)
@@ -114,12 +141,13 @@ class TokenService:
             raise TokenInvalid("not_yet_valid")
         if not isinstance(claims["client_id"], str) or not isinstance(claims["org"], str):
             raise TokenInvalid("malformed_subject")
-        return TokenClaims(
+        verified = TokenClaims(
             client_id=claims["client_id"],
             organisation=claims["org"],
             jti=str(claims["jti"]),
             expires_at=claims["exp"],
         )
+        return verified, max(claims["nbf"], claims["iat"])
 
 
 def _read_header(token: str) -> dict[str, Any]:

@@ -202,7 +202,7 @@ def read_product(
         if is_level3:
             quota = deps.level3_daily_quota or level3.daily_quota(definition)
             level3.take_quota(deps.sessions, ctx, principal, definition, why, quota)
-        versions = current_versions(deps, definition.sources)
+        versions = current_versions(deps, definition.sources, ctx)
         result = _computed(deps, definition, params, versions, access)
     except QuotaExceeded:
         raise
@@ -236,8 +236,13 @@ def read_product(
     return ProductRead(result, fmt)
 
 
-def current_versions(deps: ProductDeps, sources: list[str]) -> dict[str, VersionInfo]:
-    """The current versions of a product's sources; one small query while none has changed."""
+def current_versions(
+    deps: ProductDeps, sources: list[str], ctx: RequestContext | None = None
+) -> dict[str, VersionInfo]:
+    """The current versions of a product's sources; no query while none has changed.
+
+    The epochs come from the request (read once when it was authenticated), or are read here.
+    """
 
     def load() -> dict[str, VersionInfo]:
         with deps.sessions() as session:
@@ -245,7 +250,8 @@ def current_versions(deps: ProductDeps, sources: list[str]) -> dict[str, Version
 
     if deps.epochs is None:
         return load()
-    epoch = deps.epochs.read().datasets
+    epochs = ctx.cache_epochs if ctx is not None and ctx.cache_epochs is not None else None
+    epoch = (epochs or deps.epochs.read()).datasets
     return dict(deps.versions_cache.get(tuple(sources), epoch, load))
 
 
