@@ -103,6 +103,8 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
                 settings.audit_checkpoint_interval_seconds,
             )
             sealer.start()
+            # Requests then find the cache epochs in memory (see services/kit/epochs.py).
+            app.state.platform.epochs.start()
             refresher = sharing.refresher(app.state.platform)
         try:
             yield
@@ -111,6 +113,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
                 refresher.stop()
             if sealer is not None:
                 sealer.stop()
+                app.state.platform.epochs.stop()
             if platform is None:
                 app.state.platform.close()
 

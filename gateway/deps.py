@@ -94,16 +94,43 @@ def _principal(platform: Platform, client_id: str, ctx: RequestContext) -> Princ
     return platform.principal_cache.get(client_id, ctx.cache_epochs.principals, load)
 
 
+def _authenticate_known(
+    platform: Platform, authorization: str | None, ctx: RequestContext
+) -> Principal | None:
+    """The caller, when everything needed is already in memory: a token verified before (its
+    time window checked again), fresh cache epochs from the watcher, and the client cached at
+    those epochs. None otherwise: the caller then takes the full path, which also audits any
+    refusal. Runs on the event loop, so it must never wait for anything."""
+    epochs = platform.epochs.recent()
+    if epochs is None or not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    try:
+        claims = platform.tokens.known(token.strip())
+    except TokenInvalid:
+        return None
+    if claims is None:
+        return None
+    held, principal = platform.principal_cache.peek(claims.client_id, epochs.principals)
+    if not held or principal is None or principal.organisation != claims.organisation:
+        return None
+    ctx.cache_epochs = epochs
+    ctx.actor = principal.client_id
+    ctx.actor_org = principal.organisation
+    ctx.actor_roles = principal.roles
+    return principal
+
+
 async def authenticated(request: Request) -> Principal:
     platform = get_platform(request)
     ctx = request_context(request)
-    principal = await run_in_threadpool(
-        _authenticate,
-        platform,
-        request.headers.get("authorization"),
-        ctx,
-        request.url.path.startswith(SHARING_PREFIX),
-    )
+    authorization = request.headers.get("authorization")
+    sharing = request.url.path.startswith(SHARING_PREFIX)
+    principal = None if sharing else _authenticate_known(platform, authorization, ctx)
+    if principal is None:
+        principal = await run_in_threadpool(_authenticate, platform, authorization, ctx, sharing)
     request.state.principal = principal
     request.state.ctx = ctx
     return principal

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -301,13 +302,14 @@ def record_committed(factory: Any, ctx: RequestContext, rec: AuditRecord) -> Non
 
 
 class _Pending:
-    __slots__ = ("ctx", "done", "error", "rec")
+    __slots__ = ("ctx", "done", "error", "future", "rec")
 
     def __init__(self, ctx: RequestContext, rec: AuditRecord) -> None:
         self.ctx = ctx
         self.rec = rec
         self.done = threading.Event()
         self.error: BaseException | None = None
+        self.future: Future[None] | None = None
 
 
 class GroupCommitter:
@@ -328,9 +330,27 @@ class GroupCommitter:
 
     def record(self, ctx: RequestContext, rec: AuditRecord) -> None:
         """Record one event and return once it is committed; raise if it could not be."""
+        item = self._enqueue(ctx, rec)
+        if not item.done.wait(self._timeout):
+            raise TimeoutError("the audit event was not committed in time")
+        if item.error is not None:
+            raise item.error
+
+    def submit(self, ctx: RequestContext, rec: AuditRecord) -> Future[None]:
+        """Queue one event; the future completes when it is committed (or fails with why not).
+
+        For callers that must not block a thread while they wait (the event loop)."""
+        future: Future[None] = Future()
+        self._enqueue(ctx, rec, future)
+        return future
+
+    def _enqueue(
+        self, ctx: RequestContext, rec: AuditRecord, future: Future[None] | None = None
+    ) -> _Pending:
         if not isinstance(rec.action, AuditAction):
             raise ValueError(f"audit action {rec.action!r} is not in the catalogue")
         item = _Pending(ctx, rec)
+        item.future = future
         with self._cond:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
@@ -339,10 +359,7 @@ class GroupCommitter:
                 self._thread.start()
             self._queue.append(item)
             self._cond.notify()
-        if not item.done.wait(self._timeout):
-            raise TimeoutError("the audit event was not committed in time")
-        if item.error is not None:
-            raise item.error
+        return item
 
     def _run(self) -> None:
         while True:
@@ -358,8 +375,30 @@ class GroupCommitter:
             finally:
                 for item in batch:
                     item.done.set()
+                    if item.future is not None:
+                        if item.error is not None:
+                            item.future.set_exception(item.error)
+                        else:
+                            item.future.set_result(None)
 
     def _commit(self, batch: list[_Pending]) -> None:
+        if not any(item.rec.subjects for item in batch):
+            # One multi-row INSERT is atomic on its own: in autocommit it is also the commit,
+            # one round trip instead of three (begin, insert, commit).
+            engine = self._factory.kw["bind"]
+            try:
+                with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    conn.execute(_INSERT_EVENTS, [_row(i.ctx, i.rec)[0] for i in batch])
+                return
+            except Exception:
+                if len(batch) == 1:
+                    raise
+            for item in batch:
+                try:
+                    record_committed(self._factory, item.ctx, item.rec)
+                except Exception as exc:
+                    item.error = exc
+            return
         session: Session = self._factory()
         try:
             record_many(session, [(item.ctx, item.rec) for item in batch])
@@ -382,14 +421,23 @@ _committers: dict[int, tuple[Any, GroupCommitter]] = {}
 _committers_lock = threading.Lock()
 
 
-def record_grouped(factory: Any, ctx: RequestContext, rec: AuditRecord) -> None:
-    """Record an event through the process's group committer for this session factory."""
+def _committer(factory: Any) -> GroupCommitter:
     with _committers_lock:
         entry = _committers.get(id(factory))
         if entry is None or entry[0] is not factory:
             entry = (factory, GroupCommitter(factory))
             _committers[id(factory)] = entry
-    entry[1].record(ctx, rec)
+    return entry[1]
+
+
+def record_grouped(factory: Any, ctx: RequestContext, rec: AuditRecord) -> None:
+    """Record an event through the process's group committer for this session factory."""
+    _committer(factory).record(ctx, rec)
+
+
+def submit_grouped(factory: Any, ctx: RequestContext, rec: AuditRecord) -> Future[None]:
+    """Queue an event on the group committer; the future completes once it is committed."""
+    return _committer(factory).submit(ctx, rec)
 
 
 class _Decided(Protocol):

@@ -83,18 +83,26 @@ class TokenService:
         header = {"alg": ALGORITHM, "typ": TOKEN_TYPE, "kid": self.kid}
         return jwt.encode(header, claims, self._key, algorithms=[ALGORITHM]), self.lifetime
 
+    def known(self, token: str) -> TokenClaims | None:
+        """The claims of a token verified before (time window checked now), or None if this
+        token has not been verified yet. Raises TokenInvalid when it has expired."""
+        found = self._verified.get(token)
+        if found is None:
+            return None
+        claims, not_before = found
+        now = int(utcnow().timestamp())
+        if claims.expires_at + self.leeway < now:
+            raise TokenInvalid("expired")
+        if not_before - self.leeway > now:
+            raise TokenInvalid("not_yet_valid")
+        return claims
+
     def verify(self, token: str) -> TokenClaims:
         """The token's claims, or TokenInvalid. A token verified before is not verified again
         (its signature cannot change), but its time window is checked on every use."""
-        found = self._verified.get(token)
-        if found is not None:
-            claims, not_before = found
-            now = int(utcnow().timestamp())
-            if claims.expires_at + self.leeway < now:
-                raise TokenInvalid("expired")
-            if not_before - self.leeway > now:
-                raise TokenInvalid("not_yet_valid")
-            return claims
+        known = self.known(token)
+        if known is not None:
+            return known
         claims, not_before = self._verify(token)
         with self._verified_lock:
             if len(self._verified) >= _VERIFIED_MAX:

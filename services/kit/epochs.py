@@ -12,7 +12,9 @@ the epoch it is stored under, never older.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -21,6 +23,8 @@ from sqlalchemy import BigInteger, Engine, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.kit.db import Base
+
+log = logging.getLogger(__name__)
 
 PRINCIPALS = "principals"
 DATASETS = "datasets"
@@ -43,14 +47,58 @@ class Epochs:
 
 
 class EpochReader:
+    """Reads the epochs, and in a server process also watches them from a thread of its own.
+
+    Watching (``start``) re-reads the counters every ``interval`` seconds, so a request can use
+    the last reading (``recent``) without a query of its own, as long as that reading is younger
+    than ``max_age``; otherwise it reads them itself. A change is therefore seen within
+    ``max_age`` seconds (a quarter of a second by default) in every process.
+    """
+
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._statement = select(CacheEpoch.name, CacheEpoch.value)
+        self._latest: tuple[Epochs, float] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.max_age = 0.25
 
     def read(self) -> Epochs:
         with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             values: dict[str, int] = {name: value for name, value in conn.execute(self._statement)}
         return Epochs(values.get(PRINCIPALS, 0), values.get(DATASETS, 0))
+
+    def recent(self) -> Epochs | None:
+        """The watcher's last reading if it is younger than ``max_age``, else None."""
+        latest = self._latest
+        if latest is None or time.monotonic() - latest[1] > self.max_age:
+            return None
+        return latest[0]
+
+    def start(self, interval: float = 0.05) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._watch, args=(interval,), name="cache-epochs", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._latest = None
+
+    def _watch(self, interval: float) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                # Stamped with the time the query started: the reading is at least that fresh.
+                self._latest = (self.read(), started)
+            except Exception:
+                # Requests fall back to reading the epochs themselves (and fail if they cannot).
+                self._latest = None
+                log.warning("reading the cache epochs failed", exc_info=True)
+            self._stop.wait(interval)
 
 
 class EpochCache(Generic[K, V]):
@@ -60,6 +108,14 @@ class EpochCache(Generic[K, V]):
         self._entries: dict[K, tuple[int, V]] = {}
         self._lock = threading.Lock()
         self._max = max_entries
+
+    def peek(self, key: K, epoch: int) -> tuple[bool, V | None]:
+        """(True, value) when a value for this key and epoch is held, else (False, None)."""
+        with self._lock:
+            found = self._entries.get(key)
+        if found is not None and found[0] == epoch:
+            return True, found[1]
+        return False, None
 
     def get(self, key: K, epoch: int, load: Callable[[], V]) -> V:
         with self._lock:

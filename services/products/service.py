@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +159,21 @@ def _deny(
     )
 
 
+def _format_and_parameters(
+    definition: ProductDefinition, pairs: list[tuple[str, str]]
+) -> tuple[str, dict[str, Any]]:
+    formats = [value for name, value in pairs if name == "format"]
+    if len(formats) > 1:
+        raise BadRequest("format given more than once")
+    fmt = formats[0] if formats else "json"
+    if fmt not in formats_for(definition):
+        raise BadRequest(f"format must be one of {', '.join(formats_for(definition))}")
+    params = product_catalogue.parse_parameters(
+        definition, [(name, value) for name, value in pairs if name != "format"]
+    )
+    return fmt, params
+
+
 def _raw_parameters(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     """The request's parameters as given, for the audit record (bounded in size)."""
     raw: dict[str, list[str]] = {}
@@ -190,15 +206,7 @@ def read_product(
         level3.refuse_unjustified(deps.sessions, ctx, definition, access, why, raw)
     purpose, case_reference = why.recordable() if is_level3 else (None, None)
     try:
-        formats = [value for name, value in pairs if name == "format"]
-        if len(formats) > 1:
-            raise BadRequest("format given more than once")
-        fmt = formats[0] if formats else "json"
-        if fmt not in formats_for(definition):
-            raise BadRequest(f"format must be one of {', '.join(formats_for(definition))}")
-        params = product_catalogue.parse_parameters(
-            definition, [(name, value) for name, value in pairs if name != "format"]
-        )
+        fmt, params = _format_and_parameters(definition, pairs)
         if is_level3:
             quota = deps.level3_daily_quota or level3.daily_quota(definition)
             level3.take_quota(deps.sessions, ctx, principal, definition, why, quota)
@@ -255,6 +263,63 @@ def current_versions(
     return dict(deps.versions_cache.get(tuple(sources), epoch, load))
 
 
+def _cache_key(
+    deps: ProductDeps,
+    definition: ProductDefinition,
+    params: dict[str, Any],
+    versions: dict[str, VersionInfo],
+    access: ProductAccess,
+) -> tuple[Any, ...]:
+    return (
+        definition.id,
+        repr(sorted(catalogue_normalised(definition, params).items())),
+        tuple(sorted((d, v.version) for d, v in versions.items())),
+        not access.unsuppressed,
+        access.areas,
+        deps.k,
+    )
+
+
+def read_if_cached(
+    deps: ProductDeps,
+    principal: Principal,
+    ctx: RequestContext,
+    product_id: str,
+    pairs: list[tuple[str, str]],
+) -> tuple[ProductRead, Future[None] | None] | None:
+    """A permitted, well-formed Level 1 or 2 read whose answer this process already holds.
+
+    Returns the read and the future of its audit event (queued on the group committer; the
+    caller sends nothing before it completes), or None when anything would need a query, a
+    computation or a refusal: the caller then takes ``read_product``, which does all of that.
+    Never blocks, so the gateway may call it on its event loop.
+    """
+    definition = deps.catalogue.get(product_id)
+    epochs = ctx.cache_epochs
+    if definition is None or definition.level > 2 or deps.epochs is None or epochs is None:
+        return None
+    access = product_access(deps.policy, principal, definition.id, definition.level)
+    if not access.allowed:
+        return None
+    try:
+        fmt, params = _format_and_parameters(definition, pairs)
+    except TogetherError:
+        return None
+    held, versions = deps.versions_cache.peek(tuple(definition.sources), epochs.datasets)
+    if not held or versions is None:
+        return None
+    key = _cache_key(deps, definition, params, versions, access)
+    with deps.cache_lock:
+        result = deps.cache.get(key)
+        if result is None:
+            return None
+        deps.cache.move_to_end(key)
+    if deps.audit_disabled_for_benchmark:
+        return ProductRead(result, fmt), None
+    record = _read_record(definition, access, result, fmt, None, None)
+    return ProductRead(result, fmt), audit_service.submit_grouped(deps.sessions, ctx, record)
+
+
 def _computed(
     deps: ProductDeps,
     definition: ProductDefinition,
@@ -268,14 +333,7 @@ def _computed(
     current: the key holds them, and a new upload simply makes new keys. Each process keeps
     its own cache; nothing in it must agree across processes.
     """
-    key = (
-        definition.id,
-        repr(sorted(catalogue_normalised(definition, params).items())),
-        tuple(sorted((d, v.version) for d, v in versions.items())),
-        not access.unsuppressed,
-        access.areas,
-        deps.k,
-    )
+    key = _cache_key(deps, definition, params, versions, access)
     with deps.cache_lock:
         cached = deps.cache.get(key)
         if cached is not None:
@@ -300,6 +358,42 @@ def _computed(
     return result
 
 
+def _read_record(
+    definition: ProductDefinition,
+    access: ProductAccess,
+    result: ProductResult,
+    fmt: str,
+    purpose: str | None,
+    case_reference: str | None,
+) -> AuditRecord:
+    """The audit event of a successful read."""
+    details: dict[str, Any] = {
+        "sources": result.sources,
+        "suppressed": not access.unsuppressed and definition.level < 3,
+        "areas": sorted(access.areas) if access.areas is not None else None,
+    }
+    district = definition.spec.people.district if definition.spec.people else None
+    if district is not None:
+        # Which districts the people returned live in: a reviewer can check them against the
+        # reader's areas without seeing anyone's name.
+        details["districts"] = sorted({str(r[district]) for r in result.rows if r.get(district)})
+    return AuditRecord(
+        action=AuditAction.PRODUCT_READ,
+        outcome=Outcome.SUCCESS,
+        resource_type="product",
+        resource=definition.id,
+        level=definition.level,
+        purpose=purpose,
+        case_reference=case_reference,
+        parameters={**result.parameters, "format": fmt},
+        rows=len(result.rows),
+        matched_rule=access.rule,
+        policy_version=access.policy_version,
+        details=details,
+        subjects=people.subjects(definition, result.rows),
+    )
+
+
 def _audit_read(
     deps: ProductDeps,
     ctx: RequestContext,
@@ -310,39 +404,11 @@ def _audit_read(
     purpose: str | None = None,
     case_reference: str | None = None,
 ) -> None:
-    details: dict[str, Any] = {
-        "sources": result.sources,
-        "suppressed": not access.unsuppressed and definition.level < 3,
-        "areas": sorted(access.areas) if access.areas is not None else None,
-    }
-    subjects = people.subjects(definition, result.rows)
-    district = definition.spec.people.district if definition.spec.people else None
-    if district is not None:
-        # Which districts the people returned live in: a reviewer can check them against the
-        # reader's areas without seeing anyone's name.
-        details["districts"] = sorted({str(r[district]) for r in result.rows if r.get(district)})
+    record = _read_record(definition, access, result, fmt, purpose, case_reference)
     try:
         # Committed with the events of concurrent reads (one flush for all); returns only
         # once this read's own event is committed.
-        audit_service.record_grouped(
-            deps.sessions,
-            ctx,
-            AuditRecord(
-                action=AuditAction.PRODUCT_READ,
-                outcome=Outcome.SUCCESS,
-                resource_type="product",
-                resource=definition.id,
-                level=definition.level,
-                purpose=purpose,
-                case_reference=case_reference,
-                parameters={**result.parameters, "format": fmt},
-                rows=len(result.rows),
-                matched_rule=access.rule,
-                policy_version=access.policy_version,
-                details=details,
-                subjects=subjects,
-            ),
-        )
+        audit_service.record_grouped(deps.sessions, ctx, record)
     except Exception as exc:
         # No audit, no data (security-tests T25).
         log.error("audit write failed; the read is refused", exc_info=exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy import func, select, text
 from gateway.platform import Platform
 from services.audit.models import AuditEvent
 from services.demo.generate import write_dataset_csv
+from services.products import service as product_service
 from tests.conftest import ClientCredentials
 from tests.ingestion.helpers import police_rows, to_csv
 
@@ -212,8 +214,30 @@ def test_bad_parameters_are_400(api: TestClient, loaded: dict[str, str]) -> None
     assert api.get("/v1/products/nothing", headers=headers).status_code == 404
 
 
-def test_no_audit_no_data(api: TestClient, platform: Platform, loaded: dict[str, str]) -> None:
-    """If the read cannot be audited, the caller gets 503 and no data (T25)."""
+@pytest.mark.parametrize("cached", [False, True])
+def test_no_audit_no_data(
+    api: TestClient,
+    platform: Platform,
+    loaded: dict[str, str],
+    cached: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If the read cannot be audited, the caller gets 503 and no data (T25), whether the
+    answer is computed or already held (then only the audit event is awaited)."""
+    held: list[bool] = []
+    original = product_service.read_if_cached
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        found = original(*args, **kwargs)
+        held.append(found is not None)
+        return found
+
+    monkeypatch.setattr(product_service, "read_if_cached", watched)
+    headers = {"Authorization": f"Bearer {loaded['l1_analyst']}"}
+    if cached:
+        for _ in range(2):
+            warm = api.get("/v1/products/sv-counts", params=PARAMS["sv-counts"], headers=headers)
+            assert warm.status_code == 200
     with platform.engine.begin() as connection:
         if platform.engine.dialect.name == "sqlite":
             connection.execute(
@@ -237,14 +261,13 @@ def test_no_audit_no_data(api: TestClient, platform: Platform, loaded: dict[str,
                     "FOR EACH ROW EXECUTE FUNCTION block_reads()"
                 )
             )
-    response = api.get(
-        "/v1/products/sv-counts",
-        params=PARAMS["sv-counts"],
-        headers={"Authorization": f"Bearer {loaded['l1_analyst']}"},
-    )
+    reads = count_events(platform, "product.read")
+    response = api.get("/v1/products/sv-counts", params=PARAMS["sv-counts"], headers=headers)
     assert response.status_code == 503
     assert response.json()["code"] == "AUDIT_UNAVAILABLE"
     assert "rows" not in response.text
+    assert count_events(platform, "product.read") == reads
+    assert held[-1] is cached  # the answer was held (or not), as this case means
 
 
 def test_admin_api_manages_roles_and_is_audited(
