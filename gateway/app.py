@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -50,6 +51,8 @@ ROUTERS = (
     sharing.protocol,
 )
 
+SWITCH_INTERVAL_SECONDS = 0.0005
+
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
@@ -94,6 +97,12 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sealer = None
         refresher = None
+        if platform is None:
+            # A server process: requests hand work to threads (the audit group committer, the
+            # thread pool) and wait for it. With Python's default 5 ms switch interval each
+            # hand-over back can wait up to 5 ms for a busy thread to yield the interpreter;
+            # 0.5 ms measured about 25% more audited reads per second.
+            sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         if platform is None:
             app.state.platform = build_platform(settings)
             sealer = Sealer(
