@@ -123,6 +123,9 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             if sealer is not None:
                 sealer.stop()
                 app.state.platform.epochs.stop()
+            writer = app.state.platform.products.async_audit
+            if writer is not None:
+                await writer.close()
             if platform is None:
                 app.state.platform.close()
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.audit.async_writer import AsyncAuditWriter
 from services.audit.checkpoints import CheckpointSigner, load_signer
 from services.authz.enforcer import PolicyEngine
 from services.contracts.loader import load_contracts
@@ -49,6 +50,15 @@ class Platform:
         self.engine.dispose()
 
 
+def async_audit_writer(engine: Engine) -> AsyncAuditWriter | None:
+    """On PostgreSQL, held reads write their audit events from the event loop."""
+    if engine.dialect.name != "postgresql":
+        return None
+    return AsyncAuditWriter(
+        engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+
+
 def build_platform(settings: Settings) -> Platform:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     keys = load_keys(settings)
@@ -89,6 +99,7 @@ def build_platform(settings: Settings) -> Platform:
         k=partnership.k,
         epochs=epochs,
         audit_disabled_for_benchmark=settings.benchmark_only_skip_audit,
+        async_audit=async_audit_writer(engine),
     )
     sharing = build_sharing(settings, products, tokens, keys)
     return Platform(

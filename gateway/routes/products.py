@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import asyncio
-import logging
-
 import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -10,12 +7,10 @@ from starlette.responses import Response
 
 from gateway.deps import Authenticated, Context, PlatformDep
 from gateway.responses import FastJSONResponse
-from services.kit.errors import AuditUnavailable, BadRequest
+from services.kit.errors import BadRequest
 from services.products import formats
 from services.products import service as product_service
 from services.products.level3 import CASE_REFERENCE_HEADER, PURPOSE_HEADER, Justification
-
-log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["products"])
 
@@ -46,14 +41,9 @@ async def read_product(
     fast = product_service.read_if_cached(platform.products, principal, ctx, product_id, pairs)
     if fast is not None:
         # An answer already held: only its audit event is awaited (without a thread).
-        read, audited = fast
-        if audited is not None:
-            try:
-                await asyncio.wrap_future(audited)
-            except Exception as exc:
-                # No audit, no data (security-tests T25).
-                log.error("audit write failed; the read is refused", exc_info=exc)
-                raise AuditUnavailable() from exc
+        read, record = fast
+        if record is not None:
+            await product_service.audit_held_read(platform.products, ctx, record)
     else:
         read = await run_in_threadpool(
             product_service.read_product,

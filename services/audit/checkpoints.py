@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from services.audit import merkle
 from services.audit.canonical import canonical_bytes, canonical_json
 from services.audit.models import AuditChainLink, AuditCheckpoint, AuditEvent
-from services.audit.service import CHAIN_LOCK_ID, GENESIS_HASH
+from services.audit.service import CHAIN_LOCK_ID, CHAIN_LOCK_SQL, GENESIS_HASH
 from services.kit.clock import utcnow
 from services.kit.errors import ConfigurationError
 from services.kit.settings import Settings
@@ -280,7 +280,7 @@ def write_checkpoint(
     always, when no interval is given). The caller commits."""
     if session.get_bind().dialect.name == "postgresql":
         locked = session.execute(
-            text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_ID}
+            text(CHAIN_LOCK_SQL), {"k": CHAIN_LOCK_ID}
         ).scalar_one()
         if not locked:
             return None

@@ -29,8 +29,10 @@ from services.kit.ids import new_id
 log = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
-# Any fixed 64-bit number: the sealers of all processes on PostgreSQL share this lock.
-CHAIN_LOCK_ID = 0x746F676574686572
+# The sealers of all processes on PostgreSQL share one advisory lock per schema (advisory
+# locks are database-wide; two platforms in two schemas of one database must not share it).
+CHAIN_LOCK_ID = 0x746F6765  # any fixed 32-bit number ("toge")
+CHAIN_LOCK_SQL = "SELECT pg_try_advisory_xact_lock(:k, hashtext(current_schema()))"
 
 
 @dataclass
@@ -148,7 +150,7 @@ def seal(session: Session, *, limit: int = 5000) -> int:
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
         locked = session.execute(
-            text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_ID}
+            text(CHAIN_LOCK_SQL), {"k": CHAIN_LOCK_ID}
         ).scalar_one()
         if not locked:
             return 0

@@ -8,16 +8,17 @@ and nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections import OrderedDict
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.audit import service as audit_service
+from services.audit.async_writer import AsyncAuditWriter
 from services.audit.catalogue import AuditAction, Outcome
 from services.audit.service import AuditRecord, RequestContext
 from services.authz.enforcer import PolicyEngine
@@ -63,6 +64,8 @@ class ProductDeps:
     versions_cache: EpochCache[tuple[str, ...], dict[str, VersionInfo]] = field(
         default_factory=EpochCache
     )
+    # PostgreSQL: the audit events of held reads, written from the server's event loop.
+    async_audit: AsyncAuditWriter | None = None
     # Benchmark-only: measure the cost of the audit write by skipping it. Never set in service.
     audit_disabled_for_benchmark: bool = False
     cache: OrderedDict[tuple[Any, ...], ProductResult] = field(default_factory=OrderedDict)
@@ -286,13 +289,13 @@ def read_if_cached(
     ctx: RequestContext,
     product_id: str,
     pairs: list[tuple[str, str]],
-) -> tuple[ProductRead, Future[None] | None] | None:
+) -> tuple[ProductRead, AuditRecord | None] | None:
     """A permitted, well-formed Level 1 or 2 read whose answer this process already holds.
 
-    Returns the read and the future of its audit event (queued on the group committer; the
-    caller sends nothing before it completes), or None when anything would need a query, a
-    computation or a refusal: the caller then takes ``read_product``, which does all of that.
-    Never blocks, so the gateway may call it on its event loop.
+    Returns the read and its audit event, which the caller writes with ``audit_held_read``
+    before it sends anything; or None when anything would need a query, a computation or a
+    refusal: the caller then takes ``read_product``, which does all of that. Never blocks, so
+    the gateway may call it on its event loop.
     """
     definition = deps.catalogue.get(product_id)
     epochs = ctx.cache_epochs
@@ -316,8 +319,21 @@ def read_if_cached(
         deps.cache.move_to_end(key)
     if deps.audit_disabled_for_benchmark:
         return ProductRead(result, fmt), None
-    record = _read_record(definition, access, result, fmt, None, None)
-    return ProductRead(result, fmt), audit_service.submit_grouped(deps.sessions, ctx, record)
+    return ProductRead(result, fmt), _read_record(definition, access, result, fmt, None, None)
+
+
+async def audit_held_read(deps: ProductDeps, ctx: RequestContext, record: AuditRecord) -> None:
+    """Write a held read's audit event and return once it is committed; AuditUnavailable if
+    it cannot be. On PostgreSQL from the event loop itself (no thread in between)."""
+    try:
+        if deps.async_audit is not None and not record.subjects:
+            await deps.async_audit.record(ctx, record)
+        else:
+            await asyncio.wrap_future(audit_service.submit_grouped(deps.sessions, ctx, record))
+    except Exception as exc:
+        # No audit, no data (security-tests T25).
+        log.error("audit write failed; the read is refused", exc_info=exc)
+        raise AuditUnavailable() from exc
 
 
 def _computed(
