@@ -279,9 +279,7 @@ def write_checkpoint(
     """Sign the sealed log's state, if the last checkpoint is older than the interval (or
     always, when no interval is given). The caller commits."""
     if session.get_bind().dialect.name == "postgresql":
-        locked = session.execute(
-            text(CHAIN_LOCK_SQL), {"k": CHAIN_LOCK_ID}
-        ).scalar_one()
+        locked = session.execute(text(CHAIN_LOCK_SQL), {"k": CHAIN_LOCK_ID}).scalar_one()
         if not locked:
             return None
     last = latest(session)

@@ -149,9 +149,7 @@ def seal(session: Session, *, limit: int = 5000) -> int:
     """
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
-        locked = session.execute(
-            text(CHAIN_LOCK_SQL), {"k": CHAIN_LOCK_ID}
-        ).scalar_one()
+        locked = session.execute(text(CHAIN_LOCK_SQL), {"k": CHAIN_LOCK_ID}).scalar_one()
         if not locked:
             return 0
     last = session.execute(
