@@ -103,7 +103,6 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             # hand-over back can wait up to 5 ms for a busy thread to yield the interpreter;
             # 0.5 ms measured about 25% more audited reads per second.
             sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-        if platform is None:
             app.state.platform = build_platform(settings)
             sealer = Sealer(
                 app.state.platform.sessions,
