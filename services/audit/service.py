@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +30,10 @@ from services.kit.ids import new_id
 log = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
+# The sealer thread looks only at the last SEAL_WINDOW seqs, and at the whole log every
+# SEAL_FULL_PASS_SECONDS (see `seal`).
+SEAL_WINDOW = 5_000
+SEAL_FULL_PASS_SECONDS = 300.0
 # The sealers of all processes on PostgreSQL share one advisory lock per schema (advisory
 # locks are database-wide; two platforms in two schemas of one database must not share it).
 CHAIN_LOCK_ID = 0x746F6765  # any fixed 32-bit number ("toge")
@@ -140,12 +145,18 @@ def record(session: Session, ctx: RequestContext, rec: AuditRecord) -> RecordedE
     return event
 
 
-def seal(session: Session, *, limit: int = 5000) -> int:
+def seal(session: Session, *, limit: int = 5000, window: int | None = None) -> int:
     """Append chain links for committed events not yet sealed; returns how many were sealed.
 
     Only one sealer works at a time (PostgreSQL: a transaction-level advisory lock, skipped
     rather than waited for; SQLite: the write lock every transaction takes). The caller
     commits.
+
+    With ``window``, only events whose seq is above the highest sealed seq minus ``window``
+    are looked at: an index range instead of the whole log (an idle full pass over 300,000
+    events took 160 ms of PostgreSQL time). An event that commits so late that it falls below
+    the window is sealed by the next full pass (``window=None``), which the sealer thread makes
+    every few minutes: late, but never skipped; leaf order is the order of record.
     """
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
@@ -158,13 +169,45 @@ def seal(session: Session, *, limit: int = 5000) -> int:
         .limit(1)
     ).one_or_none()
     leaf, prev = (last.leaf_index + 1, last.hash) if last is not None else (0, GENESIS_HASH)
-    pending = session.execute(
-        select(AuditEvent.seq, AuditEvent.canonical)
-        .outerjoin(AuditChainLink, AuditChainLink.event_seq == AuditEvent.seq)
-        .where(AuditChainLink.event_seq.is_(None))
-        .order_by(AuditEvent.seq)
-        .limit(limit)
-    ).all()
+    pending: list[Any]
+    floor = None
+    if window is not None:
+        highest = session.execute(select(func.max(AuditChainLink.event_seq))).scalar_one()
+        floor = None if highest is None else highest - window
+    if floor is None:
+        pending = list(
+            session.execute(
+                select(AuditEvent.seq, AuditEvent.canonical)
+                .outerjoin(AuditChainLink, AuditChainLink.event_seq == AuditEvent.seq)
+                .where(AuditChainLink.event_seq.is_(None))
+                .order_by(AuditEvent.seq)
+                .limit(limit)
+            ).all()
+        )
+    else:
+        # Two index ranges compared here, whatever the planner's statistics say.
+        recent = session.execute(
+            select(AuditEvent.seq).where(AuditEvent.seq > floor).order_by(AuditEvent.seq)
+        ).scalars()
+        sealed = set(
+            session.execute(
+                select(AuditChainLink.event_seq)
+                .where(AuditChainLink.event_seq > floor)
+                .order_by(AuditChainLink.event_seq)
+            ).scalars()
+        )
+        wanted = sorted(seq for seq in recent if seq not in sealed)[:limit]
+        pending = (
+            list(
+                session.execute(
+                    select(AuditEvent.seq, AuditEvent.canonical)
+                    .where(AuditEvent.seq.in_(wanted))
+                    .order_by(AuditEvent.seq)
+                ).all()
+            )
+            if wanted
+            else []
+        )
     if not pending:
         return 0
     now = utcnow()
@@ -185,13 +228,14 @@ def seal(session: Session, *, limit: int = 5000) -> int:
     return len(links)
 
 
-def seal_all(factory: Any) -> int:
-    """Seal until nothing is pending (a command, a test, the end of a benchmark)."""
+def seal_all(factory: Any, *, window: int | None = None) -> int:
+    """Seal until nothing is pending (a command, a test, the end of a benchmark); with
+    ``window``, nothing pending within it (see ``seal``)."""
     total = 0
     while True:
         session: Session = factory()
         try:
-            sealed = seal(session)
+            sealed = seal(session, window=window)
             session.commit()
         finally:
             session.close()
@@ -217,6 +261,7 @@ class Sealer:
         self._checkpoint_interval = checkpoint_interval_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audit-sealer", daemon=True)
+        self._last_full = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -228,7 +273,10 @@ class Sealer:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                seal_all(self._factory)
+                full = time.monotonic() - self._last_full >= SEAL_FULL_PASS_SECONDS
+                seal_all(self._factory, window=None if full else SEAL_WINDOW)
+                if full:
+                    self._last_full = time.monotonic()
                 if self._signer is not None:
                     self._checkpoint()
             except Exception:

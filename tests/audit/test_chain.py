@@ -70,3 +70,36 @@ def test_chain_links_are_append_only(api: TestClient, platform: Platform) -> Non
             assert "append-only" in str(exc)
         else:
             raise AssertionError(f"{statement} was allowed")
+
+
+def test_a_late_commit_below_the_sealers_window_is_sealed_by_the_full_pass(
+    platform: Platform,
+) -> None:
+    import pytest
+
+    from services.audit.catalogue import AuditAction, Outcome
+
+    if platform.engine.dialect.name != "postgresql":
+        pytest.skip("two concurrent writers need PostgreSQL (SQLite serialises transactions)")
+    ctx = audit_service.RequestContext(actor="late", actor_org="vru")
+    record = audit_service.AuditRecord(action=AuditAction.PRODUCT_READ, outcome=Outcome.SUCCESS)
+    late = platform.sessions()
+    try:
+        (held,) = audit_service.record_many(late, [(ctx, record)])  # seq taken, not committed
+        with platform.sessions() as session:
+            audit_service.record_many(session, [(ctx, record)] * 50)
+            session.commit()
+        assert audit_service.seal_all(platform.sessions, window=10) == 50
+        late.commit()
+    finally:
+        late.close()
+    # Below the window: the bounded pass does not see it, the full pass seals it, late.
+    assert audit_service.seal_all(platform.sessions, window=10) == 0
+    assert audit_service.seal_all(platform.sessions) == 1
+    with platform.sessions() as session:
+        check = audit_service.verify_chain(session)
+        leaf = session.execute(
+            text("SELECT leaf_index FROM audit_chain WHERE event_seq = :s"), {"s": held.seq}
+        ).scalar_one()
+    assert check.ok and check.unsealed == 0
+    assert leaf == 50  # after the 50 that committed first
