@@ -23,7 +23,12 @@ def get_platform(request: Request) -> Platform:
     return platform
 
 
-PlatformDep = Annotated[Platform, Depends(get_platform)]
+async def _platform(request: Request) -> Platform:
+    # A coroutine: FastAPI runs a plain function dependency on a worker thread.
+    return get_platform(request)
+
+
+PlatformDep = Annotated[Platform, Depends(_platform)]
 
 
 def request_context(request: Request) -> RequestContext:
@@ -139,7 +144,7 @@ async def authenticated(request: Request) -> Principal:
 Authenticated = Annotated[Principal, Depends(authenticated)]
 
 
-def context(request: Request, _principal: Authenticated) -> RequestContext:
+async def context(request: Request, _principal: Authenticated) -> RequestContext:
     """The caller's context; depends on authentication so it can never be built without it."""
     ctx: RequestContext = request.state.ctx
     return ctx

@@ -95,6 +95,7 @@ def _throughput(
                 connections=CONNECTIONS,
                 warmup_s=LOAD_WARMUP_S,
                 seconds=seconds,
+                workers=WORKERS,
             )
         )
     except BenchError as exc:

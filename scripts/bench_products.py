@@ -108,6 +108,8 @@ class LoadSpec:
     connections: int
     warmup_s: float
     seconds: float
+    # Spread the connections evenly over this many server processes (0: as they come).
+    workers: int = 0
 
 
 @dataclass
@@ -119,6 +121,8 @@ class LoadResult:
     error_samples: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     cpu_s: float = 0.0
+    # Connections held by each server process (largest first), when they were spread.
+    split: list[int] = field(default_factory=list)
 
     @property
     def rps(self) -> float:
@@ -345,11 +349,89 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     return status, keep_alive
 
 
+def _socket_owner(server_port: int, client_port: int) -> int | None:
+    """The pid of the process holding the server's end of a local TCP connection (Linux)."""
+    wanted = f":{server_port:04X}", f":{client_port:04X}"
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[1].endswith(wanted[0]) and fields[2].endswith(wanted[1]):
+                inode = fields[9]
+                break
+        if inode is not None:
+            break
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) == target:
+                    return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _spread_connections(spec: LoadSpec, request: bytes, result: LoadResult) -> list[Stream]:
+    """Open the connections so that each server process holds its share.
+
+    Worker processes that share one listening socket accept a burst of new connections
+    unevenly (the first to wake takes most of them), and keep-alive connections stay where
+    they landed: with 8 connections and 2 workers, runs held 7+1 or 4+4 at random and
+    measured up to 2x apart. A load balancer in front of a real deployment spreads them; here
+    each connection makes one request, the process holding its server end is looked up in
+    /proc, and a connection to a process that has its share already is closed and made again.
+    """
+    streams: list[Stream] = []
+    if spec.workers <= 1 or not Path("/proc/net/tcp").exists():
+        for _ in range(spec.connections):
+            streams.append(await asyncio.open_connection(spec.host, spec.port))
+        return streams
+    share = -(-spec.connections // spec.workers)
+    held: dict[int | None, list[Stream]] = {}
+    for _ in range(spec.connections * 25):
+        if len(streams) == spec.connections:
+            break
+        reader, writer = await asyncio.open_connection(spec.host, spec.port)
+        writer.write(request)
+        await _read_response(reader)  # accepted and served: its owner is settled
+        owner = _socket_owner(spec.port, writer.get_extra_info("sockname")[1])
+        if owner is not None and len(held.get(owner, [])) < share:
+            held.setdefault(owner, []).append((reader, writer))
+            streams.append((reader, writer))
+        else:
+            writer.close()
+    while len(streams) < spec.connections:  # could not spread them: take what comes
+        stream = await asyncio.open_connection(spec.host, spec.port)
+        held.setdefault(None, []).append(stream)
+        streams.append(stream)
+    result.split = sorted((len(group) for group in held.values()), reverse=True)
+    return streams
+
+
 async def _connection_loop(
-    spec: LoadSpec, request: bytes, result: LoadResult, counting_from: float, until: float
+    spec: LoadSpec,
+    request: bytes,
+    result: LoadResult,
+    counting_from: float,
+    until: float,
+    stream: Stream | None = None,
 ) -> None:
-    writer: asyncio.StreamWriter | None = None
     reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
+    if stream is not None:
+        reader, writer = stream
     while time.monotonic() < until:
         try:
             if writer is None or reader is None:
@@ -383,10 +465,11 @@ async def _generate_load(spec: LoadSpec) -> LoadResult:
     lines += [f"{name}: {value}" for name, value in spec.headers.items()]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     result = LoadResult()
+    streams = await _spread_connections(spec, request, result)
+    cpu_at_start: float | None = None
     started = time.monotonic()
     counting_from = started + spec.warmup_s
     until = counting_from + spec.seconds
-    cpu_at_start: float | None = None
 
     async def note_cpu() -> None:
         nonlocal cpu_at_start
@@ -395,10 +478,7 @@ async def _generate_load(spec: LoadSpec) -> LoadResult:
 
     cpu_task = asyncio.create_task(note_cpu())
     await asyncio.gather(
-        *(
-            _connection_loop(spec, request, result, counting_from, until)
-            for _ in range(spec.connections)
-        )
+        *(_connection_loop(spec, request, result, counting_from, until, s) for s in streams)
     )
     await cpu_task
     result.elapsed_s = spec.seconds
@@ -459,6 +539,7 @@ def _measure_throughput(server: Server, token: str, seconds: float) -> Throughpu
             connections=CONNECTIONS,
             warmup_s=LOAD_WARMUP_S,
             seconds=seconds,
+            workers=WORKERS,
         )
 
     rates_path = _product_path("sv-rates", RATES_PARAMS)
@@ -545,9 +626,11 @@ def _ms(seconds: float) -> str:
 def _load_line(label: str, result: LoadResult) -> str:
     statuses = ", ".join(f"{status}: {n:,}" for status, n in sorted(result.statuses.items()))
     cpu = result.cpu_s / result.elapsed_s * 100 if result.elapsed_s else 0.0
+    split = f"; connections per worker {'+'.join(map(str, result.split))}" if result.split else ""
     return (
         f"{label:<19}{result.rps:,.0f} requests/s ({result.ok:,} 2xx, {result.not_ok:,} other"
-        f", {result.errors:,} errors; statuses {statuses or 'none'}; load generator CPU {cpu:.0f}%)"
+        f", {result.errors:,} errors; statuses {statuses or 'none'}; load generator CPU {cpu:.0f}%"
+        f"{split})"
     )
 
 

@@ -2,10 +2,13 @@
 
 On PostgreSQL each server process keeps one asynchronous connection (psycopg) for the audit
 events of reads. Reads that arrive while a batch is being written wait for the next batch; a
-batch is one transaction of pipelined INSERTs, so concurrent reads share its round trip and its
-WAL flush. A read awaits its own batch's commit before a byte of its answer is sent, exactly as
-with a transaction of its own. If the batch fails, every read in it fails (503, no data) and
-the connection is opened afresh for the next one.
+batch is one INSERT in autocommit (a single statement is atomic, and is its own commit), so
+concurrent reads share one round trip and one WAL flush. The batch travels as one JSON array
+(`json_populate_recordset`), so there is one statement text whatever the batch size: prepared
+once per connection, with no placeholder parsing per batch. A read awaits its own batch's
+commit before a byte of its answer is sent, exactly as with a transaction of its own. If the
+batch fails, every read in it fails (503, no data) and the connection is opened afresh for
+the next one.
 
 Elsewhere (SQLite, or events with subjects) the thread-based group committer is used.
 """
@@ -16,8 +19,8 @@ import asyncio
 import logging
 from typing import Any
 
+import orjson
 import psycopg
-from psycopg.types.json import Json
 
 from services.audit.service import AuditRecord, RequestContext, _row
 
@@ -47,13 +50,12 @@ _COLUMNS = (
     "details",
     "canonical",
 )
-_JSON_COLUMNS = frozenset({"actor_roles", "parameters", "details"})
 _INSERT = (
     "INSERT INTO audit_events ("  # noqa: S608 (fixed column names)
     + ", ".join(f'"{name}"' for name in _COLUMNS)
-    + ") VALUES ("
-    + ", ".join(f"%({name})s" for name in _COLUMNS)
-    + ")"
+    + ") SELECT "
+    + ", ".join(f'r."{name}"' for name in _COLUMNS)
+    + " FROM json_populate_recordset(NULL::audit_events, %s::json) AS r"
 )
 
 
@@ -117,10 +119,11 @@ class AsyncAuditWriter:
 
     async def _write(self, rows: list[dict[str, Any]]) -> None:
         if self._connection is None or self._connection.closed:
-            self._connection = await psycopg.AsyncConnection.connect(self._conninfo)
-        connection = self._connection
-        async with connection.transaction(), connection.cursor() as cursor:
-            await cursor.executemany(_INSERT, rows)
+            self._connection = await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True
+            )
+        # orjson writes the timestamps as RFC 3339 with their offset, read back exactly.
+        await self._connection.execute(_INSERT, (orjson.dumps(rows).decode(),), prepare=True)
 
     async def _discard_connection(self) -> None:
         connection, self._connection = self._connection, None
@@ -132,4 +135,4 @@ class AsyncAuditWriter:
 
 
 def _parameters(row: dict[str, Any]) -> dict[str, Any]:
-    return {name: Json(row[name]) if name in _JSON_COLUMNS else row[name] for name in _COLUMNS}
+    return {name: row[name] for name in _COLUMNS}

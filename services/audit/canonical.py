@@ -13,7 +13,9 @@ independent verifier) must produce the same bytes for the same document:
   refused rather than silently converted, and so are strings that cannot be UTF-8 (lone
   surrogates).
 
-Pure Python with no dependency, so the offline verifier can carry it.
+Pure Python with no dependency, so the offline verifier can carry it; where orjson is installed
+(the platform) the common case, an ASCII document of strings, integers, booleans and nulls, is
+written by it (about 20 times faster), with the same bytes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from __future__ import annotations
 import json
 import math
 from typing import Any
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover (the platform installs it; a carried verifier may not)
+    orjson = None  # type: ignore[assignment]
 
 _ESCAPES = {
     '"': '\\"',
@@ -138,6 +145,8 @@ def _fast(document: Any) -> str | None:
     None when that cannot be shown, or the document is not plain JSON."""
     if not isinstance(document, dict):
         return None
+    if orjson is not None:
+        return _fast_orjson(document)
     try:
         text = json.dumps(
             document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
@@ -148,6 +157,50 @@ def _fast(document: Any) -> str | None:
     except (_HasFloat, TypeError, ValueError):
         return None
     return text
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not a JSON type")
+
+
+_ORJSON_OPTIONS = (
+    (
+        orjson.OPT_SORT_KEYS
+        | orjson.OPT_PASSTHROUGH_DATACLASS
+        | orjson.OPT_PASSTHROUGH_DATETIME
+        | orjson.OPT_PASSTHROUGH_SUBCLASS
+    )
+    if orjson is not None
+    else 0
+)
+
+
+def _plain(value: Any) -> bool:
+    """Only exact str, int, bool, None, dict and list/tuple inside: no float (formatted
+    differently), and nothing orjson would convert on its own (UUID, enum members)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is dict:
+        return all(_plain(item) for item in value.values())
+    if kind is list or kind is tuple:
+        return all(_plain(item) for item in value)
+    return False
+
+
+def _fast_orjson(document: dict[str, Any]) -> str | None:
+    # orjson refuses keys that are not str (no OPT_NON_STR_KEYS), integers beyond 64 bits and
+    # lone surrogates; sorts keys by code point (UTF-16 order too when all is ASCII) and escapes
+    # exactly as RFC 8785 does (tested against the pure writer for every ASCII character).
+    if not _plain(document):
+        return None
+    try:
+        data = orjson.dumps(document, default=_refuse, option=_ORJSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return None
+    if not data.isascii():
+        return None
+    return data.decode("ascii")
 
 
 def canonical_json(document: Any) -> str:

@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import func, insert, select, text
@@ -33,6 +34,8 @@ GENESIS_HASH = "0" * 64
 # The sealer thread looks only at the last SEAL_WINDOW seqs, and at the whole log every
 # SEAL_FULL_PASS_SECONDS (see `seal`).
 SEAL_WINDOW = 5_000
+# Events chained per transaction of the sealer.
+SEAL_BATCH = 5_000
 SEAL_FULL_PASS_SECONDS = 300.0
 # The sealers of all processes on PostgreSQL share one advisory lock per schema (advisory
 # locks are database-wide; two platforms in two schemas of one database must not share it).
@@ -114,6 +117,7 @@ def _row(ctx: RequestContext, rec: AuditRecord) -> tuple[dict[str, Any], list[st
     return row, subjects
 
 
+_LINK_FIELDS = ("leaf_index", "event_seq", "prev_hash", "hash", "sealed_at")
 _INSERT_EVENTS = insert(AuditEvent).returning(AuditEvent.seq, sort_by_parameter_order=True)
 
 
@@ -145,7 +149,7 @@ def record(session: Session, ctx: RequestContext, rec: AuditRecord) -> RecordedE
     return event
 
 
-def seal(session: Session, *, limit: int = 5000, window: int | None = None) -> int:
+def seal(session: Session, *, limit: int = SEAL_BATCH, window: int | None = None) -> int:
     """Append chain links for committed events not yet sealed; returns how many were sealed.
 
     Only one sealer works at a time (PostgreSQL: a transaction-level advisory lock, skipped
@@ -159,24 +163,21 @@ def seal(session: Session, *, limit: int = 5000, window: int | None = None) -> i
     every few minutes: late, but never skipped; leaf order is the order of record.
     """
     bind = session.get_bind()
+    connection = session.connection()
     if bind.dialect.name == "postgresql":
-        locked = session.execute(text(CHAIN_LOCK_SQL), {"k": CHAIN_LOCK_ID}).scalar_one()
+        locked = connection.execute(text(CHAIN_LOCK_SQL), {"k": CHAIN_LOCK_ID}).scalar_one()
         if not locked:
             return 0
-    last = session.execute(
+    last = connection.execute(
         select(AuditChainLink.leaf_index, AuditChainLink.hash)
         .order_by(AuditChainLink.leaf_index.desc())
         .limit(1)
     ).one_or_none()
     leaf, prev = (last.leaf_index + 1, last.hash) if last is not None else (0, GENESIS_HASH)
     pending: list[Any]
-    floor = None
-    if window is not None:
-        highest = session.execute(select(func.max(AuditChainLink.event_seq))).scalar_one()
-        floor = None if highest is None else highest - window
-    if floor is None:
+    if window is None:
         pending = list(
-            session.execute(
+            connection.execute(
                 select(AuditEvent.seq, AuditEvent.canonical)
                 .outerjoin(AuditChainLink, AuditChainLink.event_seq == AuditEvent.seq)
                 .where(AuditChainLink.event_seq.is_(None))
@@ -185,62 +186,125 @@ def seal(session: Session, *, limit: int = 5000, window: int | None = None) -> i
             ).all()
         )
     else:
-        # Two index ranges compared here, whatever the planner's statistics say.
-        recent = session.execute(
-            select(AuditEvent.seq).where(AuditEvent.seq > floor).order_by(AuditEvent.seq)
-        ).scalars()
-        sealed = set(
-            session.execute(
-                select(AuditChainLink.event_seq)
-                .where(AuditChainLink.event_seq > floor)
-                .order_by(AuditChainLink.event_seq)
-            ).scalars()
-        )
-        wanted = sorted(seq for seq in recent if seq not in sealed)[:limit]
-        pending = (
-            list(
-                session.execute(
-                    select(AuditEvent.seq, AuditEvent.canonical)
-                    .where(AuditEvent.seq.in_(wanted))
-                    .order_by(AuditEvent.seq)
-                ).all()
-            )
-            if wanted
-            else []
-        )
+        pending = _pending_near_the_top(session, window, limit)
     if not pending:
         return 0
     now = utcnow()
-    links = []
+    links: list[tuple[int, int, str, str, datetime]] = []
     for seq, canonical in pending:
         digest = chain_hash(prev, canonical)
-        links.append(
-            {
-                "leaf_index": leaf,
-                "event_seq": seq,
-                "prev_hash": prev,
-                "hash": digest,
-                "sealed_at": now,
-            }
-        )
+        links.append((leaf, seq, prev, digest, now))
         prev, leaf = digest, leaf + 1
-    session.execute(insert(AuditChainLink), links)
+    if bind.dialect.name == "postgresql":
+        # COPY: one stream instead of a statement per link (a third of the sealer's time).
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        with (
+            driver.cursor() as cursor,
+            cursor.copy(
+                "COPY audit_chain (leaf_index, event_seq, prev_hash, hash, sealed_at) FROM STDIN"
+            ) as copy,
+        ):
+            for link in links:
+                copy.write_row(link)
+    else:
+        connection.execute(
+            insert(AuditChainLink), [dict(zip(_LINK_FIELDS, link, strict=True)) for link in links]
+        )
     return len(links)
 
 
-def seal_all(factory: Any, *, window: int | None = None) -> int:
+def _pending_near_the_top(session: Session, window: int, limit: int) -> list[Any]:
+    """Unsealed events above the highest sealed seq, and any that committed late within
+    ``window`` seqs below it, in seq order.
+
+    The events above the top are one index range holding only new rows. A late commit below
+    the top is looked for only when the window holds more events than links (two index-range
+    counts, no rows sent): every link names one distinct event, so equal counts mean nothing
+    in the window is waiting. Under steady load a pass therefore reads only what it seals.
+    """
+    top = session.connection().execute(select(func.max(AuditChainLink.event_seq))).scalar_one()
+    if top is None:
+        return list(
+            session.connection()
+            .execute(
+                select(AuditEvent.seq, AuditEvent.canonical).order_by(AuditEvent.seq).limit(limit)
+            )
+            .all()
+        )
+    floor = top - window
+    events_in_window = (
+        select(func.count())
+        .select_from(AuditEvent)
+        .where(AuditEvent.seq > floor, AuditEvent.seq <= top)
+        .scalar_subquery()
+    )
+    links_in_window = (
+        select(func.count())
+        .select_from(AuditChainLink)
+        .where(AuditChainLink.event_seq > floor, AuditChainLink.event_seq <= top)
+        .scalar_subquery()
+    )
+    events, links = session.connection().execute(select(events_in_window, links_in_window)).one()
+    late: list[int] = []
+    if events != links:
+        # Rare: compare the two index ranges here, whatever the planner's statistics say.
+        present = (
+            session.connection()
+            .execute(select(AuditEvent.seq).where(AuditEvent.seq > floor, AuditEvent.seq <= top))
+            .scalars()
+        )
+        sealed = set(
+            session.connection()
+            .execute(
+                select(AuditChainLink.event_seq).where(
+                    AuditChainLink.event_seq > floor, AuditChainLink.event_seq <= top
+                )
+            )
+            .scalars()
+        )
+        late = sorted(seq for seq in present if seq not in sealed)[:limit]
+    rows = (
+        list(
+            session.connection()
+            .execute(
+                select(AuditEvent.seq, AuditEvent.canonical)
+                .where(AuditEvent.seq.in_(late))
+                .order_by(AuditEvent.seq)
+            )
+            .all()
+        )
+        if late
+        else []
+    )
+    if len(rows) < limit:
+        rows.extend(
+            session.connection()
+            .execute(
+                select(AuditEvent.seq, AuditEvent.canonical)
+                .where(AuditEvent.seq > top)
+                .order_by(AuditEvent.seq)
+                .limit(limit - len(rows))
+            )
+            .all()
+        )
+    return rows
+
+
+def seal_all(factory: Any, *, window: int | None = None, limit: int = SEAL_BATCH) -> int:
     """Seal until nothing is pending (a command, a test, the end of a benchmark); with
-    ``window``, nothing pending within it (see ``seal``)."""
+    ``window``, nothing pending within it (see ``seal``). A pass that seals fewer than its
+    limit found everything there was, so no further pass is made for nothing."""
     total = 0
     while True:
         session: Session = factory()
         try:
-            sealed = seal(session, window=window)
+            sealed = seal(session, limit=limit, window=window)
             session.commit()
         finally:
             session.close()
         total += sealed
-        if sealed == 0:
+        if sealed < limit:
             return total
 
 

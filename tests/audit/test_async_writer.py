@@ -70,3 +70,57 @@ def test_batches_commit_before_callers_go_on_and_failures_fail_them(platform: Pl
         await writer.close()
 
     asyncio.run(scenario())
+
+
+def test_the_row_written_holds_exactly_what_its_canonical_form_says(platform: Platform) -> None:
+    """The batch travels as JSON: every column, the timestamp to the microsecond and strings
+    with quotes, escapes and non-ASCII, reads back as the event's canonical form states it."""
+    import json
+    from datetime import datetime
+
+    writer = platform.products.async_audit
+    if writer is None:
+        pytest.skip("the event-loop audit writer is for PostgreSQL (SQLite uses the committer)")
+    ctx = RequestContext(
+        request_id='r"1\\',
+        client_address="10.0.0.7",
+        actor="reader",
+        actor_org="vru",
+        actor_roles=["l1_reader", "ig_lead"],
+    )
+    record = AuditRecord(
+        action=AuditAction.PRODUCT_READ,
+        outcome=Outcome.SUCCESS,
+        resource_type="product",
+        resource="sv-rates",
+        level=1,
+        purpose=None,
+        case_reference="CASE/1",
+        parameters={"area": 'Ch\u00e2teau "quoted"\n\t\u2028', "n": 2**40},
+        rows=14,
+        matched_rule="p, l1_reader, product, level1, read, allow",
+        policy_version="v1",
+        details={"sources": {"police.occurrences": 3}, "areas": None, "suppressed": False},
+    )
+
+    async def scenario() -> None:
+        await asyncio.gather(*(writer.record(ctx, record) for _ in range(3)))
+        await writer.close()
+
+    asyncio.run(scenario())
+    with platform.sessions() as session:
+        events = (
+            session.execute(select(AuditEvent).where(AuditEvent.request_id == ctx.request_id))
+            .scalars()
+            .all()
+        )
+        assert len(events) == 3
+        for event in events:
+            document = json.loads(event.canonical)
+            for name, value in document.items():
+                if name == "subjects":
+                    assert value == []
+                elif name == "occurred_at":
+                    assert event.occurred_at == datetime.fromisoformat(value)
+                else:
+                    assert getattr(event, name) == value, name

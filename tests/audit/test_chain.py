@@ -103,3 +103,41 @@ def test_a_late_commit_below_the_sealers_window_is_sealed_by_the_full_pass(
         ).scalar_one()
     assert check.ok and check.unsealed == 0
     assert leaf == 50  # after the 50 that committed first
+
+
+def test_a_late_commit_within_the_window_is_sealed_by_the_bounded_pass(
+    platform: Platform,
+) -> None:
+    """Events above the chain's top are read as one range; one that commits late below the top
+    (its seq was taken before others committed) is found by the window's count check."""
+    import pytest
+
+    from services.audit.catalogue import AuditAction, Outcome
+
+    if platform.engine.dialect.name != "postgresql":
+        pytest.skip("two concurrent writers need PostgreSQL (SQLite serialises transactions)")
+    ctx = audit_service.RequestContext(actor="late", actor_org="vru")
+    record = audit_service.AuditRecord(action=AuditAction.PRODUCT_READ, outcome=Outcome.SUCCESS)
+    late = platform.sessions()
+    try:
+        (held,) = audit_service.record_many(late, [(ctx, record)])
+        with platform.sessions() as session:
+            audit_service.record_many(session, [(ctx, record)] * 5)
+            session.commit()
+        assert audit_service.seal_all(platform.sessions, window=1000) == 5
+        late.commit()
+    finally:
+        late.close()
+    with platform.sessions() as session:
+        audit_service.record_many(session, [(ctx, record)] * 3)
+        session.commit()
+    # One bounded pass seals the late one (first: it is the lowest seq) and the three new ones.
+    assert audit_service.seal_all(platform.sessions, window=1000, limit=2) == 4
+    assert audit_service.seal_all(platform.sessions, window=1000) == 0
+    with platform.sessions() as session:
+        check = audit_service.verify_chain(session)
+        leaf = session.execute(
+            text("SELECT leaf_index FROM audit_chain WHERE event_seq = :s"), {"s": held.seq}
+        ).scalar_one()
+    assert check.ok and check.unsealed == 0
+    assert leaf == 5
