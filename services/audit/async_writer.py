@@ -22,34 +22,13 @@ from typing import Any
 import orjson
 import psycopg
 
+from services.audit.models import AuditEvent
 from services.audit.service import AuditRecord, RequestContext, _row
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = (
-    "event_id",
-    "occurred_at",
-    "action",
-    "outcome",
-    "reason",
-    "actor",
-    "actor_org",
-    "actor_roles",
-    "resource_type",
-    "resource",
-    "resource_org",
-    "level",
-    "purpose",
-    "case_reference",
-    "parameters",
-    "rows",
-    "matched_rule",
-    "policy_version",
-    "request_id",
-    "client_address",
-    "details",
-    "canonical",
-)
+# Every column but the generated seq; the JSON objects carry exactly these keys (see `_row`).
+_COLUMNS = tuple(column.name for column in AuditEvent.__table__.columns if column.name != "seq")
 _INSERT = (
     "INSERT INTO audit_events ("  # noqa: S608 (fixed column names)
     + ", ".join(f'"{name}"' for name in _COLUMNS)
@@ -79,7 +58,7 @@ class AsyncAuditWriter:
             # can be used from this one.
             self._loop, self._task, self._connection, self._pending = loop, None, None, []
         done: asyncio.Future[None] = loop.create_future()
-        self._pending.append((_parameters(row), done))
+        self._pending.append((row, done))
         if self._task is None or self._task.done():
             self._wakeup = asyncio.Event()
             self._task = loop.create_task(self._run())
@@ -132,7 +111,3 @@ class AsyncAuditWriter:
                 await connection.close()
             except Exception:
                 log.debug("closing a failed audit connection", exc_info=True)
-
-
-def _parameters(row: dict[str, Any]) -> dict[str, Any]:
-    return {name: row[name] for name in _COLUMNS}

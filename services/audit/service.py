@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import Connection, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from services.audit.canonical import canonical_json
@@ -186,7 +186,7 @@ def seal(session: Session, *, limit: int = SEAL_BATCH, window: int | None = None
             ).all()
         )
     else:
-        pending = _pending_near_the_top(session, window, limit)
+        pending = _pending_near_the_top(connection, window, limit)
     if not pending:
         return 0
     now = utcnow()
@@ -201,9 +201,7 @@ def seal(session: Session, *, limit: int = SEAL_BATCH, window: int | None = None
         assert driver is not None
         with (
             driver.cursor() as cursor,
-            cursor.copy(
-                "COPY audit_chain (leaf_index, event_seq, prev_hash, hash, sealed_at) FROM STDIN"
-            ) as copy,
+            cursor.copy(f"COPY audit_chain ({', '.join(_LINK_FIELDS)}) FROM STDIN") as copy,
         ):
             for link in links:
                 copy.write_row(link)
@@ -214,7 +212,7 @@ def seal(session: Session, *, limit: int = SEAL_BATCH, window: int | None = None
     return len(links)
 
 
-def _pending_near_the_top(session: Session, window: int, limit: int) -> list[Any]:
+def _pending_near_the_top(connection: Connection, window: int, limit: int) -> list[Any]:
     """Unsealed events above the highest sealed seq, and any that committed late within
     ``window`` seqs below it, in seq order.
 
@@ -223,14 +221,12 @@ def _pending_near_the_top(session: Session, window: int, limit: int) -> list[Any
     counts, no rows sent): every link names one distinct event, so equal counts mean nothing
     in the window is waiting. Under steady load a pass therefore reads only what it seals.
     """
-    top = session.connection().execute(select(func.max(AuditChainLink.event_seq))).scalar_one()
+    top = connection.execute(select(func.max(AuditChainLink.event_seq))).scalar_one()
     if top is None:
         return list(
-            session.connection()
-            .execute(
+            connection.execute(
                 select(AuditEvent.seq, AuditEvent.canonical).order_by(AuditEvent.seq).limit(limit)
-            )
-            .all()
+            ).all()
         )
     floor = top - window
     events_in_window = (
@@ -245,48 +241,40 @@ def _pending_near_the_top(session: Session, window: int, limit: int) -> list[Any
         .where(AuditChainLink.event_seq > floor, AuditChainLink.event_seq <= top)
         .scalar_subquery()
     )
-    events, links = session.connection().execute(select(events_in_window, links_in_window)).one()
+    events, links = connection.execute(select(events_in_window, links_in_window)).one()
     late: list[int] = []
     if events != links:
         # Rare: compare the two index ranges here, whatever the planner's statistics say.
-        present = (
-            session.connection()
-            .execute(select(AuditEvent.seq).where(AuditEvent.seq > floor, AuditEvent.seq <= top))
-            .scalars()
-        )
+        present = connection.execute(
+            select(AuditEvent.seq).where(AuditEvent.seq > floor, AuditEvent.seq <= top)
+        ).scalars()
         sealed = set(
-            session.connection()
-            .execute(
+            connection.execute(
                 select(AuditChainLink.event_seq).where(
                     AuditChainLink.event_seq > floor, AuditChainLink.event_seq <= top
                 )
-            )
-            .scalars()
+            ).scalars()
         )
         late = sorted(seq for seq in present if seq not in sealed)[:limit]
     rows = (
         list(
-            session.connection()
-            .execute(
+            connection.execute(
                 select(AuditEvent.seq, AuditEvent.canonical)
                 .where(AuditEvent.seq.in_(late))
                 .order_by(AuditEvent.seq)
-            )
-            .all()
+            ).all()
         )
         if late
         else []
     )
     if len(rows) < limit:
         rows.extend(
-            session.connection()
-            .execute(
+            connection.execute(
                 select(AuditEvent.seq, AuditEvent.canonical)
                 .where(AuditEvent.seq > top)
                 .order_by(AuditEvent.seq)
                 .limit(limit - len(rows))
-            )
-            .all()
+            ).all()
         )
     return rows
 
