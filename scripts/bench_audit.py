@@ -96,6 +96,7 @@ def _throughput(
                 warmup_s=LOAD_WARMUP_S,
                 seconds=seconds,
                 workers=WORKERS,
+                server_pid=server.process.pid,
             )
         )
     except BenchError as exc:
@@ -251,6 +252,30 @@ def measure_verify(workdir: Path, events: int) -> tuple[float, float, int, str]:
     return elapsed, written, path.stat().st_size, done.stdout.strip()
 
 
+def _cost_line(on_before: LoadResult, off: LoadResult, on_after: LoadResult) -> str:
+    """What the audit adds to a read in CPU: in the server's processes and in PostgreSQL, next
+    to what a whole read costs the machine with the audit off (the budget a target implies)."""
+
+    def per_read(result: LoadResult, which: str) -> float | None:
+        return result.per_request_ms(getattr(result, f"{which}_cpu_s"))
+
+    figures: dict[str, float] = {}
+    for which in ("server", "postgres", "machine"):
+        on = [per_read(r, which) for r in (on_before, on_after)]
+        plain = per_read(off, which)
+        if plain is None or any(ms is None for ms in on):
+            return "  audit CPU        not measured (needs Linux /proc)"
+        figures[which] = sum(ms for ms in on if ms is not None) / len(on) - plain
+        figures[f"{which}_off"] = plain
+    budget = figures["machine_off"] * (1 / (1 - OVERHEAD_TARGET) - 1)
+    return (
+        f"  audit CPU        a read costs the machine {figures['machine_off']:.3f} ms with the "
+        f"audit off; the audit adds {figures['server']:+.3f} ms in the server and "
+        f"{figures['postgres']:+.3f} ms in PostgreSQL ({figures['machine']:+.3f} ms in all; "
+        f"the target allows about {budget:.3f} ms when the cores are the limit)"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -296,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         f"averaged, off {off.rps:,.0f}/s)  target < {OVERHEAD_TARGET * 100:.0f}%  "
         f"{verdict[overhead < OVERHEAD_TARGET]}"
     )
+    print(_cost_line(on_before, off, on_after))
     rate = args.events / verify_s if verify_s else 0.0
     print(
         f"offline verify     {args.events:,} events ({size / (1 << 20):,.0f} MB, written in "

@@ -110,6 +110,8 @@ class LoadSpec:
     seconds: float
     # Spread the connections evenly over this many server processes (0: as they come).
     workers: int = 0
+    # The server's process (its workers are its children): its CPU is measured when given.
+    server_pid: int = 0
 
 
 @dataclass
@@ -123,6 +125,14 @@ class LoadResult:
     cpu_s: float = 0.0
     # Connections held by each server process (largest first), when they were spread.
     split: list[int] = field(default_factory=list)
+    # CPU seconds used while counting (Linux), by the server process and its children, by
+    # every local PostgreSQL process, and by the whole machine; None where not measured.
+    server_cpu_s: float | None = None
+    postgres_cpu_s: float | None = None
+    machine_cpu_s: float | None = None
+
+    def per_request_ms(self, cpu_s: float | None) -> float | None:
+        return None if cpu_s is None or not self.ok else cpu_s / self.ok * 1000
 
     @property
     def rps(self) -> float:
@@ -380,6 +390,48 @@ def _socket_owner(server_port: int, client_port: int) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class CpuSample:
+    server: float
+    postgres: float
+    machine: float
+
+
+def _cpu_sample(server_pid: int) -> CpuSample | None:
+    """CPU seconds so far of the server's process tree, of local PostgreSQL processes, and of
+    the machine (busy time of all cores), from /proc; None where /proc cannot be read."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used: dict[int, tuple[int, str, float]] = {}  # pid -> (parent, name, cpu seconds)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            text = (proc / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        used[int(proc.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / tick)
+    try:
+        busy = Path("/proc/stat").read_text().splitlines()[0].split()[1:9]
+    except OSError:
+        return None
+    if server_pid not in used:
+        return None
+    tree, grew = {server_pid}, True
+    while grew:
+        children = {pid for pid, (parent, _, _) in used.items() if parent in tree} - tree
+        tree |= children
+        grew = bool(children)
+    # Idle, I/O wait and steal (time the hypervisor gave to others) are not work done here.
+    user, nice, system, _idle, _iowait, irq, softirq, _steal = (int(v) for v in busy)
+    return CpuSample(
+        server=sum(used[pid][2] for pid in tree),
+        postgres=sum(cpu for _, name, cpu in used.values() if name.startswith("postgres")),
+        machine=(user + nice + system + irq + softirq) / tick,
+    )
+
+
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
@@ -467,22 +519,30 @@ async def _generate_load(spec: LoadSpec) -> LoadResult:
     result = LoadResult()
     streams = await _spread_connections(spec, request, result)
     cpu_at_start: float | None = None
+    sample_at_start: CpuSample | None = None
     started = time.monotonic()
     counting_from = started + spec.warmup_s
     until = counting_from + spec.seconds
 
     async def note_cpu() -> None:
-        nonlocal cpu_at_start
+        nonlocal cpu_at_start, sample_at_start
         await asyncio.sleep(max(0.0, counting_from - time.monotonic()))
         cpu_at_start = time.process_time()
+        if spec.server_pid:
+            sample_at_start = _cpu_sample(spec.server_pid)
 
     cpu_task = asyncio.create_task(note_cpu())
     await asyncio.gather(
         *(_connection_loop(spec, request, result, counting_from, until, s) for s in streams)
     )
     await cpu_task
+    sample_at_end = _cpu_sample(spec.server_pid) if spec.server_pid else None
     result.elapsed_s = spec.seconds
     result.cpu_s = time.process_time() - (cpu_at_start or 0.0)
+    if sample_at_start is not None and sample_at_end is not None:
+        result.server_cpu_s = sample_at_end.server - sample_at_start.server
+        result.postgres_cpu_s = sample_at_end.postgres - sample_at_start.postgres
+        result.machine_cpu_s = sample_at_end.machine - sample_at_start.machine
     return result
 
 
@@ -540,6 +600,7 @@ def _measure_throughput(server: Server, token: str, seconds: float) -> Throughpu
             warmup_s=LOAD_WARMUP_S,
             seconds=seconds,
             workers=WORKERS,
+            server_pid=server.process.pid,
         )
 
     rates_path = _product_path("sv-rates", RATES_PARAMS)
@@ -627,11 +688,24 @@ def _load_line(label: str, result: LoadResult) -> str:
     statuses = ", ".join(f"{status}: {n:,}" for status, n in sorted(result.statuses.items()))
     cpu = result.cpu_s / result.elapsed_s * 100 if result.elapsed_s else 0.0
     split = f"; connections per worker {'+'.join(map(str, result.split))}" if result.split else ""
-    return (
+    line = (
         f"{label:<19}{result.rps:,.0f} requests/s ({result.ok:,} 2xx, {result.not_ok:,} other"
         f", {result.errors:,} errors; statuses {statuses or 'none'}; load generator CPU {cpu:.0f}%"
         f"{split})"
     )
+    costs = [
+        (what, result.per_request_ms(cpu_s))
+        for what, cpu_s in (
+            ("server", result.server_cpu_s),
+            ("PostgreSQL", result.postgres_cpu_s),
+            ("whole machine", result.machine_cpu_s),
+        )
+    ]
+    if all(ms is not None for _, ms in costs):
+        line += (
+            "\n" + " " * 19 + "CPU a request: " + ", ".join(f"{w} {ms:.3f} ms" for w, ms in costs)
+        )
+    return line
 
 
 def _report(
