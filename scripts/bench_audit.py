@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{verify_s / args.events * 1e6:.1f} us an event, process start included)"
     )
     target = VERIFY_TARGET_S * args.events / 1_000_000
-    print(f"  target           < {target:.1f} s  {verdict[verify_s < target]}")
+    print(f"  target           < {target:.3g} s  {verdict[verify_s < target]}")
     print(f"  verifier said    {verify_out.splitlines()[-1][:160]}")
     if not clean:
         print("bench error: non-2xx responses or connection errors (above)", file=sys.stderr)
