@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from gateway.platform import Platform
 from services.audit import service as audit_service
+from services.audit.catalogue import AuditAction, Outcome
 from tests.conftest import ClientCredentials
 
 
@@ -72,35 +74,51 @@ def test_chain_links_are_append_only(api: TestClient, platform: Platform) -> Non
             raise AssertionError(f"{statement} was allowed")
 
 
-def test_a_late_commit_below_the_sealers_window_is_sealed_by_the_full_pass(
-    platform: Platform,
-) -> None:
-    import pytest
-
-    from services.audit.catalogue import AuditAction, Outcome
-
+def _late_event(platform: Platform, others: int, window: int) -> int:
+    """Insert one event and hold its transaction open while `others` events commit and a
+    bounded sealer pass seals them; then commit it late. Returns its seq."""
     if platform.engine.dialect.name != "postgresql":
         pytest.skip("two concurrent writers need PostgreSQL (SQLite serialises transactions)")
-    ctx = audit_service.RequestContext(actor="late", actor_org="vru")
-    record = audit_service.AuditRecord(action=AuditAction.PRODUCT_READ, outcome=Outcome.SUCCESS)
     late = platform.sessions()
     try:
-        (held,) = audit_service.record_many(late, [(ctx, record)])  # seq taken, not committed
-        with platform.sessions() as session:
-            audit_service.record_many(session, [(ctx, record)] * 50)
-            session.commit()
-        assert audit_service.seal_all(platform.sessions, window=10) == 50
+        (held,) = audit_service.record_many(late, [_EVENT])  # seq taken, not committed
+        _commit(platform, others)
+        assert audit_service.seal_all(platform.sessions, window=window) == others
         late.commit()
     finally:
         late.close()
-    # Below the window: the bounded pass does not see it, the full pass seals it, late.
-    assert audit_service.seal_all(platform.sessions, window=10) == 0
-    assert audit_service.seal_all(platform.sessions) == 1
+    return held.seq
+
+
+def _commit(platform: Platform, events: int) -> None:
+    with platform.sessions() as session:
+        audit_service.record_many(session, [_EVENT] * events)
+        session.commit()
+
+
+def _chain_and_leaf(platform: Platform, seq: int) -> tuple[audit_service.ChainCheck, int]:
     with platform.sessions() as session:
         check = audit_service.verify_chain(session)
         leaf = session.execute(
-            text("SELECT leaf_index FROM audit_chain WHERE event_seq = :s"), {"s": held.seq}
+            text("SELECT leaf_index FROM audit_chain WHERE event_seq = :s"), {"s": seq}
         ).scalar_one()
+    return check, leaf
+
+
+_EVENT = (
+    audit_service.RequestContext(actor="late", actor_org="vru"),
+    audit_service.AuditRecord(action=AuditAction.PRODUCT_READ, outcome=Outcome.SUCCESS),
+)
+
+
+def test_a_late_commit_below_the_sealers_window_is_sealed_by_the_full_pass(
+    platform: Platform,
+) -> None:
+    held = _late_event(platform, others=50, window=10)
+    # Below the window: the bounded pass does not see it, the full pass seals it, late.
+    assert audit_service.seal_all(platform.sessions, window=10) == 0
+    assert audit_service.seal_all(platform.sessions) == 1
+    check, leaf = _chain_and_leaf(platform, held)
     assert check.ok and check.unsealed == 0
     assert leaf == 50  # after the 50 that committed first
 
@@ -110,34 +128,11 @@ def test_a_late_commit_within_the_window_is_sealed_by_the_bounded_pass(
 ) -> None:
     """Events above the chain's top are read as one range; one that commits late below the top
     (its seq was taken before others committed) is found by the window's count check."""
-    import pytest
-
-    from services.audit.catalogue import AuditAction, Outcome
-
-    if platform.engine.dialect.name != "postgresql":
-        pytest.skip("two concurrent writers need PostgreSQL (SQLite serialises transactions)")
-    ctx = audit_service.RequestContext(actor="late", actor_org="vru")
-    record = audit_service.AuditRecord(action=AuditAction.PRODUCT_READ, outcome=Outcome.SUCCESS)
-    late = platform.sessions()
-    try:
-        (held,) = audit_service.record_many(late, [(ctx, record)])
-        with platform.sessions() as session:
-            audit_service.record_many(session, [(ctx, record)] * 5)
-            session.commit()
-        assert audit_service.seal_all(platform.sessions, window=1000) == 5
-        late.commit()
-    finally:
-        late.close()
-    with platform.sessions() as session:
-        audit_service.record_many(session, [(ctx, record)] * 3)
-        session.commit()
+    held = _late_event(platform, others=5, window=1000)
+    _commit(platform, 3)
     # One bounded pass seals the late one (first: it is the lowest seq) and the three new ones.
     assert audit_service.seal_all(platform.sessions, window=1000, limit=2) == 4
     assert audit_service.seal_all(platform.sessions, window=1000) == 0
-    with platform.sessions() as session:
-        check = audit_service.verify_chain(session)
-        leaf = session.execute(
-            text("SELECT leaf_index FROM audit_chain WHERE event_seq = :s"), {"s": held.seq}
-        ).scalar_one()
+    check, leaf = _chain_and_leaf(platform, held)
     assert check.ok and check.unsealed == 0
     assert leaf == 5
