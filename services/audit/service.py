@@ -14,6 +14,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -141,6 +142,11 @@ def record_many(
     if subjects:
         session.execute(insert(AuditSubject), subjects)
     return [RecordedEvent(seq, row["event_id"]) for seq, (row, _) in zip(seqs, built, strict=True)]
+
+
+def event(ctx: RequestContext, rec: AuditRecord) -> Callable[[Session], RecordedEvent]:
+    """The write of one event, for `services.kit.uow.audited`: `uow.audit(event(ctx, rec))`."""
+    return lambda session: record(session, ctx, rec)
 
 
 def record(session: Session, ctx: RequestContext, rec: AuditRecord) -> RecordedEvent:
