@@ -1,16 +1,14 @@
-"""Running a product: DuckDB over the current Parquet versions, then the generic steps.
+"""Running a product definition: DuckDB over the current Parquet versions, then the generic steps.
 
-Each run opens its own in-memory DuckDB connection and gives the product's SQL one view per
-source dataset (``police.occurrences`` -> ``police_occurrences``) holding only the fields the
-definition declares, plus ``serious_violence`` (the police rows the partnership's definition
-selects), ``csp_areas`` (the CSP areas visible to this run), ``h3_cells`` and
-``habitual_knife_carriers`` where the definition asks for them. Every view of a dataset with a
-``csp`` field is already limited to the reader's areas and to the ``csp`` parameter, so a
-product cannot forget either.
+Each run opens its own in-memory DuckDB connection and gives the product's SQL the views of its
+source datasets (``views``), ``h3_cells`` where the definition asks for it, and the named tables
+the caller provides for the definition (``habitual_knife_carriers``, ``people``,
+``hkc_assessments``: see ``compute``). This is the only module that imports DuckDB.
 
 What SQL does badly is done here, switched on by the definition: the comparison period (the
 query run again over it and joined on the key columns), derived columns (ratios, changes, dense
 ranks, with exact rounding), a row limit, small-number suppression and a stable row order.
+Level 3 rows are limited to the reader's areas by the district column the definition names.
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -30,15 +29,11 @@ import duckdb
 import h3
 import pyarrow as pa
 
-from services.contracts.model import Contract, FieldType, Protection
-from services.contracts.protection import Protector
-from services.kit.clock import london_today, utcnow
-from services.kit.errors import Forbidden
-from services.kit.partnership import CSP_AREAS
-from services.products import disclosure, people
-from services.products.catalogue import (
+from services.kit.clock import utcnow
+from services.kit.errors import AreaNotPermitted
+from services.products import disclosure, views
+from services.products.definition import (
     ASSESSMENTS_TABLE,
-    CSP_AREAS_VIEW,
     H3_CELLS_TABLE,
     HKC_TABLE,
     PEOPLE_TABLE,
@@ -50,32 +45,10 @@ from services.products.catalogue import (
     ProductConfigError,
     ProductDefinition,
     conditions_hold,
-    normalise_parameters,
-    stored_columns,
-    view_name,
 )
-from services.products.config import POLICE_DATASET, PartnershipConfig, sql_string
+from services.products.parameters import normalise_parameters
 from services.storage.service import VersionInfo
 
-_DUCKDB_TYPES: dict[FieldType, str] = {
-    FieldType.STRING: "VARCHAR",
-    FieldType.INTEGER: "BIGINT",
-    FieldType.FLOAT: "DOUBLE",
-    FieldType.BOOLEAN: "BOOLEAN",
-    FieldType.DATE: "DATE",
-    FieldType.TIMESTAMP: "TIMESTAMP",
-}
-
-HKC_SCHEMA = pa.schema(
-    [
-        pa.field("person", pa.string()),
-        pa.field("offences", pa.int64()),
-        pa.field("recent_offences", pa.int64()),
-        pa.field("last_offence_date", pa.date32()),
-        pa.field("gender", pa.string()),
-        pa.field("age", pa.int64()),
-    ]
-)
 _H3_SCHEMA = pa.schema(
     [
         pa.field("latitude", pa.float64()),
@@ -83,6 +56,7 @@ _H3_SCHEMA = pa.schema(
         pa.field("cell", pa.string()),
     ]
 )
+_RELATION_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -100,6 +74,31 @@ class ProductResult:
     column_types: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RunInputs:
+    """What a named table of one run is built from."""
+
+    definition: ProductDefinition
+    params: Mapping[str, Any]
+    versions: Mapping[str, VersionInfo]
+    # The CSP areas the run's rows are limited to (None: every area).
+    areas: frozenset[str] | None
+
+
+TableBuilder = Callable[[RunInputs], pa.Table]
+
+
+def named_tables(defn: ProductDefinition) -> list[str]:
+    """The tables besides the views that a definition's SQL reads, by name."""
+    spec = defn.spec
+    wanted = (
+        (PEOPLE_TABLE, spec.people is not None),
+        (ASSESSMENTS_TABLE, spec.assessments),
+        (HKC_TABLE, spec.habitual_knife_carriers is not None),
+    )
+    return [name for name, used in wanted if used]
+
+
 # Public entry points
 
 
@@ -111,14 +110,13 @@ def run(
     suppress: bool,
     k: int,
     areas: frozenset[str] | None,
-    protector: Protector,
-    assessments: Callable[[], pa.Table] | None = None,
+    tables: Mapping[str, TableBuilder],
 ) -> ProductResult:
     """One product over the given dataset versions. ``params`` come from ``parse_parameters``.
 
     ``areas`` None means no area restriction; otherwise rows are limited to those CSP areas and
-    a ``csp`` parameter naming another area is ``Forbidden``. Level 3 rows are limited by the
-    person's district instead, and their revealed columns hold ciphertexts (``people.reveal``).
+    a ``csp`` parameter naming another area is ``AreaNotPermitted``. Level 3 rows are limited by
+    the person's district instead. ``tables`` builds each named table the definition reads.
     """
     visible = _visible_areas(defn, params, areas)
     level3 = defn.level == 3
@@ -138,46 +136,30 @@ def run(
         notes["message"] = "no data has been pushed yet for " + ", ".join(missing)
         types = _column_types(defn, columns, [])
         return _result(defn, params, sources, columns, [], notes, types, suppress, threshold)
+    inputs = RunInputs(defn, params, versions, visible)
     con = duckdb.connect()
     try:
         _create_views(con, defn, {d: v.files for d, v in versions.items()}, visible)
-        police = versions.get(POLICE_DATASET)
-        people.register_people(
-            con,
-            defn,
-            params,
-            people.police_relation(defn.contracts, police.files) if police else None,
-            london_today(),
-            protector,
-        )
-        if defn.spec.assessments:
-            con.register(
-                ASSESSMENTS_TABLE,
-                assessments()
-                if assessments is not None
-                else people.ASSESSMENTS_SCHEMA.empty_table(),
-            )
-
-        def carriers(as_of: date) -> pa.Table:
-            return habitual_knife_carriers(
-                versions, as_of, partnership=defn.partnership, protector=protector, areas=visible
-            )
-
-        rows, types = _evaluate(con, defn, params, columns, comparing, notes, carriers)
+        for name in named_tables(defn):
+            build = tables.get(name)
+            if build is None:
+                raise ValueError(f"product {defn.id!r} reads the table {name}; none was given")
+            con.register(name, build(inputs))
+        rows, types = _evaluate(con, defn, params, columns, comparing, notes)
     finally:
         con.close()
     if level3:
-        rows = people.within_areas(defn, rows, areas)
+        rows = _within_areas(defn, rows, areas)
     return _finish(defn, params, sources, columns, rows, notes, types, suppress, threshold)
 
 
-def check_definition(defn: ProductDefinition) -> None:
+def check_definition(defn: ProductDefinition, schemas: Mapping[str, pa.Schema]) -> None:
     """Run the product's SQL on empty tables for every choice, to refuse a broken definition.
 
-    Raises ``ProductConfigError`` when the SQL does not run or does not return the declared
-    columns. A definition that passed once is not run again in this process while its text,
-    its sources' contracts and the partnership's definitions are unchanged (tests build many
-    platforms).
+    ``schemas`` gives the shape of each named table. Raises ``ProductConfigError`` when the SQL
+    does not run or does not return the declared columns. A definition that passed once is not
+    run again in this process while its text, its sources' contracts and the partnership's
+    definitions are unchanged (tests build many platforms).
     """
     fingerprint = _fingerprint(defn)
     if fingerprint in _CHECKED:
@@ -185,14 +167,12 @@ def check_definition(defn: ProductDefinition) -> None:
     con = duckdb.connect()
     try:
         _create_views(con, defn, {}, None)
-        if defn.spec.people is not None:
-            con.register(PEOPLE_TABLE, people.PEOPLE_SCHEMA.empty_table())
-        if defn.spec.assessments:
-            con.register(ASSESSMENTS_TABLE, people.ASSESSMENTS_SCHEMA.empty_table())
+        for name in named_tables(defn):
+            con.register(name, schemas[name].empty_table())
         for params in _trial_parameters(defn):
             comparing = _comparing(defn, params)
             columns = _present_columns(defn, params, comparing)
-            _evaluate(con, defn, params, columns, comparing, {}, lambda _: HKC_SCHEMA.empty_table())
+            _evaluate(con, defn, params, columns, comparing, {})
     except duckdb.Error as exc:
         raise ProductConfigError(
             f"product {defn.id!r}: its SQL does not run ({_first_line(exc)})"
@@ -200,6 +180,23 @@ def check_definition(defn: ProductDefinition) -> None:
     finally:
         con.close()
     _CHECKED.add(fingerprint)
+
+
+def query(sql: str, params: Mapping[str, Any], relations: Mapping[str, str]) -> pa.Table:
+    """One SELECT over the given relations (name -> relation text from ``views``), as Arrow.
+
+    For the tables built from the stored data before a product reads them; values are bound,
+    and the relation texts hold only checked names and storage paths.
+    """
+    con = duckdb.connect()
+    try:
+        for name, relation in relations.items():
+            if not _RELATION_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a relation name")
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM {relation}")  # noqa: S608
+        return con.sql(sql, params=dict(params)).to_arrow_table()
+    finally:
+        con.close()
 
 
 _CHECKED: set[str] = set()
@@ -233,7 +230,7 @@ def _visible_areas(
     if areas is not None:
         outside = [area for area in chosen if area not in areas]
         if outside:
-            raise Forbidden(f"{outside[0]!r} is not one of your areas")
+            raise AreaNotPermitted(f"{outside[0]!r} is not one of your areas")
     if chosen:
         return frozenset(chosen)
     return areas
@@ -269,77 +266,24 @@ def _column(defn: ProductDefinition, name: str) -> ColumnModel:
     return defn.spec.output.columns[name]
 
 
-# Views
-
-
-def _all_columns(contract: Contract) -> list[tuple[str, str]]:
-    """Every stored column of a dataset with its DuckDB type (as validation stores them)."""
-    columns: list[tuple[str, str]] = []
-    for spec in contract.fields:
-        if spec.protection is Protection.NONE:
-            columns.append((spec.name, _DUCKDB_TYPES[spec.type]))
-        elif spec.protection is Protection.IDENTIFIER:
-            columns.append((f"{spec.name}_pseudonym", "VARCHAR"))
-            if spec.reveal_at_level3:
-                columns.append((f"{spec.name}_enc", "BLOB"))
-        else:
-            columns.append((f"{spec.name}_enc", "BLOB"))
-    if contract.person is not None:
-        columns.append(("person_key", "VARCHAR"))
-    return columns
-
-
-def _relation(contract: Contract, files: tuple[Path, ...] | None) -> str:
-    if files:
-        paths = ", ".join(sql_string(str(path)) for path in files)
-        return f"read_parquet([{paths}], union_by_name = true)"
-    # No version yet: an empty relation of the right shape, so the SQL still binds.
-    nulls = ", ".join(f'NULL::{kind} AS "{name}"' for name, kind in _all_columns(contract))
-    return f"(SELECT {nulls} WHERE false)"
-
-
-def _area_filter(contract: Contract, visible: frozenset[str] | None) -> str:
-    if visible is None or "csp" not in contract.field_names:
-        return "true"
-    if not visible:
-        return "false"
-    return '"csp" IN (' + ", ".join(sql_string(area) for area in sorted(visible)) + ")"
-
-
 def _create_views(
     con: duckdb.DuckDBPyConnection,
     defn: ProductDefinition,
     files: Mapping[str, tuple[Path, ...]],
     visible: frozenset[str] | None,
 ) -> None:
-    # A view cannot hold bound parameters, so its text is built here, from names checked
-    # against the contracts, paths from storage, the compiled partnership definition and CSP
-    # names from the closed vocabulary (quoted); nothing in it comes from a request as typed.
-    for dataset, fields in defn.spec.sources.items():
-        contract = defn.contracts[dataset]
-        relation = _relation(contract, files.get(dataset))
-        stored = stored_columns(contract, fields)
-        if defn.level == 3 and contract.person is not None:
-            # Level 3 links people across partners by the person key.
-            stored.append("person_key")
-        projection = ", ".join(f'"{name}"' for name in stored)
-        where = _area_filter(contract, visible)
-        con.execute(
-            f"CREATE VIEW {view_name(dataset)} AS SELECT {projection} "  # noqa: S608
-            f"FROM {relation} WHERE {where}"
-        )
-        if dataset == POLICE_DATASET:
-            predicate = defn.partnership.serious_violence_where.sql
-            con.execute(
-                f"CREATE VIEW {SERIOUS_VIOLENCE_VIEW} AS SELECT {projection} "  # noqa: S608
-                f"FROM {relation} WHERE {predicate} AND {where}"
-            )
-    shown = sorted(visible) if visible is not None else list(CSP_AREAS)
-    if shown:
-        values = ", ".join(sql_string(area) for area in shown)
-        con.execute(f"CREATE VIEW {CSP_AREAS_VIEW} AS SELECT unnest([{values}]) AS csp")
-    else:
-        con.execute(f"CREATE VIEW {CSP_AREAS_VIEW} AS SELECT NULL::VARCHAR AS csp WHERE false")
+    for statement in views.create_statements(defn, files, visible):
+        con.execute(statement)
+
+
+def _within_areas(
+    defn: ProductDefinition, rows: list[dict[str, Any]], areas: frozenset[str] | None
+) -> list[dict[str, Any]]:
+    """Only the people whose district is one of the reader's areas (None: no restriction)."""
+    spec = defn.spec.people
+    if spec is None or areas is None:
+        return rows
+    return [row for row in rows if row.get(spec.district) in areas]
 
 
 # Evaluation
@@ -437,11 +381,8 @@ def _evaluate(
     columns: list[str],
     comparing: bool,
     notes: dict[str, Any],
-    carriers: Callable[[date], pa.Table],
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     spec = defn.spec
-    if spec.habitual_knife_carriers is not None:
-        con.register(HKC_TABLE, carriers(params[spec.habitual_knife_carriers.as_of]))
     from_sql = [
         name
         for name in columns
@@ -465,7 +406,7 @@ def _evaluate(
         notes["serious_violence_definition"] = [
             clause.name for clause in defn.partnership.serious_violence.any_of
         ]
-    sealed = people.revealed_columns(defn)
+    sealed = defn.revealed_columns()
     rows = [
         {name: row.get(name) if name in sealed else _plain(row.get(name)) for name in columns}
         for row in rows
@@ -807,149 +748,3 @@ def _trial_parameters(defn: ProductDefinition) -> list[dict[str, Any]]:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-
-
-# Habitual knife carriers
-
-
-def add_months(day: date, months: int) -> date:
-    """``day`` moved by whole months, clamped to the month's end (31 March - 1 = 29 February)."""
-    index = day.year * 12 + day.month - 1 + months
-    year, month = divmod(index, 12)
-    month += 1
-    next_month = date(year + (month == 12), month % 12 + 1, 1)
-    last_day = (next_month - date(year, month, 1)).days
-    return date(year, month, min(day.day, last_day))
-
-
-def age_on(born: date, day: date) -> int:
-    """Whole years from ``born`` to ``day`` (a 29 February birthday falls on 1 March)."""
-    return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
-
-
-def habitual_knife_carriers(
-    source: duckdb.DuckDBPyConnection | Mapping[str, VersionInfo],
-    as_of: date,
-    *,
-    partnership: PartnershipConfig,
-    protector: Protector,
-    relation: str = "police_occurrences",
-    areas: frozenset[str] | None = None,
-) -> pa.Table:
-    """The habitual knife carrier list as of a date: one row per person, sorted by person.
-
-    Columns: ``person`` (the police person id's pseudonym), ``offences`` (qualifying offences
-    in the lookback), ``recent_offences`` (in the recent window), ``last_offence_date``,
-    ``gender`` (the most recent recorded) and ``age`` at ``as_of`` (from the most recent
-    recorded date of birth, decrypted in memory and never kept).
-
-    ``source`` is either the current versions (the police files are read here) or a DuckDB
-    connection holding ``relation`` with the police dataset's stored columns.
-    """
-    if isinstance(source, Mapping):
-        info = source.get(POLICE_DATASET)
-        if info is None or not info.files:
-            return HKC_SCHEMA.empty_table()
-        con = duckdb.connect()
-        try:
-            paths = ", ".join(sql_string(str(path)) for path in info.files)
-            # Paths from storage, quoted: a view cannot hold bound parameters.
-            con.execute(
-                "CREATE VIEW police AS SELECT * FROM "  # noqa: S608
-                f"read_parquet([{paths}], union_by_name = true)"
-            )
-            return _carriers(con, "police", as_of, partnership, protector, areas)
-        finally:
-            con.close()
-    return _carriers(source, relation, as_of, partnership, protector, areas)
-
-
-def _carriers(
-    con: duckdb.DuckDBPyConnection,
-    relation: str,
-    as_of: date,
-    partnership: PartnershipConfig,
-    protector: Protector,
-    areas: frozenset[str] | None,
-) -> pa.Table:
-    definition = partnership.habitual_knife_carriers
-    qualifying = partnership.hkc_qualifying_where.sql
-    exclude = partnership.hkc_exclude_where
-    if exclude is not None:
-        qualifying = f"{qualifying} AND NOT coalesce({exclude.sql}, false)"
-    if areas is None:
-        area_filter = "true"
-    elif areas:
-        area_filter = '"csp" IN (' + ", ".join(sql_string(a) for a in sorted(areas)) + ")"
-    else:
-        area_filter = "false"
-    if not relation.replace("_", "").isalnum():
-        raise ValueError(f"{relation!r} is not a relation name")
-    # Gender and date of birth are the person's most recent non-null values up to as_of: a
-    # later correction wins, and a later record (after as_of) cannot change an earlier list.
-    # The text holds only the compiled partnership predicates and checked names; values are
-    # bound.
-    sql = f"""
-        WITH rows AS (
-            SELECT suspect_nominal_ref_pseudonym AS person, occurrence_ref, committed_at,
-                suspect_gender, suspect_dob_enc
-            FROM {relation}
-            WHERE suspect_nominal_ref_pseudonym IS NOT NULL AND committed_at < $as_of
-                AND {area_filter}
-        ),
-        carriers AS (
-            SELECT suspect_nominal_ref_pseudonym AS person,
-                count(DISTINCT occurrence_ref) AS offences,
-                count(DISTINCT occurrence_ref)
-                    FILTER (WHERE committed_at >= $recent) AS recent_offences,
-                max(committed_at) AS last_offence_at
-            FROM {relation}
-            WHERE suspect_nominal_ref_pseudonym IS NOT NULL
-                AND committed_at >= $lookback AND committed_at < $as_of
-                AND coalesce({qualifying}, false) AND {area_filter}
-            GROUP BY person
-            HAVING offences >= $min_offences AND recent_offences >= 1
-        ),
-        -- Only the carriers' records are looked at for gender and date of birth.
-        latest AS (
-            SELECT person,
-                first(suspect_gender ORDER BY committed_at DESC, occurrence_ref DESC)
-                    FILTER (WHERE suspect_gender IS NOT NULL) AS gender,
-                first(suspect_dob_enc ORDER BY committed_at DESC, occurrence_ref DESC)
-                    FILTER (WHERE suspect_dob_enc IS NOT NULL) AS dob_enc
-            FROM rows
-            WHERE person IN (SELECT person FROM carriers)
-            GROUP BY person
-        )
-        SELECT person, offences, recent_offences,
-            CAST(last_offence_at AS DATE) AS last_offence_date, gender, dob_enc
-        FROM carriers JOIN latest USING (person)
-        ORDER BY person
-    """  # noqa: S608
-    table = con.sql(
-        sql,
-        params={
-            "as_of": as_of,
-            "lookback": add_months(as_of, -definition.lookback_months),
-            "recent": add_months(as_of, -definition.recent_months),
-            "min_offences": definition.min_offences,
-        },
-    ).to_arrow_table()
-    ciphertexts = table.column("dob_enc")
-    ages: list[int | None] = []
-    if table.num_rows:
-        # Protector.decrypt works once per distinct ciphertext; the dates stay in this frame.
-        dobs = protector.decrypt(ciphertexts, aad=f"{POLICE_DATASET}/suspect_dob").to_pylist()
-        ages = [None if dob is None else age_on(date.fromisoformat(dob), as_of) for dob in dobs]
-        del dobs
-    return pa.table(
-        [
-            table.column("person").cast(pa.string()),
-            table.column("offences").cast(pa.int64()),
-            table.column("recent_offences").cast(pa.int64()),
-            table.column("last_offence_date").cast(pa.date32()),
-            table.column("gender").cast(pa.string()),
-            pa.array(ages, pa.int64()),
-        ],
-        schema=HKC_SCHEMA,
-    )

@@ -6,17 +6,16 @@ for a formula are neutralised, and Parquet carries no metadata beyond the produc
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
 import h3
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from services.kit.errors import BadRequest
 from services.products.disclosure import SUPPRESSED
 from services.products.engine import ProductResult
+from services.storage import parquet
 
 # A spreadsheet evaluates a cell starting with these as a formula (OWASP CSV injection); NUL
 # and LF are added because some spreadsheets strip them before looking at the next character.
@@ -115,9 +114,7 @@ def _arrow_table(result: ProductResult) -> pa.Table:
 
 
 def to_parquet(result: ProductResult) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(_arrow_table(result), sink, compression="zstd")
-    return sink.getvalue()
+    return parquet.to_bytes(_arrow_table(result))
 
 
 # GeoJSON

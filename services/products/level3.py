@@ -33,7 +33,8 @@ from services.identity.schemas import Principal
 from services.kit.clock import LONDON, london_today, utcnow
 from services.kit.errors import BadRequest, Forbidden, NotFound, QuotaExceeded
 from services.kit.partnership import ORGANISATIONS
-from services.products.catalogue import ProductDefinition
+from services.kit.uow import UnitOfWork, audited, transaction
+from services.products.definition import ProductDefinition
 from services.products.models import HkcAssessment, Level3QuotaUsage
 from services.products.people import ASSESSMENTS_SCHEMA
 
@@ -106,23 +107,25 @@ def refuse_unjustified(
     if reason is None:
         return
     purpose, case = why.recordable()
-    audit_service.record_committed(
-        sessions,
-        ctx,
-        AuditRecord(
-            action=AuditAction.ACCESS_DENIED,
-            outcome=Outcome.DENIED,
-            reason="purpose or case reference missing or not allowed",
-            resource_type="product",
-            resource=definition.id,
-            level=definition.level,
-            purpose=purpose,
-            case_reference=case,
-            parameters=parameters,
-            matched_rule=access.rule,
-            policy_version=access.policy_version,
-        ),
-    )
+    with audited(sessions, "the Level 3 refusal") as uow:
+        uow.audit(
+            audit_service.event(
+                ctx,
+                AuditRecord(
+                    action=AuditAction.ACCESS_DENIED,
+                    outcome=Outcome.DENIED,
+                    reason="purpose or case reference missing or not allowed",
+                    resource_type="product",
+                    resource=definition.id,
+                    level=definition.level,
+                    purpose=purpose,
+                    case_reference=case,
+                    parameters=parameters,
+                    matched_rule=access.rule,
+                    policy_version=access.policy_version,
+                ),
+            )
+        )
     raise Forbidden(reason)
 
 
@@ -136,7 +139,9 @@ def take_quota(
 ) -> None:
     """Count one Level 3 read against today's quota, or refuse it (audited) with 429."""
     day = london_today()
-    with sessions() as session:
+    # The count is bookkeeping with no event of its own: the read it allows is audited when it
+    # is made, and the count must be committed before that, so that concurrent reads see it.
+    with transaction(sessions) as session:
         usage = Level3QuotaUsage
         dialect = session.get_bind().dialect.name
         make_insert = pg_insert if dialect == "postgresql" else sqlite_insert
@@ -154,26 +159,27 @@ def take_quota(
             )
             .values(used=usage.used + 1)
         )
-        if getattr(counted, "rowcount", 0) == 1:
-            session.commit()
-            return
-        purpose, case = why.recordable()
-        audit_service.record(
-            session,
-            ctx,
-            AuditRecord(
-                action=AuditAction.QUOTA_EXCEEDED,
-                outcome=Outcome.DENIED,
-                reason=f"daily quota of {limit} Level 3 reads reached",
-                resource_type="product",
-                resource=definition.id,
-                level=3,
-                purpose=purpose,
-                case_reference=case,
-                details={"quota": limit, "day": day.isoformat()},
-            ),
+        taken = getattr(counted, "rowcount", 0) == 1
+    if taken:
+        return
+    purpose, case = why.recordable()
+    with audited(sessions, "the quota refusal") as uow:
+        uow.audit(
+            audit_service.event(
+                ctx,
+                AuditRecord(
+                    action=AuditAction.QUOTA_EXCEEDED,
+                    outcome=Outcome.DENIED,
+                    reason=f"daily quota of {limit} Level 3 reads reached",
+                    resource_type="product",
+                    resource=definition.id,
+                    level=3,
+                    purpose=purpose,
+                    case_reference=case,
+                    details={"quota": limit, "day": day.isoformat()},
+                ),
+            )
         )
-        session.commit()
     midnight = datetime.combine(day + timedelta(days=1), datetime.min.time(), LONDON)
     retry_after = max(1, int((midnight - utcnow()).total_seconds()))
     raise QuotaExceeded(
@@ -241,7 +247,7 @@ def parse_assessment(body: Any) -> tuple[str, str, date]:
 
 
 def record_assessment(
-    session: Session,
+    uow: UnitOfWork,
     ctx: RequestContext,
     principal: Principal,
     person_id: str,
@@ -252,7 +258,8 @@ def record_assessment(
     rule: str,
     policy_version: str,
 ) -> dict[str, Any]:
-    """Append a grading with the previous values, audited in the same transaction."""
+    """Append a grading with the previous values; its event commits with it."""
+    session = uow.session
     previous = session.execute(
         select(HkcAssessment)
         .where(HkcAssessment.person_id == person_id)
@@ -273,27 +280,28 @@ def record_assessment(
         "case_reference": case_reference,
     }
     session.execute(insert(HkcAssessment).values(**values))
-    audit_service.record(
-        session,
-        ctx,
-        AuditRecord(
-            action=AuditAction.ASSESSMENT_RECORDED,
-            outcome=Outcome.SUCCESS,
-            resource_type="product",
-            resource=HKC_PRODUCT,
-            level=3,
-            purpose=purpose,
-            case_reference=case_reference,
-            matched_rule=rule,
-            policy_version=policy_version,
-            details={
-                "rag": rag,
-                "lead_agency": lead_agency,
-                "previous_rag": values["previous_rag"],
-                "previous_lead_agency": values["previous_lead_agency"],
-            },
-            subjects=[person_id],
-        ),
+    uow.audit(
+        audit_service.event(
+            ctx,
+            AuditRecord(
+                action=AuditAction.ASSESSMENT_RECORDED,
+                outcome=Outcome.SUCCESS,
+                resource_type="product",
+                resource=HKC_PRODUCT,
+                level=3,
+                purpose=purpose,
+                case_reference=case_reference,
+                matched_rule=rule,
+                policy_version=policy_version,
+                details={
+                    "rag": rag,
+                    "lead_agency": lead_agency,
+                    "previous_rag": values["previous_rag"],
+                    "previous_lead_agency": values["previous_lead_agency"],
+                },
+                subjects=[person_id],
+            ),
+        )
     )
     return {
         "person_id": person_id,

@@ -1,10 +1,10 @@
-"""Level 3: the people table, person ids, areas by district, and revealing names after audit.
+"""Level 3: the people table, person ids, and revealing names after audit.
 
-A Level 3 product reads the table ``people`` (one row per police person as of a date) that the
-engine builds here from every police record before that date, not only those in the reader's
-areas: a person's district is the CSP of most of their serious-violence offences in the 12
-months before the date (ties: the most recent), or, with none, the CSP of their most recent
-offence. Rows are then limited to the reader's areas by that district.
+A Level 3 product reads the table ``people`` (one row per police person as of a date), built
+here from every police record before that date, not only those in the reader's areas: a
+person's district is the CSP of most of their serious-violence offences in the 12 months before
+the date (ties: the most recent), or, with none, the CSP of their most recent offence. The
+engine then limits rows to the reader's areas by that district.
 
 Names, dates of birth and police person ids stay ciphertext through the whole run. ``reveal``
 decrypts them only when the service has decided, audited and committed the read.
@@ -15,23 +15,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import date
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import duckdb
 import pyarrow as pa
 
-from services.contracts.model import Contract
 from services.contracts.protection import Protector
-from services.products.catalogue import (
-    PEOPLE_TABLE,
-    POLICE_PEOPLE_SOURCE,
-    ProductDefinition,
-)
-from services.products.config import PartnershipConfig
-
-if TYPE_CHECKING:
-    from services.products.engine import ProductResult
+from services.products import engine, views
+from services.products.dates import add_months
+from services.products.definition import POLICE_PEOPLE_SOURCE, ProductDefinition
+from services.products.engine import ProductResult
+from services.storage.service import VersionInfo
 
 PERSON_ID_DOMAIN = "person-id"
 PERSON_ID_LENGTH = 32
@@ -76,26 +69,28 @@ def person_ids(protector: Protector, persons: pa.Array) -> pa.Array:
 
 
 def build_people(
-    con: duckdb.DuckDBPyConnection,
-    relation: str,
-    as_of: date,
-    *,
-    partnership: PartnershipConfig,
+    definition: ProductDefinition,
+    params: Mapping[str, Any],
+    versions: Mapping[str, VersionInfo],
+    today: date,
     protector: Protector,
 ) -> pa.Table:
-    """One row per police person with a record before ``as_of`` (see the module docstring)."""
-    from services.products.engine import add_months  # the engine imports this module
-
-    serious = partnership.serious_violence_where.sql
-    # The text holds the checked relation (built by the engine from storage paths) and the
-    # compiled partnership predicate; values are bound.
+    """The people table of a run (see the module docstring); empty with no police version."""
+    spec = definition.spec.people
+    police = versions.get(POLICE_PEOPLE_SOURCE)
+    if spec is None or police is None:
+        return PEOPLE_SCHEMA.empty_table()
+    as_of = params[spec.as_of] if spec.as_of is not None else today
+    serious = definition.partnership.serious_violence_where.sql
+    # The text holds the compiled partnership predicate; the relation is built from storage
+    # paths; values are bound.
     sql = f"""
         WITH rows AS (
             SELECT suspect_nominal_ref_pseudonym AS person, occurrence_ref, committed_at, csp,
                 person_key, suspect_nominal_ref_enc, suspect_forename_enc, suspect_surname_enc,
                 suspect_dob_enc, suspect_gender,
                 coalesce({serious}, false) AS serious
-            FROM {relation}
+            FROM police_all
             WHERE suspect_nominal_ref_pseudonym IS NOT NULL AND committed_at < $as_of
         ),
         latest AS (
@@ -136,10 +131,11 @@ def build_people(
         FROM latest LEFT JOIN main_area USING (person)
         ORDER BY latest.person
     """  # noqa: S608
-    table = con.sql(
+    table = engine.query(
         sql,
-        params={"as_of": as_of, "window": add_months(as_of, -DISTRICT_WINDOW_MONTHS)},
-    ).to_arrow_table()
+        {"as_of": as_of, "window": add_months(as_of, -DISTRICT_WINDOW_MONTHS)},
+        {"police_all": views.relation(definition.contracts[POLICE_PEOPLE_SOURCE], police.files)},
+    )
     persons = table.column("person").combine_chunks().cast(pa.string())
     return pa.table(
         [
@@ -157,54 +153,6 @@ def build_people(
     )
 
 
-def register_people(
-    con: duckdb.DuckDBPyConnection,
-    defn: ProductDefinition,
-    params: Mapping[str, Any],
-    police_relation: str | None,
-    today: date,
-    protector: Protector,
-) -> None:
-    spec = defn.spec.people
-    if spec is None:
-        return
-    if police_relation is None:
-        table = PEOPLE_SCHEMA.empty_table()
-    else:
-        as_of = params[spec.as_of] if spec.as_of is not None else today
-        con.execute(f"CREATE VIEW police_all AS SELECT * FROM {police_relation}")  # noqa: S608
-        table = build_people(
-            con, "police_all", as_of, partnership=defn.partnership, protector=protector
-        )
-    con.register(PEOPLE_TABLE, table)
-
-
-def police_relation(contracts: Mapping[str, Contract], files: tuple[Path, ...] | None) -> str:
-    from services.products.engine import _relation  # one way to read a dataset's files
-
-    return _relation(contracts[POLICE_PEOPLE_SOURCE], files)
-
-
-def within_areas(
-    defn: ProductDefinition, rows: list[dict[str, Any]], areas: frozenset[str] | None
-) -> list[dict[str, Any]]:
-    """Only the people whose district is one of the reader's areas (None: no restriction)."""
-    spec = defn.spec.people
-    if spec is None or areas is None:
-        return rows
-    return [row for row in rows if row.get(spec.district) in areas]
-
-
-def revealed_columns(defn: ProductDefinition) -> dict[str, tuple[str, str]]:
-    """Output column -> (dataset, field) whose ciphertext it holds until revealed."""
-    found: dict[str, tuple[str, str]] = {}
-    for name, column in defn.spec.output.columns.items():
-        if column.reveal is not None:
-            dataset, _, field_name = column.reveal.rpartition(".")
-            found[name] = (dataset, field_name)
-    return found
-
-
 def subjects(defn: ProductDefinition, rows: list[dict[str, Any]]) -> list[str]:
     """The person ids a result names, for its audit event."""
     spec = defn.spec.people
@@ -215,7 +163,7 @@ def subjects(defn: ProductDefinition, rows: list[dict[str, Any]]) -> list[str]:
 
 def reveal(defn: ProductDefinition, result: ProductResult, protector: Protector) -> ProductResult:
     """The result with its ciphertext columns decrypted. Call only after the read is audited."""
-    columns = [c for c in revealed_columns(defn).items() if c[0] in result.columns]
+    columns = [c for c in defn.revealed_columns().items() if c[0] in result.columns]
     if not columns or not result.rows:
         return result
     rows = [dict(row) for row in result.rows]

@@ -9,7 +9,6 @@ and nothing else.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -27,23 +26,21 @@ from services.contracts.protection import Protector
 from services.identity.schemas import Principal
 from services.kit.epochs import EpochCache, EpochReader
 from services.kit.errors import (
-    AuditUnavailable,
+    AreaNotPermitted,
     BadRequest,
     Forbidden,
     NotFound,
     QuotaExceeded,
     TogetherError,
 )
-from services.products import catalogue as product_catalogue
-from services.products import engine, level3, people
-from services.products.catalogue import ProductDefinition
-from services.products.catalogue import normalise_parameters as catalogue_normalised
+from services.kit.uow import audit_guard, audited
+from services.products import compute, level3, people
+from services.products.definition import ProductDefinition
 from services.products.engine import ProductResult
 from services.products.level3 import Justification
+from services.products.parameters import normalise_parameters, parse_parameters
 from services.storage import service as storage_service
 from services.storage.service import Storage, VersionInfo
-
-log = logging.getLogger(__name__)
 
 FORMATS = ("json", "csv", "parquet", "geojson")
 CACHE_ENTRIES = 256
@@ -114,22 +111,22 @@ def explain(
 ) -> dict[str, Any]:
     definition = get_definition(deps, product_id)
     access = product_access(deps.policy, principal, definition.id, definition.level)
-    with deps.sessions() as session:
-        audit_service.record(
-            session,
-            ctx,
-            AuditRecord(
-                action=AuditAction.ACCESS_EXPLAINED,
-                outcome=Outcome.SUCCESS,
-                resource_type="product",
-                resource=definition.id,
-                level=definition.level,
-                matched_rule=access.rule,
-                policy_version=access.policy_version,
-                details={"allowed": access.allowed},
-            ),
+    with audited(deps.sessions, "the access explanation") as uow:
+        uow.audit(
+            audit_service.event(
+                ctx,
+                AuditRecord(
+                    action=AuditAction.ACCESS_EXPLAINED,
+                    outcome=Outcome.SUCCESS,
+                    resource_type="product",
+                    resource=definition.id,
+                    level=definition.level,
+                    matched_rule=access.rule,
+                    policy_version=access.policy_version,
+                    details={"allowed": access.allowed},
+                ),
+            )
         )
-        session.commit()
     return {
         "product": definition.id,
         "level": definition.level,
@@ -171,7 +168,7 @@ def _format_and_parameters(
     fmt = formats[0] if formats else "json"
     if fmt not in formats_for(definition):
         raise BadRequest(f"format must be one of {', '.join(formats_for(definition))}")
-    params = product_catalogue.parse_parameters(
+    params = parse_parameters(
         definition, [(name, value) for name, value in pairs if name != "format"]
     )
     return fmt, params
@@ -217,27 +214,29 @@ def read_product(
         result = _computed(deps, definition, params, versions, access)
     except QuotaExceeded:
         raise
-    except Forbidden:
+    except AreaNotPermitted:
         _deny(deps, ctx, definition, access, "outside the reader's areas", raw)
         raise
     except TogetherError as exc:
-        audit_service.record_committed(
-            deps.sessions,
-            ctx,
-            AuditRecord(
-                action=AuditAction.PRODUCT_REFUSED,
-                outcome=Outcome.REJECTED,
-                reason=exc.code.lower(),
-                resource_type="product",
-                resource=definition.id,
-                level=definition.level,
-                purpose=purpose,
-                case_reference=case_reference,
-                parameters=raw,
-                matched_rule=access.rule,
-                policy_version=access.policy_version,
-            ),
-        )
+        with audited(deps.sessions, "the refusal") as uow:
+            uow.audit(
+                audit_service.event(
+                    ctx,
+                    AuditRecord(
+                        action=AuditAction.PRODUCT_REFUSED,
+                        outcome=Outcome.REJECTED,
+                        reason=exc.code.lower(),
+                        resource_type="product",
+                        resource=definition.id,
+                        level=definition.level,
+                        purpose=purpose,
+                        case_reference=case_reference,
+                        parameters=raw,
+                        matched_rule=access.rule,
+                        policy_version=access.policy_version,
+                    ),
+                )
+            )
         raise
     if not deps.audit_disabled_for_benchmark:
         _audit_read(deps, ctx, definition, access, result, fmt, purpose, case_reference)
@@ -275,7 +274,7 @@ def _cache_key(
 ) -> tuple[Any, ...]:
     return (
         definition.id,
-        repr(sorted(catalogue_normalised(definition, params).items())),
+        repr(sorted(normalise_parameters(definition, params).items())),
         tuple(sorted((d, v.version) for d, v in versions.items())),
         not access.unsuppressed,
         access.areas,
@@ -325,15 +324,12 @@ def read_if_cached(
 async def audit_held_read(deps: ProductDeps, ctx: RequestContext, record: AuditRecord) -> None:
     """Write a held read's audit event and return once it is committed; AuditUnavailable if
     it cannot be. On PostgreSQL from the event loop itself (no thread in between)."""
-    try:
+    # No audit, no data (security-tests T25).
+    with audit_guard("the held read"):
         if deps.async_audit is not None and not record.subjects:
             await deps.async_audit.record(ctx, record)
         else:
             await asyncio.wrap_future(audit_service.submit_grouped(deps.sessions, ctx, record))
-    except Exception as exc:
-        # No audit, no data (security-tests T25).
-        log.error("audit write failed; the read is refused", exc_info=exc)
-        raise AuditUnavailable() from exc
 
 
 def _computed(
@@ -355,7 +351,7 @@ def _computed(
         if cached is not None:
             deps.cache.move_to_end(key)
             return cached
-    result = engine.run(
+    result = compute.run(
         definition,
         params,
         versions=versions,
@@ -421,14 +417,11 @@ def _audit_read(
     case_reference: str | None = None,
 ) -> None:
     record = _read_record(definition, access, result, fmt, purpose, case_reference)
-    try:
+    # No audit, no data (security-tests T25).
+    with audit_guard("the read"):
         # Committed with the events of concurrent reads (one flush for all); returns only
         # once this read's own event is committed.
         audit_service.record_grouped(deps.sessions, ctx, record)
-    except Exception as exc:
-        # No audit, no data (security-tests T25).
-        log.error("audit write failed; the read is refused", exc_info=exc)
-        raise AuditUnavailable() from exc
 
 
 def assess_carrier(
@@ -468,7 +461,7 @@ def assess_carrier(
     assert purpose is not None and case_reference is not None
     rag, lead_agency, as_of = level3.parse_assessment(body)
     versions = current_versions(deps, definition.sources)
-    current = engine.run(
+    current = compute.run(
         definition,
         {"as_of": as_of},
         versions=versions,
@@ -479,40 +472,36 @@ def assess_carrier(
     )
     on_list = any(row.get("person_id") == person_id for row in current.rows)
     if not on_list:
-        audit_service.record_committed(
-            deps.sessions,
-            ctx,
-            AuditRecord(
-                action=AuditAction.PRODUCT_REFUSED,
-                outcome=Outcome.REJECTED,
-                reason="not on the list in the reader's areas",
-                resource_type="product",
-                resource=definition.id,
-                level=3,
-                purpose=purpose,
-                case_reference=case_reference,
-                matched_rule=rule,
-                policy_version=policy_version,
-                details={"as_of": as_of.isoformat(), "assessment": True},
-            ),
-        )
-        level3.require_found(False)
-    try:
-        with deps.sessions() as session:
-            graded = level3.record_assessment(
-                session,
-                ctx,
-                principal,
-                person_id,
-                rag,
-                lead_agency,
-                purpose,
-                case_reference,
-                rule,
-                policy_version,
+        with audited(deps.sessions, "the refused grading") as uow:
+            uow.audit(
+                audit_service.event(
+                    ctx,
+                    AuditRecord(
+                        action=AuditAction.PRODUCT_REFUSED,
+                        outcome=Outcome.REJECTED,
+                        reason="not on the list in the reader's areas",
+                        resource_type="product",
+                        resource=definition.id,
+                        level=3,
+                        purpose=purpose,
+                        case_reference=case_reference,
+                        matched_rule=rule,
+                        policy_version=policy_version,
+                        details={"as_of": as_of.isoformat(), "assessment": True},
+                    ),
+                )
             )
-            session.commit()
-    except Exception as exc:
-        log.error("recording an assessment failed", exc_info=exc)
-        raise AuditUnavailable() from exc
-    return graded
+        level3.require_found(False)
+    with audited(deps.sessions, "the grading") as uow:
+        return level3.record_assessment(
+            uow,
+            ctx,
+            principal,
+            person_id,
+            rag,
+            lead_agency,
+            purpose,
+            case_reference,
+            rule,
+            policy_version,
+        )

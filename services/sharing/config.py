@@ -39,9 +39,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from services.kit.errors import BadRequest, ConfigurationError
-from services.products import catalogue as product_catalogue
-from services.products.catalogue import ProductDefinition
 from services.products.config import describe_validation_error, read_yaml
+from services.products.definition import ProductDefinition
+from services.products.parameters import parse_parameters
 
 # Names: the protocol forbids spaces, slashes, dots and control characters and compares them
 # without case; these are lower-case to start with, so a lookup lower-cases the request.
@@ -264,7 +264,7 @@ def _table(
         parameters=dict(model.parameters),
     )
     try:
-        product_catalogue.parse_parameters(definition, parameter_pairs(table, definition, today))
+        parse_parameters(definition, parameter_pairs(table, definition, today))
     except (ValueError, BadRequest) as exc:
         detail = exc.detail if isinstance(exc, BadRequest) else str(exc)
         raise SharingConfigError(f"{label}: {detail}") from None

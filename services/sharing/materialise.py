@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -28,12 +26,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.authz.service import ProductAccess
+from services.kit.background import PeriodicThread
 from services.kit.clock import utcnow
 from services.kit.errors import TogetherError
+from services.kit.files import write_durably
 from services.kit.ids import new_id
-from services.products import catalogue as product_catalogue
-from services.products import engine, formats
-from services.products.catalogue import ProductDefinition
+from services.kit.uow import transaction
+from services.products import compute, formats
+from services.products.definition import ProductDefinition
+from services.products.parameters import normalise_parameters, parse_parameters
 from services.products.service import ProductDeps
 from services.sharing import protocol
 from services.sharing.config import PublishedTable, SharingConfig, parameter_pairs
@@ -93,13 +94,11 @@ def current_snapshot(
 ) -> Snapshot:
     """The table's version for this variant as of now, materialised if it does not exist yet."""
     definition = products.catalogue[table.product]
-    params = product_catalogue.parse_parameters(
-        definition, parameter_pairs(table, definition, day or today())
-    )
+    params = parse_parameters(definition, parameter_pairs(table, definition, day or today()))
     used = definition.used_sources(params)
     with products.sessions() as session:
         versions = storage_service.current_versions(session, products.storage, used)
-    normalised = product_catalogue.normalise_parameters(definition, params)
+    normalised = normalise_parameters(definition, params)
     sources = {dataset: versions[dataset].version for dataset in used if dataset in versions}
     fingerprint = _fingerprint(table, normalised, sources, variant, products.k)
     for _attempt in range(5):
@@ -107,7 +106,7 @@ def current_snapshot(
             found = _by_fingerprint(session, folder, table.key, fingerprint)
         if found is not None:
             return found
-        result = engine.run(
+        result = compute.run(
             definition,
             params,
             versions=versions,
@@ -207,69 +206,86 @@ def _store(
     rows: int,
     body: bytes,
 ) -> Snapshot | None:
-    """Write the file durably, then commit the version; None when another writer won."""
+    """Write the file durably, then commit the version; None when another writer won.
+
+    The version row is bookkeeping with no event of its own: what a recipient reads of it is
+    audited by the query or file read that asked for it (``sharing.queried``,
+    ``sharing.file_read``), and the refresher materialises for no reader at all.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     file_id = new_id()
     # The name is a fresh random id: the folder tells nothing about the tables in it.
     name = f"{new_id()}.parquet"
-    _write_durably(folder, name, body)
-    session = factory()
+    write_durably(folder / name, body)
     try:
-        number = (
-            session.execute(
-                select(func.max(SharingTableVersion.version)).where(
-                    SharingTableVersion.table_key == table.key
-                )
-            ).scalar_one_or_none()
-            or 0
-        ) + 1
-        version = SharingTableVersion(
-            id=new_id(),
-            table_key=table.key,
-            version=number,
-            fingerprint=fingerprint,
-            product=definition.id,
-            suppressed=variant.suppressed,
-            areas=list(variant.areas) if variant.areas is not None else None,
-            parameters=parameters,
-            sources=sources,
-            row_count=rows,
-            schema_string=protocol.schema_string(body),
-            created_at=utcnow(),
-        )
-        session.add(version)
-        session.flush()
-        file = SharingFile(
-            id=file_id,
-            version_pk=version.id,
-            path=name,
-            row_count=rows,
-            size_bytes=len(body),
-            sha256=hashlib.sha256(body).hexdigest(),
-        )
-        session.add(file)
-        session.commit()
-        return _snapshot(folder, version, file)
+        with transaction(factory) as session:
+            return _add_version(
+                session,
+                folder,
+                table,
+                definition,
+                variant,
+                fingerprint,
+                file_id,
+                name,
+                parameters,
+                sources,
+                rows,
+                body,
+            )
     except IntegrityError:
-        session.rollback()
         (folder / name).unlink(missing_ok=True)
         return None
-    finally:
-        session.close()
 
 
-def _write_durably(folder: Path, name: str, body: bytes) -> None:
-    temp = folder / f".{name}.partial"
-    with open(temp, "wb") as handle:
-        handle.write(body)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, folder / name)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _add_version(
+    session: Session,
+    folder: Path,
+    table: PublishedTable,
+    definition: ProductDefinition,
+    variant: Variant,
+    fingerprint: str,
+    file_id: str,
+    name: str,
+    parameters: dict[str, Any],
+    sources: dict[str, int],
+    rows: int,
+    body: bytes,
+) -> Snapshot:
+    number = (
+        session.execute(
+            select(func.max(SharingTableVersion.version)).where(
+                SharingTableVersion.table_key == table.key
+            )
+        ).scalar_one_or_none()
+        or 0
+    ) + 1
+    version = SharingTableVersion(
+        id=new_id(),
+        table_key=table.key,
+        version=number,
+        fingerprint=fingerprint,
+        product=definition.id,
+        suppressed=variant.suppressed,
+        areas=list(variant.areas) if variant.areas is not None else None,
+        parameters=parameters,
+        sources=sources,
+        row_count=rows,
+        schema_string=protocol.schema_string(body),
+        created_at=utcnow(),
+    )
+    session.add(version)
+    session.flush()
+    file = SharingFile(
+        id=file_id,
+        version_pk=version.id,
+        path=name,
+        row_count=rows,
+        size_bytes=len(body),
+        sha256=hashlib.sha256(body).hexdigest(),
+    )
+    session.add(file)
+    return _snapshot(folder, version, file)
 
 
 def known_variants(session: Session, table: PublishedTable) -> set[Variant]:
@@ -305,26 +321,12 @@ def refresh_all(products: ProductDeps, folder: Path, config: SharingConfig) -> l
     return refreshed
 
 
-class Refresher:
-    """Calls ``refresh_all`` every few seconds on a daemon thread of each server process."""
+class Refresher(PeriodicThread):
+    """Calls ``refresh_all`` every few seconds on a daemon thread of each server process.
+
+    A failed round is logged and the next one retries; recipients' queries materialise on
+    demand anyway.
+    """
 
     def __init__(self, work: Callable[[], object], interval_seconds: float) -> None:
-        self._work = work
-        self._interval = interval_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sharing-refresh", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._work()
-            except Exception:
-                # The next round retries; recipients' queries materialise on demand anyway.
-                log.exception("refreshing the published tables failed")
+        super().__init__("sharing-refresh", work, interval_seconds)

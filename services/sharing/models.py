@@ -19,6 +19,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from services.kit.db import Base, UTCDateTime
 
+# As the migration created them: SQLite's INTEGER is 64-bit already.
+_BIG = BigInteger().with_variant(Integer, "sqlite")
+
 
 class SharingTableVersion(Base):
     """One materialisation of a published table for one variant; never changed once written.
@@ -46,7 +49,7 @@ class SharingTableVersion(Base):
     areas: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     sources: Mapped[dict[str, int]] = mapped_column(JSON)
-    row_count: Mapped[int] = mapped_column(BigInteger)
+    row_count: Mapped[int] = mapped_column(_BIG)
     # The table's schema in the protocol's form (Spark SQL JSON), read from the file written.
     schema_string: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -61,6 +64,6 @@ class SharingFile(Base):
     version_pk: Mapped[str] = mapped_column(ForeignKey("sharing_table_versions.id"), index=True)
     # Relative to the sharing folder of the data folder; a server-generated name.
     path: Mapped[str] = mapped_column(String(300))
-    row_count: Mapped[int] = mapped_column(BigInteger)
-    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    row_count: Mapped[int] = mapped_column(_BIG)
+    size_bytes: Mapped[int] = mapped_column(_BIG)
     sha256: Mapped[str] = mapped_column(String(64))

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from services.kit.errors import BadRequest
+from services.storage import parquet
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
@@ -40,9 +39,9 @@ def delta_type(kind: pa.DataType) -> Any:
     raise ValueError(f"no Delta Sharing type for {kind}")
 
 
-def schema_string(parquet: bytes) -> str:
+def schema_string(body: bytes) -> str:
     """The schema of a Parquet file (given as bytes) as the protocol's ``schemaString``."""
-    schema = pq.read_schema(io.BytesIO(parquet))
+    schema = parquet.schema_of(body)
     fields = [
         {"name": f.name, "type": delta_type(f.type), "nullable": True, "metadata": {}}
         for f in schema

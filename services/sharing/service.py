@@ -15,7 +15,6 @@ variant of the table.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,16 +28,15 @@ from services.identity import service as identity_service
 from services.identity.schemas import Principal
 from services.identity.tokens import TokenClaims, TokenInvalid, TokenService
 from services.kit.clock import utcnow
-from services.kit.errors import AuditUnavailable, BadRequest, Forbidden, NotFound
+from services.kit.errors import AreaNotPermitted, BadRequest, Forbidden, NotFound
 from services.kit.keys import KeyMaterial
 from services.kit.settings import Settings
+from services.kit.uow import audited
 from services.products.service import ProductDeps
 from services.sharing import materialise, protocol, urls
 from services.sharing.config import PublishedTable, SharingConfig, load_sharing, share_id
 from services.sharing.materialise import Snapshot, Variant
 from services.sharing.urls import FileGrant, UrlRefused
-
-log = logging.getLogger(__name__)
 
 AUDIENCE_SUFFIX = ":delta-sharing"
 PROFILE_TYPES = ("bearer_token", "oauth_client_credentials")
@@ -275,7 +273,7 @@ def open_table(
         snapshot = materialise.current_snapshot(
             deps.products, deps.folder, table, Variant.of(access)
         )
-    except Forbidden:
+    except AreaNotPermitted:
         # The table's fixed csp parameter names an area outside the reader's.
         audit_service.record_denial(
             deps.products.sessions,
@@ -519,23 +517,22 @@ def _refuse(deps: SharingDeps, ctx: RequestContext, reason: str, grant: FileGran
     details: dict[str, Any] = {}
     if grant is not None:
         details = {"recipient": grant.recipient, "file": grant.file_id}
-    audit_service.record_committed(
-        deps.products.sessions,
-        ctx,
-        AuditRecord(
-            action=AuditAction.ACCESS_DENIED,
-            outcome=Outcome.DENIED,
-            reason=reason,
-            resource_type="sharing_file",
-            details=details,
-        ),
-    )
+    with audited(deps.products.sessions, "the refused file URL") as uow:
+        uow.audit(
+            audit_service.event(
+                ctx,
+                AuditRecord(
+                    action=AuditAction.ACCESS_DENIED,
+                    outcome=Outcome.DENIED,
+                    reason=reason,
+                    resource_type="sharing_file",
+                    details=details,
+                ),
+            )
+        )
 
 
 def _commit(deps: SharingDeps, ctx: RequestContext, record: AuditRecord) -> None:
-    try:
-        audit_service.record_committed(deps.products.sessions, ctx, record)
-    except Exception as exc:
-        # No audit, no data (security-tests T25).
-        log.error("audit write failed; the sharing request is refused", exc_info=exc)
-        raise AuditUnavailable() from exc
+    # No audit, no data (security-tests T25): a failure here is AuditUnavailable.
+    with audited(deps.products.sessions, "the sharing request") as uow:
+        uow.audit(audit_service.event(ctx, record))

@@ -11,13 +11,14 @@ import yaml
 
 from services.contracts.loader import load_contracts
 from services.contracts.model import Contract
-from services.products.catalogue import ProductConfigError, load_catalogue
 from services.products.config import (
     PartnershipConfig,
     PartnershipConfigError,
     load_partnership,
     parse_partnership,
 )
+from services.products.definition import ProductConfigError
+from services.products.loading import load_catalogue
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITIONS = ROOT / "services" / "products" / "definitions"

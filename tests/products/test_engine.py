@@ -1,7 +1,7 @@
 """Every product against a small police dataset built by hand, with answers worked out here.
 
 The expected answers are computed in plain Python from the same rows, following the rules of
-the domain document (not the products' SQL), and compared with ``engine.run`` unsuppressed.
+the domain document (not the products' SQL), and compared with ``compute.run`` unsuppressed.
 Suppression is then checked on small datasets made for it, and on demo data for the weekday x
 hour table. Data goes in through the upload API, as partners push it.
 """
@@ -23,17 +23,20 @@ import h3
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.platform import Platform
 from services.demo.generate import POLICE_FIELDS
 from services.kit.errors import Forbidden
 from services.kit.partnership import CSP_AREAS
-from services.products import engine
-from services.products.catalogue import ProductDefinition, load_catalogue, parse_parameters
+from services.platform import Platform
+from services.products import carriers, compute, engine
 from services.products.config import load_partnership
+from services.products.definition import ProductDefinition
 from services.products.engine import ProductResult
+from services.products.loading import load_catalogue
+from services.products.parameters import parse_parameters
 from services.storage import service as storage_service
 from services.storage.service import VersionInfo
-from tests.conftest import ClientCredentials
+from tests.fixtures.app import ClientCredentials
+from tests.fixtures.snapshots import Loading, Snapshot, Snapshots, starting_from
 
 DEFINITIONS = Path(__file__).resolve().parents[2] / "services" / "products" / "definitions"
 
@@ -430,7 +433,7 @@ class Env:
     ) -> ProductResult:
         definition = self.catalogue[product]
         params = parse_parameters(definition, pairs)
-        return engine.run(
+        return compute.run(
             definition,
             params,
             versions=self.versions(),
@@ -441,13 +444,12 @@ class Env:
         )
 
 
-@pytest.fixture
-def env(
+def pusher(
     api: TestClient,
-    platform: Platform,
     make_client: Callable[..., ClientCredentials],
     token_for: Callable[[ClientCredentials], str],
-) -> Env:
+) -> Callable[[str, list[dict[str, str]]], None]:
+    """Uploads a dataset's rows as its owner, through the API."""
     tokens: dict[str, str] = {}
 
     def push(dataset: str, rows: list[dict[str, str]]) -> None:
@@ -462,18 +464,42 @@ def env(
         )
         assert response.status_code == 201, response.text
 
-    partnership = load_partnership(platform.settings.partnership_file, platform.contracts)
-    catalogue = load_catalogue(DEFINITIONS, platform.contracts, partnership)
-    return Env(platform, catalogue, push)
+    return push
 
 
 @pytest.fixture
-def loaded(env: Env) -> Env:
-    env.push("police.occurrences", police_rows(occurrences()))
-    env.push("reference.population", population_rows())
-    env.push("la.imd", imd_rows())
-    env.push("fire.deliberate_fires", fire_rows())
-    env.push("health.ed_assaults", ed_rows())
+def env(
+    api: TestClient,
+    platform: Platform,
+    make_client: Callable[..., ClientCredentials],
+    token_for: Callable[[ClientCredentials], str],
+) -> Env:
+    partnership = load_partnership(platform.settings.partnership_file, platform.contracts)
+    catalogue = load_catalogue(DEFINITIONS, platform.contracts, partnership)
+    return Env(platform, catalogue, pusher(api, make_client, token_for))
+
+
+def load_engine_data(loading: Loading) -> None:
+    push = pusher(loading.api, loading.make_client, loading.token_for)
+    push("police.occurrences", police_rows(occurrences()))
+    push("reference.population", population_rows())
+    push("la.imd", imd_rows())
+    push("fire.deliberate_fires", fire_rows())
+    push("health.ed_assaults", ed_rows())
+
+
+@pytest.fixture(scope="session")
+def engine_data(snapshots: Snapshots) -> Snapshot[None]:
+    return snapshots.take("products-engine", load_engine_data)
+
+
+# The tests that read the loaded data start from a copy of it; the others from nothing.
+initial_state = starting_from("engine_data", when="loaded")
+
+
+@pytest.fixture
+def loaded(env: Env, engine_data: Snapshot[None], loading: Loading) -> Env:
+    engine_data.value_in(loading)
     return env
 
 
@@ -839,7 +865,7 @@ def test_habitual_knife_carriers_list(loaded: Env) -> None:
     assert sorted(expected) == ["N001", "N005", "N007", "N009", "N010"]
     assert expected["N001"]["age"] == 18 and expected["N009"]["age"] == 17
     assert expected["N009"]["gender"] == "M"
-    table = engine.habitual_knife_carriers(
+    table = carriers.habitual_knife_carriers(
         loaded.versions(),
         AS_OF,
         partnership=loaded.catalogue["hkc-summary"].partnership,
@@ -1238,7 +1264,7 @@ def test_the_definition_is_configuration(loaded: Env, tmp_path: Path) -> None:
     revised.write_text(yaml.safe_dump(document, sort_keys=False))
     partnership = load_partnership(revised, loaded.platform.contracts)
     definition = load_catalogue(DEFINITIONS, loaded.platform.contracts, partnership)["sv-counts"]
-    result = engine.run(
+    result = compute.run(
         definition,
         parse_parameters(
             definition, [("from", PERIOD[0]), ("to", PERIOD[1]), ("by", "hmic_group")]

@@ -23,10 +23,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from gateway.platform import Platform
 from services.audit.models import AuditEvent, AuditSubject
+from services.platform import Platform
 from services.products.models import HkcAssessment
-from tests.conftest import ClientCredentials
+from tests.fixtures.app import ClientCredentials
+from tests.fixtures.snapshots import Loading, Snapshot, Snapshots, starting_from
 from tests.products.test_engine import (
     Occurrence,
     Suspect,
@@ -321,20 +322,14 @@ class Env:
             )
 
 
-@pytest.fixture
-def env(
-    api: TestClient,
-    platform: Platform,
-    make_client: Callable[..., ClientCredentials],
-    token_for: Callable[[ClientCredentials], str],
-) -> Env:
+def load_level3_data(loading: Loading) -> None:
     def push(owner: str, dataset: str, rows: list[dict[str, str]]) -> None:
-        response = api.post(
+        response = loading.api.post(
             f"/v1/datasets/{dataset}/uploads",
             params={"mode": "replace"},
             content=to_csv(rows),
             headers={
-                "Authorization": f"Bearer {token_for(make_client(org=owner))}",
+                "Authorization": f"Bearer {loading.token_for(loading.make_client(org=owner))}",
                 "Content-Type": "text/csv",
             },
         )
@@ -343,6 +338,27 @@ def env(
     push("hampshire-constabulary", "police.occurrences", police(occurrences()))
     push("hampshire-cc", "education.exclusions", exclusion_rows())
     push("yjs-hampshire", "youth_justice.first_time_entrants", entry_rows())
+
+
+@pytest.fixture(scope="session")
+def level3_data(snapshots: Snapshots) -> Snapshot[None]:
+    return snapshots.take("products-level3", load_level3_data)
+
+
+# Every test here starts from a copy of the loaded data.
+initial_state = starting_from("level3_data")
+
+
+@pytest.fixture
+def env(
+    api: TestClient,
+    platform: Platform,
+    make_client: Callable[..., ClientCredentials],
+    token_for: Callable[[ClientCredentials], str],
+    level3_data: Snapshot[None],
+    loading: Loading,
+) -> Env:
+    level3_data.value_in(loading)
 
     def token(role: str = "l3_practitioner", areas: tuple[str, ...] = (), org: str = "vru") -> str:
         return token_for(make_client(org=org, roles=(role,), areas=areas))

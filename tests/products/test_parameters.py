@@ -11,13 +11,10 @@ import pytest
 
 from services.contracts.loader import load_contracts
 from services.kit.errors import BadRequest
-from services.products.catalogue import (
-    ProductDefinition,
-    load_catalogue,
-    normalise_parameters,
-    parse_parameters,
-)
 from services.products.config import load_partnership
+from services.products.definition import ProductDefinition
+from services.products.loading import load_catalogue
+from services.products.parameters import normalise_parameters, parse_parameters
 
 ROOT = Path(__file__).resolve().parents[2]
 

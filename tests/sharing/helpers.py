@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from services.kit.settings import Environment, Settings
 
 # Fixed dates inside the test data (2023), so that tables have rows.
@@ -55,16 +57,15 @@ LEVEL2_TABLES = {"local.hotspots.hotspots_lsoa"}
 
 
 def sharing_settings(
-    tmp_path: Path, database_url: str, key_file: Path, audit_key_file: Path
+    data_dir: Path, database_url: str, key_file: Path, audit_key_file: Path
 ) -> Settings:
-    shares = tmp_path / "sharing.yaml"
+    """The test settings with the shares above, written beside the data folder."""
+    shares = data_dir.parent / "sharing.yaml"
     shares.write_text(SHARES)
-    data_dir = tmp_path / "var"
-    data_dir.mkdir()
     return Settings(
         env=Environment.test,
         data_dir=data_dir,
-        database_url=database_url,
+        database_url=SecretStr(database_url),
         key_file=key_file,
         audit_key_file=audit_key_file,
         sharing_file=shares,

@@ -10,8 +10,9 @@ import pytest
 
 from services.contracts.loader import load_contracts
 from services.kit.settings import Settings
-from services.products.catalogue import ProductDefinition, load_catalogue
 from services.products.config import load_partnership
+from services.products.definition import ProductDefinition
+from services.products.loading import load_catalogue
 from services.sharing.config import SharingConfigError, load_sharing, resolve_date
 from services.sharing.urls import FileGrant, UrlRefused, derive_key, open_token, seal
 

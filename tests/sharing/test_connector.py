@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,12 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from gateway.platform import Platform
 from services.audit.models import AuditEvent
 from services.demo.generate import write_dataset_csv
 from services.kit.settings import Settings
-from tests.conftest import ClientCredentials
+from services.platform import Platform
+from tests.fixtures.app import ClientCredentials
+from tests.fixtures.snapshots import Loading, Snapshot, Snapshots, starting_from
 from tests.ingestion.helpers import police_rows, to_csv
 from tests.live import LiveServer, live_token
 from tests.sharing.helpers import (
@@ -70,8 +71,8 @@ def connector(profile: Path, load: list[str] | None = None) -> dict[str, Any]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str, key_file: Path, audit_key_file: Path) -> Settings:
-    return sharing_settings(tmp_path, database_url, key_file, audit_key_file)
+def settings(data_dir: Path, database_url: str, key_file: Path, audit_key_file: Path) -> Settings:
+    return sharing_settings(data_dir, database_url, key_file, audit_key_file)
 
 
 @pytest.fixture
@@ -86,34 +87,48 @@ def server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
     live.stop()
 
 
-def _push(server: LiveServer, client: ClientCredentials, dataset: str, body: bytes) -> None:
-    token = live_token(server, client.client_id, client.client_secret)
-    response = httpx.post(
-        f"{server.url}/v1/datasets/{dataset}/uploads",
+def _push(loading: Loading, client: ClientCredentials, dataset: str, body: bytes) -> None:
+    response = loading.api.post(
+        f"/v1/datasets/{dataset}/uploads",
         params={"mode": "replace"},
         content=body,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "text/csv"},
-        timeout=60,
+        headers={
+            "Authorization": f"Bearer {loading.token_for(client)}",
+            "Content-Type": "text/csv",
+        },
     )
     assert response.status_code == 201, response.text
 
 
-@pytest.fixture
-def readers(
-    server: LiveServer,
-    make_client: Callable[..., ClientCredentials],
-    tmp_path: Path,
-) -> dict[str, ClientCredentials]:
-    _push(server, make_client(), "police.occurrences", to_csv(police_rows(1500, seed=5)))
-    imd = tmp_path / "imd.csv"
+def load_readers(loading: Loading) -> dict[str, ClientCredentials]:
+    """Police and IMD data pushed through the API; a client per kind of reader."""
+    make_client = loading.make_client
+    _push(loading, make_client(), "police.occurrences", to_csv(police_rows(1500, seed=5)))
+    imd = loading.folder / "imd.csv"
     write_dataset_csv("la.imd", imd)
-    _push(server, make_client(org="vru"), "la.imd", imd.read_bytes())
+    _push(loading, make_client(org="vru"), "la.imd", imd.read_bytes())
     return {
         "reader": make_client(org="vru", roles=("l1_reader",)),
         "analyst": make_client(org="vru", roles=("l1_analyst",)),
         "local": make_client(org="southampton-cc", roles=("l2_reader",), areas=("Southampton",)),
         "partner": make_client(org="hampshire-constabulary", roles=("partner_system",)),
     }
+
+
+@pytest.fixture(scope="session")
+def readers_data(snapshots: Snapshots) -> Snapshot[dict[str, ClientCredentials]]:
+    return snapshots.take("sharing-connector", load_readers, sharing_settings)
+
+
+# Every test here starts its server on a copy of the loaded data.
+initial_state = starting_from("readers_data")
+
+
+@pytest.fixture
+def readers(
+    readers_data: Snapshot[dict[str, ClientCredentials]], loading: Loading, server: LiveServer
+) -> dict[str, ClientCredentials]:
+    return readers_data.value_in(loading)
 
 
 def _profile(server: LiveServer, client: ClientCredentials, path: Path) -> Path:
@@ -174,7 +189,7 @@ def test_the_connector_reads_what_the_api_returns(
         for name, answer in answers.items()
         for key, rows in answer["rows"].items()
     }
-    assert len(loaded) == 5
+    assert len(loaded) == sum(len(tables) for tables in loads.values())
 
     for (name, key), rows in loaded.items():
         table = key.split(".")[-1]

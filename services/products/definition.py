@@ -1,4 +1,4 @@
-"""The product catalogue: one YAML file per product, checked when the platform starts.
+"""A product definition: one YAML file per product, typed and checked when the platform starts.
 
 The format (``services/products/definitions/<id>.yaml``; unknown keys are refused)::
 
@@ -86,18 +86,15 @@ empty tables of the declared fields, for every choice, or does not return the de
 A bad definition therefore stops the platform at start-up rather than failing, or leaking, on a
 reader's request.
 
-Request parameters are parsed strictly here (``parse_parameters``): an unknown name, a repeated
-single value, a malformed date or number, an unknown choice or a half-given comparison is a
-``BadRequest``. A filter is never silently ignored.
+Reading the files of the folder is ``loading``; running a definition's SQL is the ``engine``;
+a request's parameters are parsed against a definition in ``parameters``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -106,21 +103,15 @@ from pydantic import (
     Field,
     StrictInt,
     StrictStr,
-    ValidationError,
     model_validator,
 )
 
-from services.contracts.model import Classification, Contract, Protection
-from services.kit.clock import utcnow
-from services.kit.errors import BadRequest, ConfigurationError
+from services.contracts.columns import StoredKind, field_columns
+from services.contracts.model import Classification, Contract
+from services.kit.errors import ConfigurationError
 from services.kit.partnership import CSP_AREAS
-from services.products.config import (
-    PartnershipConfig,
-    describe_validation_error,
-    read_yaml,
-)
+from services.products.config import PartnershipConfig
 
-DEFINITION_SUFFIX = ".yaml"
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 PRODUCT_ID_PATTERN = r"^[a-z][a-z0-9-]*$"
 
@@ -132,9 +123,6 @@ H3_CELLS_TABLE = "h3_cells"
 HKC_TABLE = "habitual_knife_carriers"
 
 _LEVELS = {Classification.LEVEL1: 1, Classification.LEVEL2: 2, Classification.LEVEL3: 3}
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_INTEGER_RE = re.compile(r"^[+-]?\d{1,9}$")
-_PERSON_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 # The people table of Level 3 products is built from these police fields.
 POLICE_PEOPLE_SOURCE = "police.occurrences"
@@ -152,8 +140,6 @@ PEOPLE_TABLE = "people"
 ASSESSMENTS_TABLE = "hkc_assessments"
 PLACEHOLDER_RE = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 SQL_PARAMETER_RE = re.compile(r"\$([a-z_][a-z0-9_]*)")
-_MAX_VALUE_LENGTH = 200
-_MAX_PAIRS = 100
 
 
 class ProductConfigError(ConfigurationError):
@@ -415,56 +401,18 @@ class ProductDefinition:
         """The datasets without which this run has nothing to show."""
         return [d for d in self.used_sources(params) if d not in self.spec.optional_sources]
 
+    def revealed_columns(self) -> dict[str, tuple[str, str]]:
+        """Output column -> (dataset, field) whose ciphertext it holds until revealed."""
+        found: dict[str, tuple[str, str]] = {}
+        for name, column in self.spec.output.columns.items():
+            if column.reveal is not None:
+                dataset, _, field_name = column.reveal.rpartition(".")
+                found[name] = (dataset, field_name)
+        return found
+
 
 def conditions_hold(condition: Mapping[str, str], params: Mapping[str, Any]) -> bool:
     return all(str(params.get(name)) == value for name, value in condition.items())
-
-
-# Loading
-
-
-def load_catalogue(
-    definitions_dir: Path, contracts: dict[str, Contract], partnership: PartnershipConfig
-) -> dict[str, ProductDefinition]:
-    """Every ``<id>.yaml`` of the folder, checked; the first bad one raises ProductConfigError."""
-    if not definitions_dir.is_dir():
-        raise ProductConfigError(f"{definitions_dir}: not a directory of product definitions")
-    strays = sorted(definitions_dir.glob("*.yml"))
-    if strays:
-        raise ProductConfigError(f"{strays[0]}: product files must end in {DEFINITION_SUFFIX}")
-    catalogue: dict[str, ProductDefinition] = {}
-    for path in sorted(definitions_dir.glob(f"*{DEFINITION_SUFFIX}")):
-        definition = load_definition(path, contracts, partnership)
-        if definition.id in catalogue:
-            raise ProductConfigError(f"{path}: product {definition.id!r} is defined twice")
-        catalogue[definition.id] = definition
-    return catalogue
-
-
-def load_definition(
-    path: Path, contracts: Mapping[str, Contract], partnership: PartnershipConfig
-) -> ProductDefinition:
-    try:
-        data = read_yaml(path)
-    except ValueError as exc:
-        raise ProductConfigError(f"{path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ProductConfigError(f"{path}: a product definition must be a YAML mapping")
-    label = data.get("id") if isinstance(data.get("id"), str) else path.stem
-    try:
-        spec = ProductSpec.model_validate(data)
-    except ValidationError as exc:
-        raise ProductConfigError(
-            f"product {label!r} ({path.name}): {describe_validation_error(exc)}"
-        ) from None
-    if path.stem != spec.id:
-        raise ProductConfigError(f"product {spec.id!r} must be in a file named {spec.id}.yaml")
-    definition = build_definition(spec, contracts, partnership)
-    # Imported here: the engine imports this module for the definition types.
-    from services.products.engine import check_definition
-
-    check_definition(definition)
-    return definition
 
 
 def build_definition(
@@ -634,9 +582,8 @@ class _Checker:
                     f"column {name!r} reveals {model.reveal}, not a declared source field"
                 )
             contract_field = self.contracts[dataset].field(field_name)
-            encrypted = contract_field.protection is Protection.DIRECT_IDENTIFIER or (
-                contract_field.protection is Protection.IDENTIFIER
-                and contract_field.reveal_at_level3
+            encrypted = any(
+                column.kind is StoredKind.CIPHERTEXT for column in field_columns(contract_field)
             )
             if not encrypted:
                 raise self.fail(
@@ -793,187 +740,3 @@ class _Checker:
             for choice in (model.choices or {}).values():
                 if choice is not None and choice.sql and PLACEHOLDER_RE.search(choice.sql):
                     raise self.fail("a choice's sql cannot hold a placeholder")
-
-
-# Request parameters
-
-
-def parse_parameters(defn: ProductDefinition, pairs: list[tuple[str, str]]) -> dict[str, Any]:
-    """The request's parameters, checked and typed; defaults filled in.
-
-    Dates become ``datetime.date``, integers ``int``, lists ``list[str]``; a parameter that was
-    not given and has no default is None (an empty list for lists).
-    """
-    if len(pairs) > _MAX_PAIRS:
-        raise BadRequest(f"too many parameters (at most {_MAX_PAIRS})")
-    given: dict[str, list[str]] = {}
-    for name, value in pairs:
-        spec = defn.parameter(name)
-        if spec is None:
-            known = ", ".join(p.name for p in defn.parameters) or "none"
-            raise BadRequest(
-                f"unknown parameter {name[:40]!r}; {defn.id} takes: {known} (and format)"
-            )
-        if len(value) > _MAX_VALUE_LENGTH:
-            raise BadRequest(f"{name} is too long")
-        given.setdefault(name, []).append(value)
-    params: dict[str, Any] = {}
-    explicit: set[str] = set()
-    for spec in defn.parameters:
-        values = given.get(spec.name)
-        if values is None:
-            if spec.required:
-                raise BadRequest(f"{spec.name} is required ({spec.description})")
-            params[spec.name] = _default(spec)
-            continue
-        explicit.add(spec.name)
-        if len(values) > 1 and not spec.is_list:
-            raise BadRequest(f"{spec.name} may be given only once")
-        params[spec.name] = _parse_values(spec, values)
-    _check_together(defn, params, explicit)
-    return params
-
-
-def _default(spec: ParameterSpec) -> Any:
-    if spec.default is None:
-        return [] if spec.is_list else None
-    if spec.type == "date":
-        if spec.default == "today":
-            return utcnow().date()
-        return date.fromisoformat(str(spec.default))
-    if isinstance(spec.default, list):
-        return list(spec.default)
-    return spec.default
-
-
-def _parse_values(spec: ParameterSpec, values: list[str]) -> Any:
-    if spec.type == "keys":
-        keys: list[str] = []
-        for value in values:
-            for item in value.split(","):
-                key = item.strip()
-                if not key:
-                    continue
-                if key not in (spec.choices or ()):
-                    raise BadRequest(
-                        f"{spec.name} {key[:40]!r} is not one of: {', '.join(spec.choices or ())}"
-                    )
-                if key in keys:
-                    raise BadRequest(f"{spec.name} lists {key!r} twice")
-                keys.append(key)
-        return keys
-    if spec.type == "csp":
-        areas: list[str] = []
-        for value in values:
-            # CSP names hold no commas, so "a,b" is accepted as two areas as well as repeats.
-            for item in value.split(",") if spec.repeatable else [value]:
-                area = _csp(spec.name, item)
-                if area not in areas:
-                    areas.append(area)
-        return areas if spec.repeatable else areas[0]
-    value = values[0].strip()
-    if not value:
-        raise BadRequest(f"{spec.name} is empty")
-    if spec.type == "person":
-        if not _PERSON_ID_RE.match(value):
-            raise BadRequest(f"{spec.name} must be a person id (32 lower-case hex digits)")
-        return value
-    if spec.type == "date":
-        return _date(spec.name, value)
-    if spec.type == "integer":
-        if not _INTEGER_RE.match(value):
-            raise BadRequest(f"{spec.name} must be a whole number, not {value[:40]!r}")
-        number = int(value)
-        if spec.minimum is not None and number < spec.minimum:
-            raise BadRequest(f"{spec.name} must be at least {spec.minimum}")
-        if spec.maximum is not None and number > spec.maximum:
-            raise BadRequest(f"{spec.name} must be at most {spec.maximum}")
-        return number
-    if value not in (spec.choices or ()):
-        raise BadRequest(f"{spec.name} must be one of: {', '.join(spec.choices or ())}")
-    return value
-
-
-def _csp(name: str, value: str) -> str:
-    wanted = value.strip().casefold()
-    for area in CSP_AREAS:
-        if area.casefold() == wanted:
-            return area
-    raise BadRequest(f"{name} {value[:60]!r} is not a CSP area; one of: {', '.join(CSP_AREAS)}")
-
-
-def _date(name: str, value: str) -> date:
-    if not _DATE_RE.match(value):
-        raise BadRequest(f"{name} must be a date written YYYY-MM-DD, not {value[:40]!r}")
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise BadRequest(f"{name} {value!r} is not a real date") from None
-
-
-def _check_together(defn: ProductDefinition, params: dict[str, Any], explicit: set[str]) -> None:
-    spec = defn.spec
-    if spec.period is not None:
-        start, end = spec.period
-        if params[start] is not None and params[end] is not None and params[start] >= params[end]:
-            raise BadRequest(f"{start} must be before {end} (periods are [{start}, {end}))")
-    if spec.comparison is not None:
-        start, end = spec.comparison
-        given = [name for name in (start, end) if params[name] is not None]
-        if len(given) == 1:
-            missing = end if given[0] == start else start
-            raise BadRequest(f"a comparison needs both {start} and {end}; {missing} is missing")
-        if given and params[start] >= params[end]:
-            raise BadRequest(f"{start} must be before {end}")
-        if given:
-            for parameter in defn.parameters:
-                if parameter.type != "keys":
-                    continue
-                fixed = [key for key in params[parameter.name] if key in parameter.not_comparable]
-                if fixed:
-                    raise BadRequest(
-                        f"{parameter.name}={fixed[0]} cannot be compared between periods "
-                        "(its groups differ from one period to the other)"
-                    )
-    for parameter in defn.parameters:
-        condition = parameter.applies_when
-        if parameter.name in explicit and condition and not conditions_hold(condition, params):
-            wanted = ", ".join(f"{k}={v}" for k, v in condition.items())
-            raise BadRequest(f"{parameter.name} applies only with {wanted}")
-    for constraint in spec.constraints:
-        if conditions_hold(constraint.when, params):
-            raise BadRequest(constraint.message)
-
-
-def normalise_parameters(defn: ProductDefinition, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The parameters as JSON values (dates as ISO text), for results and the audit trail."""
-    normalised: dict[str, Any] = {}
-    for spec in defn.parameters:
-        value = params.get(spec.name)
-        if spec.applies_when and not conditions_hold(spec.applies_when, params):
-            value = None
-        normalised[spec.name] = _json_value(value)
-    return normalised
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, list | tuple):
-        return [_json_value(item) for item in value]
-    return value
-
-
-def stored_columns(contract: Contract, fields: Sequence[str]) -> list[str]:
-    """The stored column names of contract fields (see contracts.validation.stored_schema)."""
-    columns: list[str] = []
-    for name in fields:
-        spec = contract.field(name)
-        if spec.protection is Protection.NONE:
-            columns.append(name)
-        elif spec.protection is Protection.IDENTIFIER:
-            # Joining needs only the pseudonym; the ciphertext is for Level 3 display.
-            columns.append(f"{name}_pseudonym")
-        else:
-            columns.append(f"{name}_enc")
-    return columns

@@ -1,0 +1,106 @@
+"""How a dataset version becomes a relation a product's SQL reads.
+
+Each source dataset is one view (``police.occurrences`` -> ``police_occurrences``) holding only
+the fields the definition declares, under their stored names (``contracts.columns``). Every
+view of a dataset with a ``csp`` field is already limited to the areas visible to the run, so a
+product cannot forget them. A dataset with no version yet is an empty relation of the right
+shape, so that the SQL still binds.
+
+A view cannot hold bound parameters, so these texts are built here, only from names checked
+against the contracts, paths from storage, the compiled partnership definition and CSP names
+from the closed vocabulary (quoted); nothing in them comes from a request as typed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from services.contracts.columns import StoredColumn, StoredKind, query_column, stored_columns
+from services.contracts.model import Contract, FieldType
+from services.kit.partnership import CSP_AREAS
+from services.products.config import POLICE_DATASET, sql_string
+from services.products.definition import (
+    CSP_AREAS_VIEW,
+    SERIOUS_VIOLENCE_VIEW,
+    ProductDefinition,
+    view_name,
+)
+
+_DUCKDB_TYPES: dict[FieldType, str] = {
+    FieldType.STRING: "VARCHAR",
+    FieldType.INTEGER: "BIGINT",
+    FieldType.FLOAT: "DOUBLE",
+    FieldType.BOOLEAN: "BOOLEAN",
+    FieldType.DATE: "DATE",
+    FieldType.TIMESTAMP: "TIMESTAMP",
+}
+
+
+def _sql_type(column: StoredColumn) -> str:
+    if column.kind is StoredKind.VALUE:
+        assert column.type is not None
+        return _DUCKDB_TYPES[column.type]
+    return "BLOB" if column.kind is StoredKind.CIPHERTEXT else "VARCHAR"
+
+
+def files_relation(files: tuple[Path, ...]) -> str:
+    """The Parquet files of one dataset version as one relation."""
+    paths = ", ".join(sql_string(str(path)) for path in files)
+    return f"read_parquet([{paths}], union_by_name = true)"
+
+
+def relation(contract: Contract, files: tuple[Path, ...] | None) -> str:
+    """Every stored column of a dataset version, or an empty relation of that shape."""
+    if files:
+        return files_relation(files)
+    nulls = ", ".join(
+        f'NULL::{_sql_type(column)} AS "{column.name}"' for column in stored_columns(contract)
+    )
+    return f"(SELECT {nulls} WHERE false)"
+
+
+def area_filter(visible: frozenset[str] | None) -> str:
+    """A condition on ``csp``: true for the visible areas (None: every area)."""
+    if visible is None:
+        return "true"
+    if not visible:
+        return "false"
+    return '"csp" IN (' + ", ".join(sql_string(area) for area in sorted(visible)) + ")"
+
+
+def create_statements(
+    defn: ProductDefinition,
+    files: Mapping[str, tuple[Path, ...]],
+    visible: frozenset[str] | None,
+) -> list[str]:
+    """The views of one run: the sources, ``serious_violence`` and ``csp_areas``."""
+    statements: list[str] = []
+    for dataset, fields in defn.spec.sources.items():
+        contract = defn.contracts[dataset]
+        source = relation(contract, files.get(dataset))
+        stored = [query_column(contract.field(name)) for name in fields]
+        if defn.level == 3 and contract.person is not None:
+            # Level 3 links people across partners by the person key.
+            stored.append("person_key")
+        projection = ", ".join(f'"{name}"' for name in stored)
+        where = area_filter(visible) if "csp" in contract.field_names else "true"
+        statements.append(
+            f"CREATE VIEW {view_name(dataset)} AS SELECT {projection} "  # noqa: S608
+            f"FROM {source} WHERE {where}"
+        )
+        if dataset == POLICE_DATASET:
+            predicate = defn.partnership.serious_violence_where.sql
+            statements.append(
+                f"CREATE VIEW {SERIOUS_VIOLENCE_VIEW} AS SELECT {projection} "  # noqa: S608
+                f"FROM {source} WHERE {predicate} AND {where}"
+            )
+    shown = sorted(visible) if visible is not None else list(CSP_AREAS)
+    if shown:
+        values = ", ".join(sql_string(area) for area in shown)
+        statements.append(f"CREATE VIEW {CSP_AREAS_VIEW} AS SELECT unnest([{values}]) AS csp")
+    else:
+        statements.append(
+            f"CREATE VIEW {CSP_AREAS_VIEW} AS SELECT NULL::VARCHAR AS csp WHERE false"
+        )
+    return statements
