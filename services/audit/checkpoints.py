@@ -17,7 +17,6 @@ import base64
 import contextlib
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,15 +29,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 from sqlalchemy import func, insert, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.audit import merkle
+from services.audit import service as audit_service
 from services.audit.canonical import canonical_bytes, canonical_json
+from services.audit.catalogue import AuditAction, Outcome
+from services.audit.chain import CHAIN_LOCK_ID, CHAIN_LOCK_SQL, GENESIS_HASH
 from services.audit.models import AuditChainLink, AuditCheckpoint, AuditEvent
-from services.audit.service import CHAIN_LOCK_ID, CHAIN_LOCK_SQL, GENESIS_HASH
+from services.audit.service import AuditRecord, RequestContext
 from services.kit.clock import utcnow
 from services.kit.errors import ConfigurationError
+from services.kit.files import write_secret
 from services.kit.settings import Settings
+from services.kit.uow import audited
 
 LOG_NAME = "together-audit"
 _BATCH = 5000
@@ -101,11 +105,8 @@ def generate_private_pem() -> bytes:
 
 def write_signing_key(path: Path) -> CheckpointSigner:
     """Write a new signing key (PEM, mode 0600); refuses to overwrite an existing file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     pem = generate_private_pem()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
+    write_secret(path, pem)
     return CheckpointSigner(_private_from_pem(pem, path.name))
 
 
@@ -144,7 +145,7 @@ def load_signer(settings: Settings) -> CheckpointSigner:
     pem: bytes | None = None
     where = "TOGETHER_AUDIT_SIGNING_KEY"
     if settings.audit_signing_key:
-        pem = settings.audit_signing_key.encode()
+        pem = settings.audit_signing_key.get_secret_value().encode()
     else:
         path = settings.audit_key_file
         if path is None and settings.is_development:
@@ -327,26 +328,28 @@ def listing(session: Session, *, after: int | None, limit: int) -> list[AuditChe
 
 
 def read_published(
-    factory: Any, ctx: Any, signer: CheckpointSigner, *, after: int | None, limit: int
+    sessions: sessionmaker[Session],
+    ctx: RequestContext,
+    signer: CheckpointSigner,
+    *,
+    after: int | None,
+    limit: int,
 ) -> dict[str, Any]:
     """The checkpoints and public keys as published, the read itself audited first."""
-    from services.audit import service as audit_service
-    from services.audit.catalogue import AuditAction, Outcome
-
-    with factory() as session:
-        rows = listing(session, after=after, limit=limit)
-        audit_service.record(
-            session,
-            ctx,
-            audit_service.AuditRecord(
-                action=AuditAction.AUDIT_CHECKPOINTS_LISTED,
-                outcome=Outcome.SUCCESS,
-                resource_type="audit_checkpoints",
-                parameters={"after": after, "limit": limit},
-                rows=len(rows),
-            ),
+    with audited(sessions, "the checkpoint listing") as uow:
+        rows = listing(uow.session, after=after, limit=limit)
+        uow.audit(
+            audit_service.event(
+                ctx,
+                AuditRecord(
+                    action=AuditAction.AUDIT_CHECKPOINTS_LISTED,
+                    outcome=Outcome.SUCCESS,
+                    resource_type="audit_checkpoints",
+                    parameters={"after": after, "limit": limit},
+                    rows=len(rows),
+                ),
+            )
         )
-        session.commit()
     return {
         "log": LOG_NAME,
         "keys": [key.jwk() for key in signer.published_keys()],

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Integer, String, UniqueConstraint
@@ -27,6 +28,13 @@ class Upload(Base):
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class IdempotencyState(StrEnum):
+    """Where the upload holding an Idempotency-Key is (stored in `IdempotencyRecord.state`)."""
+
+    IN_FLIGHT = "in_flight"  # claimed; its lease says until when the claim holds
+    DONE = "done"  # settled; a retry is answered from the stored response
 
 
 class IdempotencyRecord(Base):

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,12 @@ from services.audit.catalogue import AuditAction, Outcome
 from services.audit.service import AuditRecord, RequestContext
 from services.authz.enforcer import PolicyEngine, Resource
 from services.authz.vocabulary import Action, ResourceType
-from services.contracts.model import Contract
+from services.contracts.model import Contract, Status
 from services.contracts.protection import Protector
-from services.contracts.validation import BatchValidator, ValidationReport, Violation
+from services.contracts.validation import BatchValidator, Rule, ValidationReport, Violation
 from services.identity.schemas import Principal
 from services.ingestion import repository
-from services.ingestion.models import IdempotencyRecord, Upload
+from services.ingestion.models import IdempotencyRecord, IdempotencyState, Upload
 from services.kit.clock import utcnow
 from services.kit.errors import (
     BadRequest,
@@ -46,13 +46,15 @@ from services.kit.errors import (
     NotFound,
 )
 from services.kit.ids import new_id
+from services.kit.uow import audited, transaction
 from services.storage import service as storage_service
 from services.storage.inputs import InputFormatError, InputLimits, open_input
+from services.storage.models import UploadMode
 from services.storage.service import ParquetVersionWriter, Storage
 
 log = logging.getLogger(__name__)
 
-MODES = ("append", "replace")
+_MODES = frozenset(UploadMode)
 _HEARTBEAT_SECONDS = 2.0
 
 
@@ -70,7 +72,7 @@ class IngestionDeps:
 @dataclass
 class UploadRequest:
     dataset_id: str
-    mode: str
+    mode: UploadMode
     media_type: str
     body_path: Path
     body_sha256: str
@@ -114,9 +116,9 @@ def authorize_upload(
             parameters={"action": Action.DATASET_UPLOAD.value, "mode": mode},
         )
         raise Forbidden("you may not upload to this dataset")
-    if mode not in MODES:
+    if mode not in _MODES:
         raise BadRequest("mode must be 'append' or 'replace'")
-    if contract.status != "active":
+    if contract.status is not Status.ACTIVE:
         raise BadRequest(f"contract {contract.id} {contract.version} is retired")
     return contract
 
@@ -137,61 +139,73 @@ def _claim_key(
     """Claim the Idempotency-Key, or answer from it. Returns an outcome when the work is done."""
     assert req.idempotency_key is not None
     now = utcnow()
-    lease = now + timedelta(seconds=deps.lease_seconds)
     for _attempt in range(3):
-        session = deps.sessions()
         try:
-            record = repository.get_idempotency(
-                session, principal.client_id, req.idempotency_key, for_update=True
-            )
-            if record is None:
-                session.add(
-                    IdempotencyRecord(
-                        client_id=principal.client_id,
-                        key=req.idempotency_key,
-                        request_sha256=_fingerprint(req),
-                        state="in_flight",
-                        lease_until=lease,
-                        upload_id=upload_id,
-                        created_at=now,
-                    )
-                )
-                session.commit()
-                return None
-            if record.request_sha256 != _fingerprint(req):
-                session.rollback()
-                raise IdempotencyMismatch()
-            if record.state == "done":
-                assert record.response_status is not None and record.response_body is not None
-                outcome = UploadOutcome(record.response_status, record.response_body, True)
-                audit_service.record(
-                    session,
+            settled = _claim_once(deps, principal, req, upload_id, now)
+        except IntegrityError:
+            continue  # a concurrent request inserted the same key first; look again
+        if settled is None:
+            return None
+        # A settled key never changes again, so the replay's event needs no lock on it.
+        with audited(deps.sessions, "the upload replay") as uow:
+            uow.audit(
+                audit_service.event(
                     ctx,
                     AuditRecord(
                         action=AuditAction.UPLOAD_REPLAYED,
                         outcome=Outcome.SUCCESS,
                         resource_type="upload",
-                        resource=record.upload_id,
+                        resource=settled.upload_id,
                         resource_org=principal.organisation,
                         parameters={"dataset": req.dataset_id},
                     ),
                 )
-                session.commit()
-                return outcome
-            if record.lease_until > now:
-                session.rollback()
-                raise IdempotencyConflict()
-            # The previous attempt died without finishing (its lease ran out): take it over.
-            record.lease_until = lease
-            record.upload_id = upload_id
-            session.commit()
-            return None
-        except IntegrityError:
-            session.rollback()
-            continue  # a concurrent request inserted the same key first; look again
-        finally:
-            session.close()
+            )
+        assert settled.response_status is not None and settled.response_body is not None
+        return UploadOutcome(settled.response_status, settled.response_body, True)
     raise IdempotencyConflict()
+
+
+def _claim_once(
+    deps: IngestionDeps, principal: Principal, req: UploadRequest, upload_id: str, now: datetime
+) -> IdempotencyRecord | None:
+    """Claim the key for this attempt (None), or return it already settled.
+
+    The claim commits on its own, before the body is processed, so that a retry arriving
+    meanwhile sees it; the upload's event commits later, with its outcome. The insert is
+    flushed here so that a concurrent claim of the same key fails inside the transaction,
+    as an `IntegrityError` the caller retries.
+    """
+    assert req.idempotency_key is not None
+    lease = now + timedelta(seconds=deps.lease_seconds)
+    with transaction(deps.sessions) as session:
+        record = repository.get_idempotency(
+            session, principal.client_id, req.idempotency_key, for_update=True
+        )
+        if record is None:
+            session.add(
+                IdempotencyRecord(
+                    client_id=principal.client_id,
+                    key=req.idempotency_key,
+                    request_sha256=_fingerprint(req),
+                    state=IdempotencyState.IN_FLIGHT,
+                    lease_until=lease,
+                    upload_id=upload_id,
+                    created_at=now,
+                )
+            )
+            session.flush()
+            return None
+        if record.request_sha256 != _fingerprint(req):
+            raise IdempotencyMismatch()
+        if record.state == IdempotencyState.DONE:
+            return record
+        if record.lease_until > now:
+            raise IdempotencyConflict()
+        # The previous attempt died without finishing (its lease ran out): take it over.
+        record.lease_until = lease
+        record.upload_id = upload_id
+        return None
 
 
 def _prefetched(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -208,14 +222,11 @@ def _prefetched(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
 
 
 def _heartbeat(deps: IngestionDeps, principal: Principal, key: str) -> None:
-    session = deps.sessions()
-    try:
+    """Extend the key's lease while the body is processed, so no retry takes the key over."""
+    with transaction(deps.sessions) as session:
         record = repository.get_idempotency(session, principal.client_id, key)
-        if record is not None and record.state == "in_flight":
+        if record is not None and record.state == IdempotencyState.IN_FLIGHT:
             record.lease_until = utcnow() + timedelta(seconds=deps.lease_seconds)
-        session.commit()
-    finally:
-        session.close()
 
 
 def _clashes_with_current(
@@ -250,7 +261,7 @@ def _clashes_with_current(
             Violation(
                 row=row,
                 field=keys_label,
-                rule="duplicate_key",
+                rule=Rule.DUPLICATE_KEY,
                 message=f"the key ({keys_label}) already occurs in the current version",
             )
         )
@@ -279,7 +290,7 @@ def ingest(
         key_parts: list[pa.Table] = []
         if usable:
             writer = deps.storage.new_writer(contract.id, validator.stored_schema())
-            keep_keys = req.mode == "append"
+            keep_keys = req.mode == UploadMode.APPEND
             last_beat = time.monotonic()
             for batch in _prefetched(reader.batches()):
                 stored = validator.process(batch, rows + 1, report)
@@ -295,8 +306,8 @@ def ingest(
                     last_beat = time.monotonic()
             writer.flush()
         if report.ok and rows == 0:
-            report.add(Violation(None, None, "empty", "the file has a header but no data rows"))
-        if report.ok and req.mode == "append" and key_parts:
+            report.add(Violation(None, None, Rule.EMPTY, "the file has a header but no data rows"))
+        if report.ok and req.mode == UploadMode.APPEND and key_parts:
             with deps.sessions() as session:
                 current = storage_service.current_version(session, deps.storage, contract.id)
             if current is not None:
@@ -307,7 +318,7 @@ def ingest(
                 del existing
         del key_parts
     except InputFormatError as exc:
-        report.add(Violation(exc.row, None, "format", exc.message))
+        report.add(Violation(exc.row, None, Rule.FORMAT, exc.message))
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -341,10 +352,10 @@ def _settle_key(
     record = repository.get_idempotency(
         session, principal.client_id, req.idempotency_key, for_update=True
     )
-    if record is None or record.state == "done" or record.upload_id != upload_id:
+    if record is None or record.state == IdempotencyState.DONE or record.upload_id != upload_id:
         # Our lease ran out and another attempt took the key over: let that attempt settle it.
         raise IdempotencyConflict()
-    record.state = "done"
+    record.state = IdempotencyState.DONE
     record.response_status = status
     record.response_body = body
 
@@ -361,7 +372,8 @@ def _finish_accepted(
     started: float,
 ) -> UploadOutcome:
     now = utcnow()
-    with deps.sessions() as session:
+    with audited(deps.sessions, "the upload") as uow:
+        session = uow.session
         version = storage_service.publish(
             session,
             dataset_id=contract.id,
@@ -401,27 +413,27 @@ def _finish_accepted(
             )
         )
         _settle_key(session, principal, req, upload_id, 201, body)
-        audit_service.record(
-            session,
-            ctx,
-            AuditRecord(
-                action=AuditAction.DATASET_INGESTED,
-                outcome=Outcome.SUCCESS,
-                resource_type="dataset",
-                resource=contract.id,
-                resource_org=contract.owner,
-                parameters={"mode": req.mode, "media_type": req.media_type},
-                rows=rows,
-                details={
-                    "upload_id": upload_id,
-                    "contract_version": contract.version,
-                    "version": version,
-                    "content_sha256": req.body_sha256,
-                    "seconds": round(time.monotonic() - started, 3),
-                },
-            ),
+        uow.audit(
+            audit_service.event(
+                ctx,
+                AuditRecord(
+                    action=AuditAction.DATASET_INGESTED,
+                    outcome=Outcome.SUCCESS,
+                    resource_type="dataset",
+                    resource=contract.id,
+                    resource_org=contract.owner,
+                    parameters={"mode": req.mode, "media_type": req.media_type},
+                    rows=rows,
+                    details={
+                        "upload_id": upload_id,
+                        "contract_version": contract.version,
+                        "version": version,
+                        "content_sha256": req.body_sha256,
+                        "seconds": round(time.monotonic() - started, 3),
+                    },
+                ),
+            )
         )
-        session.commit()
     log.info("upload accepted", extra={"upload_id": upload_id, "rows": rows})
     return UploadOutcome(201, body)
 
@@ -452,7 +464,8 @@ def _finish_rejected(
         "contract_version": contract.version,
         "report": report_doc,
     }
-    with deps.sessions() as session:
+    with audited(deps.sessions, "the rejected upload") as uow:
+        session = uow.session
         session.add(
             Upload(
                 id=upload_id,
@@ -473,27 +486,27 @@ def _finish_rejected(
             )
         )
         _settle_key(session, principal, req, upload_id, 422, body)
-        audit_service.record(
-            session,
-            ctx,
-            AuditRecord(
-                action=AuditAction.DATASET_REJECTED,
-                outcome=Outcome.REJECTED,
-                reason="contract violation",
-                resource_type="dataset",
-                resource=contract.id,
-                resource_org=contract.owner,
-                parameters={"mode": req.mode, "media_type": req.media_type},
-                rows=rows,
-                details={
-                    "upload_id": upload_id,
-                    "contract_version": contract.version,
-                    "violations": report.total,
-                    "totals": dict(report.totals),
-                },
-            ),
+        uow.audit(
+            audit_service.event(
+                ctx,
+                AuditRecord(
+                    action=AuditAction.DATASET_REJECTED,
+                    outcome=Outcome.REJECTED,
+                    reason="contract violation",
+                    resource_type="dataset",
+                    resource=contract.id,
+                    resource_org=contract.owner,
+                    parameters={"mode": req.mode, "media_type": req.media_type},
+                    rows=rows,
+                    details={
+                        "upload_id": upload_id,
+                        "contract_version": contract.version,
+                        "violations": report.total,
+                        "totals": dict(report.totals),
+                    },
+                ),
+            )
         )
-        session.commit()
     return UploadOutcome(422, body)
 
 
@@ -524,34 +537,34 @@ def record_refused_upload(
 def upload_status(
     deps: IngestionDeps, principal: Principal, ctx: RequestContext, upload_id: str
 ) -> dict[str, Any]:
-    with deps.sessions() as session:
-        upload = repository.get_upload_for_client(session, upload_id, principal.client_id)
+    with audited(deps.sessions, "the upload status") as uow:
+        upload = repository.get_upload_for_client(uow.session, upload_id, principal.client_id)
         if upload is None:
             raise NotFound("no such upload")
-        audit_service.record(
-            session,
-            ctx,
-            AuditRecord(
-                action=AuditAction.UPLOAD_VIEWED,
-                outcome=Outcome.SUCCESS,
-                resource_type="upload",
-                resource=upload.id,
-                resource_org=upload.organisation,
-                parameters={"dataset": upload.dataset_id},
-            ),
+        uow.audit(
+            audit_service.event(
+                ctx,
+                AuditRecord(
+                    action=AuditAction.UPLOAD_VIEWED,
+                    outcome=Outcome.SUCCESS,
+                    resource_type="upload",
+                    resource=upload.id,
+                    resource_org=upload.organisation,
+                    parameters={"dataset": upload.dataset_id},
+                ),
+            )
         )
-        session.commit()
-        return {
-            "upload_id": upload.id,
-            "dataset": upload.dataset_id,
-            "status": upload.status,
-            "mode": upload.mode,
-            "media_type": upload.media_type,
-            "rows": upload.rows,
-            "size_bytes": upload.size_bytes,
-            "content_sha256": upload.content_sha256,
-            "contract_version": upload.contract_version,
-            "version": upload.version,
-            "received_at": upload.created_at.isoformat(),
-            "report": upload.report,
-        }
+    return {
+        "upload_id": upload.id,
+        "dataset": upload.dataset_id,
+        "status": upload.status,
+        "mode": upload.mode,
+        "media_type": upload.media_type,
+        "rows": upload.rows,
+        "size_bytes": upload.size_bytes,
+        "content_sha256": upload.content_sha256,
+        "contract_version": upload.contract_version,
+        "version": upload.version,
+        "received_at": upload.created_at.isoformat(),
+        "report": upload.report,
+    }

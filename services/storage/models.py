@@ -1,11 +1,19 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import BigInteger, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.kit.db import Base, UTCDateTime
+
+
+class UploadMode(StrEnum):
+    """How an upload's rows become the new version (stored in `DatasetVersion.mode` as is)."""
+
+    APPEND = "append"  # the previous version's files and the new one
+    REPLACE = "replace"  # the new file only
 
 
 class Dataset(Base):

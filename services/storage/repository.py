@@ -55,7 +55,3 @@ def current_version_rows(session: Session, dataset_ids: list[str]) -> list[Any]:
 
 def all_referenced_paths(session: Session) -> set[str]:
     return set(session.execute(select(VersionFile.path)).scalars())
-
-
-def list_datasets(session: Session) -> list[Dataset]:
-    return list(session.execute(select(Dataset).order_by(Dataset.id)).scalars())

@@ -1,9 +1,9 @@
 """Immutable dataset versions on Parquet. The only package that does pyarrow file IO.
 
 Durability order: write the file under a temporary name, fsync it, rename it into place, fsync
-the directory, and only then commit the metadata row that points at it. A row therefore never
-points at a file that is not durable; a file with no row (a crash between the two) is an orphan
-that no reader can see, removed by `sweep_orphans`.
+the directory (services/kit/files.py), and only then commit the metadata row that points at it.
+A row therefore never points at a file that is not durable; a file with no row (a crash between
+the two) is an orphan that no reader can see, removed by `sweep_orphans`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy.orm import Session
 
+from services.kit import files as durable
 from services.kit.clock import utcnow
 from services.kit.ids import new_id
 from services.storage import repository
-from services.storage.models import Dataset, DatasetVersion, VersionFile
+from services.storage.models import Dataset, DatasetVersion, UploadMode, VersionFile
 
 PARQUET_COMPRESSION = "zstd"
 
@@ -136,22 +136,13 @@ class ParquetVersionWriter:
                 digest.update(chunk)
             os.fsync(handle.fileno())
         size = self._temp.stat().st_size
-        os.replace(self._temp, self._final)
-        _fsync_dir(self._directory)
+        durable.publish(self._temp, self._final)
         return StoredFile(
             relative_path=self._final.relative_to(self._root).as_posix(),
             row_count=self.rows,
             size_bytes=size,
             sha256=digest.hexdigest(),
         )
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def current_version(session: Session, storage: Storage, dataset_id: str) -> VersionInfo | None:
@@ -197,7 +188,7 @@ def publish(
     *,
     dataset_id: str,
     contract_version: str,
-    mode: str,
+    mode: UploadMode,
     upload_id: str,
     new_file: StoredFile,
 ) -> int:
@@ -214,7 +205,7 @@ def publish(
         session.flush()
     previous_files: list[VersionFile] = []
     previous_rows = 0
-    if mode == "append" and dataset.current_version is not None:
+    if mode == UploadMode.APPEND and dataset.current_version is not None:
         previous = repository.get_version(session, dataset_id, dataset.current_version)
         if previous is not None:
             previous_files = repository.version_files(session, previous.id)
@@ -255,11 +246,3 @@ def publish(
     dataset.updated_at = now
     session.flush()
     return number
-
-
-def iter_parquet_batches(path: Path, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
-    yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size)
-
-
-def parquet_metadata(path: Path) -> pq.FileMetaData:
-    return pq.ParquetFile(path).metadata

@@ -11,14 +11,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
-from gateway.platform import Platform
 from services.audit import alerts
 from services.audit.alerts import Alert, AlertReview, AlertRules
 from services.audit.catalogue import AuditAction, Outcome
 from services.audit.models import AuditEvent
 from services.audit.review import Scope
-from tests.audit.review_fixtures import COUNCIL, POLICE, clock_at, level3_read, make_event
-from tests.conftest import ClientCredentials
+from services.platform import Platform
+from tests.fixtures.app import ClientCredentials
+from tests.fixtures.audit_events import COUNCIL, POLICE, clock_at, level3_read, make_event
 
 LONDON = ZoneInfo("Europe/London")
 RULES = AlertRules(timezone=LONDON, volume_minimum=20, denials_threshold=5)

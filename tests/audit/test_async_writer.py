@@ -8,10 +8,10 @@ import asyncio
 import pytest
 from sqlalchemy import func, select, text
 
-from gateway.platform import Platform
 from services.audit.catalogue import AuditAction, Outcome
 from services.audit.models import AuditEvent
 from services.audit.service import AuditRecord, RequestContext
+from services.platform import Platform
 
 
 def _count(platform: Platform) -> int:

@@ -9,10 +9,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from gateway.platform import Platform
+from services.audit import chain as audit_chain
 from services.audit import service as audit_service
 from services.audit.catalogue import AuditAction, Outcome
-from tests.conftest import ClientCredentials
+from services.platform import Platform
+from tests.fixtures.app import ClientCredentials
 
 
 def test_sealed_chain_verifies_and_detects_a_changed_event(
@@ -33,12 +34,12 @@ def test_sealed_chain_verifies_and_detects_a_changed_event(
     for thread in threads:
         thread.join()
     assert token
-    sealed = audit_service.seal_all(platform.sessions)
+    sealed = audit_chain.seal_all(platform.sessions)
     assert sealed >= 41
     with platform.sessions() as session:
-        check = audit_service.verify_chain(session)
+        check = audit_chain.verify_chain(session)
     assert check.ok and check.unsealed == 0 and check.checked == sealed
-    assert audit_service.seal_all(platform.sessions) == 0
+    assert audit_chain.seal_all(platform.sessions) == 0
 
     # An operator with owner rights edits an event behind the triggers: the chain shows it.
     with platform.engine.begin() as connection:
@@ -55,7 +56,7 @@ def test_sealed_chain_verifies_and_detects_a_changed_event(
             )
         )
     with platform.sessions() as session:
-        check = audit_service.verify_chain(session)
+        check = audit_chain.verify_chain(session)
     assert not check.ok
     assert check.first_bad_leaf == 7
     assert check.reason == "event content changed"
@@ -63,7 +64,7 @@ def test_sealed_chain_verifies_and_detects_a_changed_event(
 
 def test_chain_links_are_append_only(api: TestClient, platform: Platform) -> None:
     api.get("/v1/contracts")
-    audit_service.seal_all(platform.sessions)
+    audit_chain.seal_all(platform.sessions)
     for statement in ("UPDATE audit_chain SET hash = 'x'", "DELETE FROM audit_chain"):
         try:
             with platform.engine.begin() as connection:
@@ -83,7 +84,7 @@ def _late_event(platform: Platform, others: int, window: int) -> int:
     try:
         (held,) = audit_service.record_many(late, [_EVENT])  # seq taken, not committed
         _commit(platform, others)
-        assert audit_service.seal_all(platform.sessions, window=window) == others
+        assert audit_chain.seal_all(platform.sessions, window=window) == others
         late.commit()
     finally:
         late.close()
@@ -96,9 +97,9 @@ def _commit(platform: Platform, events: int) -> None:
         session.commit()
 
 
-def _chain_and_leaf(platform: Platform, seq: int) -> tuple[audit_service.ChainCheck, int]:
+def _chain_and_leaf(platform: Platform, seq: int) -> tuple[audit_chain.ChainCheck, int]:
     with platform.sessions() as session:
-        check = audit_service.verify_chain(session)
+        check = audit_chain.verify_chain(session)
         leaf = session.execute(
             text("SELECT leaf_index FROM audit_chain WHERE event_seq = :s"), {"s": seq}
         ).scalar_one()
@@ -116,8 +117,8 @@ def test_a_late_commit_below_the_sealers_window_is_sealed_by_the_full_pass(
 ) -> None:
     held = _late_event(platform, others=50, window=10)
     # Below the window: the bounded pass does not see it, the full pass seals it, late.
-    assert audit_service.seal_all(platform.sessions, window=10) == 0
-    assert audit_service.seal_all(platform.sessions) == 1
+    assert audit_chain.seal_all(platform.sessions, window=10) == 0
+    assert audit_chain.seal_all(platform.sessions) == 1
     check, leaf = _chain_and_leaf(platform, held)
     assert check.ok and check.unsealed == 0
     assert leaf == 50  # after the 50 that committed first
@@ -131,8 +132,8 @@ def test_a_late_commit_within_the_window_is_sealed_by_the_bounded_pass(
     held = _late_event(platform, others=5, window=1000)
     _commit(platform, 3)
     # One bounded pass seals the late one (first: it is the lowest seq) and the three new ones.
-    assert audit_service.seal_all(platform.sessions, window=1000, limit=2) == 4
-    assert audit_service.seal_all(platform.sessions, window=1000) == 0
+    assert audit_chain.seal_all(platform.sessions, window=1000, limit=2) == 4
+    assert audit_chain.seal_all(platform.sessions, window=1000) == 0
     check, leaf = _chain_and_leaf(platform, held)
     assert check.ok and check.unsealed == 0
     assert leaf == 5

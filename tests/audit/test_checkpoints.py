@@ -15,16 +15,18 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from gateway.platform import Platform
+from services.audit import chain as audit_chain
 from services.audit import checkpoints
 from services.audit import service as audit_service
 from services.audit.checkpoints import verify_signature
-from services.audit.service import AuditRecord, Sealer
+from services.audit.sealer import Sealer
+from services.audit.service import AuditRecord
 from services.kit.app_role import grant_app_role
 from services.kit.db import make_engine
 from services.kit.errors import ConfigurationError
 from services.kit.settings import Environment, Settings
-from tests.conftest import ClientCredentials, cli_context
+from services.platform import Platform
+from tests.fixtures.app import ClientCredentials, cli_context
 
 AUDIT_TABLES = ("audit_events", "audit_chain", "audit_subjects", "audit_checkpoints")
 
@@ -37,7 +39,7 @@ def test_checkpoints_are_signed_and_published(
 ) -> None:
     assert api.get("/v1/audit/checkpoints").status_code == 401
     token = token_for(make_client(org="hiwfrs", roles=("l1_reader",)))
-    audit_service.seal_all(platform.sessions)
+    audit_chain.seal_all(platform.sessions)
     with platform.sessions() as session:
         first = checkpoints.write_checkpoint(session, platform.audit_signer)
         second = checkpoints.write_checkpoint(session, platform.audit_signer)
@@ -118,7 +120,7 @@ def test_the_app_database_user_cannot_change_audit_rows(
     api: TestClient, platform: Platform
 ) -> None:
     api.get("/v1/contracts")  # one authentication.failed event
-    audit_service.seal_all(platform.sessions)
+    audit_chain.seal_all(platform.sessions)
     with platform.sessions() as session:
         checkpoints.write_checkpoint(session, platform.audit_signer)
         session.execute(

@@ -16,14 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from gateway.platform import Platform
+from services.audit import chain as audit_chain
 from services.audit import checkpoints, merkle
-from services.audit import service as audit_service
 from services.audit.canonical import canonical_bytes
 from services.audit.export import HeldCheckpoint, Verification, verify_export, write_export
 from services.kit.clock import utcnow
-from tests.conftest import ClientCredentials
-from tests.live import settings_env, together_bin
+from services.platform import Platform
+from tests.fixtures.app import ClientCredentials
+from tests.fixtures.cli import run_cli, run_cli_bytes
 
 EVENTS = 30
 EVENT = b'{"type":"event","leaf":'
@@ -35,7 +35,7 @@ def _events(api: TestClient, count: int) -> None:
 
 
 def _seal_and_sign(platform: Platform) -> checkpoints.AuditCheckpoint:
-    audit_service.seal_all(platform.sessions)
+    audit_chain.seal_all(platform.sessions)
     with platform.sessions() as session:
         written = checkpoints.write_checkpoint(session, platform.audit_signer)
         session.commit()
@@ -338,12 +338,9 @@ def test_cli_export_and_verify(
 ) -> None:
     """The IG lead's path: fetch the published keys and checkpoints, export, verify offline."""
     _events(api, 5)
-    env = settings_env(platform.settings)
     export = tmp_path / "audit.ndjson"
-    with export.open("wb") as handle:
-        done = subprocess.run(
-            [together_bin(), "audit", "export"], env=env, stdout=handle, stderr=subprocess.PIPE
-        )
+    done = run_cli_bytes(platform.settings, "audit", "export")
+    export.write_bytes(done.stdout)
     assert done.returncode == 0, done.stderr
     assert b"exported" in done.stderr
 
@@ -353,12 +350,7 @@ def test_cli_export_and_verify(
     saved.write_text(published.text)
 
     def verify(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [together_bin(), "audit", "verify", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        return run_cli(platform.settings, "audit", "verify", *args)
 
     ok = verify(str(export), "--key", str(saved), "--checkpoints", str(saved))
     assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -12,11 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
-from gateway.platform import Platform
 from services.audit.catalogue import AuditAction, Outcome
 from services.audit.models import AuditEvent
-from tests.audit.review_fixtures import COUNCIL, POLICE, clock_at, level3_read, make_event
-from tests.conftest import ClientCredentials
+from services.platform import Platform
+from tests.fixtures.app import ClientCredentials
+from tests.fixtures.audit_events import COUNCIL, POLICE, clock_at, level3_read, make_event
 
 Tokens = Callable[[ClientCredentials], str]
 

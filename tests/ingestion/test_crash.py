@@ -11,9 +11,9 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from gateway.platform import Platform
+from services.platform import Platform
 from services.storage import service as storage_service
-from tests.conftest import ClientCredentials
+from tests.fixtures.app import ClientCredentials
 from tests.ingestion.helpers import police_rows, to_csv
 from tests.live import LiveServer, live_token
 

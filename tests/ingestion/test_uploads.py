@@ -15,11 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
-from gateway.platform import Platform
 from services.audit.models import AuditEvent
 from services.identity import service as identity_service
+from services.platform import Platform
 from services.storage import service as storage_service
-from tests.conftest import ClientCredentials
+from tests.fixtures.app import ClientCredentials
 from tests.ingestion.helpers import police_rows, to_csv, with_suspect
 
 URL = "/v1/datasets/police.occurrences/uploads"
