@@ -13,7 +13,6 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import errors
-from gateway.platform import Platform, build_platform
 from gateway.routes import (
     admin,
     audit_checkpoints,
@@ -27,8 +26,8 @@ from gateway.routes import (
 )
 from gateway.web import pages as ig_pages
 from gateway.web.session import WebSessionMiddleware
-from services.audit.service import Sealer
 from services.kit.settings import Settings, get_settings
+from services.platform import Platform, build_platform
 
 # Routes reachable without a bearer token. Pinned by a test: anything else must authenticate.
 # The IG pages under /ig/ authenticate with their session cookie instead (`gateway.web.auth`);
@@ -95,8 +94,8 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        sealer = None
-        refresher = None
+        # Only a server process builds its own platform and runs the background threads; an
+        # app given a platform (a test, a benchmark) leaves them to whoever built it.
         if platform is None:
             # A server process: requests hand work to threads (the audit group committer, the
             # thread pool) and wait for it. With Python's default 5 ms switch interval each
@@ -104,24 +103,12 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             # 0.5 ms measured about 25% more audited reads per second.
             sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
             app.state.platform = build_platform(settings)
-            sealer = Sealer(
-                app.state.platform.sessions,
-                settings.audit_seal_interval_seconds,
-                app.state.platform.audit_signer,
-                settings.audit_checkpoint_interval_seconds,
-            )
-            sealer.start()
-            # Requests then find the cache epochs in memory (see services/kit/epochs.py).
-            app.state.platform.epochs.start()
-            refresher = sharing.refresher(app.state.platform)
+            app.state.platform.start_background()
         try:
             yield
         finally:
-            if refresher is not None:
-                refresher.stop()
-            if sealer is not None:
-                sealer.stop()
-                app.state.platform.epochs.stop()
+            if platform is None:
+                app.state.platform.stop_background()
             writer = app.state.platform.products.async_audit
             if writer is not None:
                 await writer.close()

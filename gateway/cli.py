@@ -16,7 +16,7 @@ from services.audit.service import RequestContext
 from services.kit.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from gateway.platform import Platform
+    from services.platform import Platform
 
 app = typer.Typer(help="Together: governed, audited data sharing.", no_args_is_help=True)
 db_app = typer.Typer(help="The metadata database.", no_args_is_help=True)
@@ -38,19 +38,12 @@ app.add_typer(audit_app, name="audit")
 @audit_app.command("seal")
 def audit_seal() -> None:
     """Chain every committed audit event not yet sealed, sign a checkpoint, verify the log."""
-    from services.audit import checkpoints
-    from services.audit import service as audit_service
-    from services.audit.export import verify_database
+    from services.admin import operations
 
     with _admin_platform() as platform:
-        sealed = audit_service.seal_all(platform.sessions)
-        with platform.sessions() as session:
-            checkpoint = checkpoints.write_checkpoint(session, platform.audit_signer)
-            session.commit()
-        with platform.sessions() as session:
-            check = audit_service.verify_chain(session)
-            verification = verify_database(session, platform.audit_signer)
-    typer.echo(f"sealed {sealed} event(s); chain of {check.checked} link(s) ", nl=False)
+        report = operations.seal_log(platform.admin)
+    check, checkpoint, verification = report.chain, report.checkpoint, report.log
+    typer.echo(f"sealed {report.sealed} event(s); chain of {check.checked} link(s) ", nl=False)
     if not check.ok:
         typer.echo(f"BROKEN at leaf {check.first_bad_leaf}: {check.reason}")
         raise typer.Exit(1)
@@ -84,36 +77,13 @@ def audit_export(
 ) -> None:
     """Write the audit log as NDJSON to standard output: events and the checkpoints covering
     them; seals and signs first, so everything exported is covered. The export is audited."""
-    from services.audit import checkpoints
-    from services.audit import service as audit_service
-    from services.audit.catalogue import AuditAction, Outcome
-    from services.audit.export import write_export
-    from services.kit.clock import utcnow
+    from services.admin import operations
 
     moment = _parse_since(since) if since else None
     with _admin_platform() as platform:
-        audit_service.record_committed(
-            platform.sessions,
-            _cli_context("audit-export"),
-            audit_service.AuditRecord(
-                action=AuditAction.AUDIT_EXPORTED,
-                outcome=Outcome.SUCCESS,
-                resource_type="audit_log",
-                parameters={"since": moment.isoformat() if moment else None},
-            ),
+        summary = operations.export_log(
+            platform.admin, _cli_context("audit-export"), sys.stdout.buffer, since=moment
         )
-        audit_service.seal_all(platform.sessions)
-        with platform.sessions() as session:
-            checkpoints.write_checkpoint(session, platform.audit_signer)
-            session.commit()
-        with platform.sessions() as session:
-            summary = write_export(
-                session,
-                sys.stdout.buffer,
-                platform.audit_signer.published_keys(),
-                since=moment,
-                exported_at=utcnow(),
-            )
         sys.stdout.buffer.flush()
     typer.echo(
         f"exported {summary.events} event(s) (leaves {summary.first_leaf} to "
@@ -259,7 +229,7 @@ def serve(
     import uvicorn
 
     settings = _settings()
-    from gateway.platform import build_platform
+    from services.platform import build_platform
 
     build_platform(settings).close()  # fail fast on bad keys, contracts or policies
     uvicorn.run(
@@ -282,8 +252,8 @@ _AREA_HELP = "Limit the roles to a CSP area (repeatable; all = every area)"
 @contextmanager
 def _admin_platform() -> Iterator[Platform]:
     """The platform for one administrative command; domain errors end it with status 2."""
-    from gateway.platform import build_platform
     from services.kit.errors import TogetherError
+    from services.platform import build_platform
 
     platform = build_platform(_settings())
     try:
@@ -309,11 +279,11 @@ def clients_create(
     if output not in ("json", "env"):
         typer.echo("error: --format must be json or env", err=True)
         raise typer.Exit(2)
-    from gateway import principals
+    from services.admin import principals
 
     with _admin_platform() as platform:
         created = principals.create_client(
-            platform,
+            platform.admin,
             _cli_context("clients-create"),
             name=name,
             organisation=org,
@@ -339,20 +309,20 @@ def clients_create(
 @clients_app.command("list")
 def clients_list(org: Annotated[str | None, typer.Option("--org")] = None) -> None:
     """List clients (never their secrets)."""
-    from gateway import principals
+    from services.admin import principals
 
     with _admin_platform() as platform:
-        rows = principals.list_clients(platform, org)
+        rows = principals.list_clients(platform.admin, org)
     typer.echo(json.dumps(rows, indent=2))
 
 
 @clients_app.command("disable")
 def clients_disable(client_id: str) -> None:
     """Disable a client: its tokens stop working at once."""
-    from gateway import principals
+    from services.admin import principals
 
     with _admin_platform() as platform:
-        principals.disable_client(platform, _cli_context("clients-disable"), client_id)
+        principals.disable_client(platform.admin, _cli_context("clients-disable"), client_id)
     typer.echo(f"client {client_id} disabled")
 
 
@@ -363,11 +333,11 @@ def clients_roles(
     area: Annotated[list[str] | None, typer.Option("--area", help=_AREA_HELP)] = None,
 ) -> None:
     """Replace a client's roles and areas (audited with before and after)."""
-    from gateway import principals
+    from services.admin import principals
 
     with _admin_platform() as platform:
         after = principals.set_roles(
-            platform,
+            platform.admin,
             _cli_context("clients-roles"),
             client_id,
             principals.grants_for(role, area or []),
@@ -392,7 +362,7 @@ def users_create(
     ] = False,
 ) -> None:
     """Create a person's account; the password is prompted for (or read from stdin)."""
-    from gateway import people
+    from services.admin import accounts
 
     password: str | None = None
     if oidc and password_stdin:
@@ -403,8 +373,8 @@ def users_create(
     elif not oidc:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     with _admin_platform() as platform:
-        people.create_user(
-            platform,
+        accounts.create_user(
+            platform.admin,
             _cli_context("users-create"),
             username=name,
             organisation=org,
@@ -417,20 +387,20 @@ def users_create(
 @users_app.command("list")
 def users_list(org: Annotated[str | None, typer.Option("--org")] = None) -> None:
     """List accounts (never password hashes)."""
-    from gateway import people
+    from services.admin import accounts
 
     with _admin_platform() as platform:
-        rows = people.list_users(platform, _cli_context("users-list"), org)
+        rows = accounts.list_users(platform.admin, _cli_context("users-list"), org)
     typer.echo(json.dumps(rows, indent=2))
 
 
 @users_app.command("disable")
 def users_disable(name: str) -> None:
     """Disable an account: its session ends at its next request."""
-    from gateway import people
+    from services.admin import accounts
 
     with _admin_platform() as platform:
-        people.disable_user(platform, _cli_context("users-disable"), name)
+        accounts.disable_user(platform.admin, _cli_context("users-disable"), name)
     typer.echo(f"user {name} disabled")
 
 
@@ -471,8 +441,10 @@ def storage_sweep(
     older_than: Annotated[int, typer.Option(help="Minimum age in seconds")] = 3600,
 ) -> None:
     """Remove dataset files that no version references (left by a crash)."""
-    with _admin_platform() as platform, platform.sessions() as session:
-        removed = platform.storage.sweep_orphans(session, older_than_seconds=older_than)
+    from services.admin import operations
+
+    with _admin_platform() as platform:
+        removed = operations.sweep_storage(platform.admin, older_than_seconds=older_than)
     typer.echo(f"removed {len(removed)} orphan file(s)")
 
 
@@ -502,10 +474,26 @@ def demo_load(
     force: Annotated[bool, typer.Option(help="Load again even if already loaded")] = False,
 ) -> None:
     """Generate the synthetic demo data set and push it through the ingestion service."""
-    from gateway.demo import load_demo
+    from services.demo import load
+    from services.platform import build_platform
 
     settings = _settings()
-    load_demo(settings, force=force, echo=typer.echo)
+    credentials = load.credentials_path(settings.data_dir)
+    if credentials.exists() and not force:
+        typer.echo(
+            f"demo data already loaded (credentials in {credentials}); use --force to reload"
+        )
+        return
+    platform = build_platform(settings)
+    try:
+        load.load_demo(platform.ingestion, platform.admin, settings.data_dir, echo=typer.echo)
+    finally:
+        platform.close()
+    typer.echo(f"demo clients and their secrets: {credentials} (development only)")
+    typer.echo(
+        "get a token:  curl -s -u CLIENT_ID:CLIENT_SECRET -d grant_type=client_credentials "
+        "http://127.0.0.1:8000/oauth/token"
+    )
 
 
 def main() -> None:

@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from gateway.platform import Platform
 from services.audit import service as audit_service
 from services.audit.catalogue import AuditAction, Outcome
 from services.audit.service import AuditRecord, RequestContext
@@ -15,6 +14,7 @@ from services.identity import service as identity_service
 from services.identity.schemas import Principal
 from services.identity.tokens import TokenInvalid
 from services.kit.errors import NotAuthenticated
+from services.platform import Platform
 from services.sharing import service as sharing_service
 
 
@@ -92,8 +92,7 @@ def _principal(platform: Platform, client_id: str, ctx: RequestContext) -> Princ
     """
 
     def load() -> Principal | None:
-        with platform.sessions() as session:
-            return identity_service.active_principal(session, client_id)
+        return identity_service.lookup_active_principal(platform.sessions, client_id)
 
     ctx.cache_epochs = platform.epochs.read()
     return platform.principal_cache.get(client_id, ctx.cache_epochs.principals, load)

@@ -4,8 +4,8 @@ from alembic import context
 
 import services.audit.alerts
 import services.audit.models
+import services.identity.accounts
 import services.identity.models
-import services.identity.people
 import services.ingestion.models
 import services.kit.epochs
 import services.products.models

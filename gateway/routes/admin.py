@@ -8,17 +8,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from gateway import principals
 from gateway.deps import Authenticated, Context, PlatformDep
-from gateway.platform import Platform
 from gateway.responses import FastJSONResponse
-from services.audit import service as audit_service
-from services.audit.catalogue import AuditAction, Outcome
-from services.audit.service import AuditRecord, RequestContext
-from services.authz.enforcer import Resource
-from services.authz.vocabulary import Action, ResourceType
-from services.identity.schemas import Principal, RoleGrant
-from services.kit.errors import Forbidden
+from services.admin import principals
+from services.identity.schemas import RoleGrant
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -45,41 +38,12 @@ def _grants(roles: list[GrantIn]) -> list[RoleGrant]:
     return [grant for g in roles for grant in principals.grants_for([g.role], g.areas)]
 
 
-def _require_admin(platform: Platform, principal: Principal, ctx: RequestContext) -> None:
-    decision = platform.policy.decide(
-        principal, Action.CLIENT_MANAGE, Resource(ResourceType.PRINCIPALS, "*", None)
-    )
-    if not decision.allowed:
-        audit_service.record_denial(
-            platform.sessions,
-            ctx,
-            decision,
-            reason="not an administrator",
-            resource_type="principals",
-        )
-        raise Forbidden("administrators only")
-
-
 @router.get("/clients")
 async def list_clients(
     principal: Authenticated, ctx: Context, platform: PlatformDep
 ) -> FastJSONResponse:
-    def run() -> list[dict[str, Any]]:
-        _require_admin(platform, principal, ctx)
-        clients = principals.list_clients(platform)
-        audit_service.record_committed(
-            platform.sessions,
-            ctx,
-            AuditRecord(
-                action=AuditAction.CLIENTS_LISTED,
-                outcome=Outcome.SUCCESS,
-                resource_type="principals",
-                rows=len(clients),
-            ),
-        )
-        return clients
-
-    return FastJSONResponse({"clients": await run_in_threadpool(run)})
+    clients = await run_in_threadpool(principals.review_clients, platform.admin, principal, ctx)
+    return FastJSONResponse({"clients": clients})
 
 
 @router.post("/clients", status_code=201)
@@ -89,9 +53,9 @@ async def create_client(
     """Create a client. The secret is in this response only."""
 
     def run() -> dict[str, Any]:
-        _require_admin(platform, principal, ctx)
+        principals.require_admin(platform.admin, principal, ctx)
         created = principals.create_client(
-            platform,
+            platform.admin,
             ctx,
             name=body.name,
             organisation=body.organisation,
@@ -114,8 +78,8 @@ async def set_roles(
     """Replace a client's roles (and their areas). Takes effect on the client's next request."""
 
     def run() -> dict[str, Any]:
-        _require_admin(platform, principal, ctx)
-        after = principals.set_roles(platform, ctx, client_id, _grants(body.roles))
+        principals.require_admin(platform.admin, principal, ctx)
+        after = principals.set_roles(platform.admin, ctx, client_id, _grants(body.roles))
         return {"client_id": client_id, "roles": principals.grants_json(after)}
 
     return FastJSONResponse(await run_in_threadpool(run))
@@ -126,8 +90,8 @@ async def disable_client(
     client_id: str, principal: Authenticated, ctx: Context, platform: PlatformDep
 ) -> FastJSONResponse:
     def run() -> dict[str, Any]:
-        _require_admin(platform, principal, ctx)
-        principals.disable_client(platform, ctx, client_id)
+        principals.require_admin(platform.admin, principal, ctx)
+        principals.disable_client(platform.admin, ctx, client_id)
         return {"client_id": client_id, "disabled": True}
 
     return FastJSONResponse(await run_in_threadpool(run))

@@ -12,12 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from gateway import reviewing
 from gateway.deps import Authenticated, Context, PlatformDep
 from gateway.responses import FastJSONResponse
 from services.audit.review import EXPORT_COLUMNS, FILTER_NAMES, Page
 from services.kit.errors import BadRequest
 from services.products.formats import neutralise
+from services.review import service as review_service
 
 router = APIRouter(prefix="/v1/audit", tags=["audit review"])
 
@@ -35,7 +35,7 @@ def _params(request: Request, allowed: Iterable[str]) -> dict[str, str]:
             raise BadRequest(f"parameter {key!r} given twice")
         params[key] = value
     fmt = params.get("format", "json")
-    if fmt not in reviewing.FORMATS:
+    if fmt not in review_service.FORMATS:
         raise BadRequest("format is json, csv or ndjson")
     return params
 
@@ -88,7 +88,7 @@ async def events(
     params = _params(request, FILTER_NAMES | _PAGING)
     fmt = params.get("format", "json")
     page = await run_in_threadpool(
-        reviewing.search_events, platform, principal, ctx, params, fmt=fmt
+        review_service.search_events, platform.review, principal, ctx, params, fmt=fmt
     )
     return _page_response(page, fmt, "audit-events")
 
@@ -98,7 +98,9 @@ async def event(
     event_id: str, principal: Authenticated, ctx: Context, platform: PlatformDep
 ) -> FastJSONResponse:
     """One event (404 when it does not exist or is not the caller's to review)."""
-    found = await run_in_threadpool(reviewing.event_detail, platform, principal, ctx, event_id)
+    found = await run_in_threadpool(
+        review_service.event_detail, platform.review, principal, ctx, event_id
+    )
     return FastJSONResponse(found)
 
 
@@ -114,7 +116,7 @@ async def person(
     params = _params(request, _PAGING)
     fmt = params.get("format", "json")
     page = await run_in_threadpool(
-        reviewing.person_history, platform, principal, ctx, person_id, params, fmt=fmt
+        review_service.person_history, platform.review, principal, ctx, person_id, params, fmt=fmt
     )
     return _page_response(page, fmt, "person-history")
 
@@ -125,7 +127,9 @@ async def alerts(
 ) -> FastJSONResponse:
     """Rule-based flags for review (default: the last 30 days), each with its events."""
     params = _params(request, {"since", "until", "rule", "state"})
-    found = await run_in_threadpool(reviewing.list_alerts, platform, principal, ctx, params)
+    found = await run_in_threadpool(
+        review_service.list_alerts, platform.review, principal, ctx, params
+    )
     return FastJSONResponse({"alerts": [a.document() for a in found]})
 
 
@@ -140,6 +144,6 @@ async def review_alert(
 ) -> FastJSONResponse:
     """Mark an alert reviewed, with a comment (kept, append-only, and audited)."""
     alert = await run_in_threadpool(
-        reviewing.review_alert, platform, principal, ctx, alert_id, body.comment
+        review_service.review_alert, platform.review, principal, ctx, alert_id, body.comment
     )
     return FastJSONResponse(alert.document())

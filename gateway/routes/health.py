@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from gateway.deps import PlatformDep
@@ -17,9 +16,5 @@ async def healthz() -> FastJSONResponse:
 
 @router.get("/readyz", include_in_schema=False)
 async def readyz(platform: PlatformDep) -> FastJSONResponse:
-    def check() -> None:
-        with platform.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-
-    await run_in_threadpool(check)
+    await run_in_threadpool(platform.ready)
     return FastJSONResponse({"status": "ready"})

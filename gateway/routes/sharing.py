@@ -18,13 +18,11 @@ from starlette.responses import FileResponse, Response
 
 from gateway.deps import Authenticated, Context, PlatformDep, request_context
 from gateway.errors import problem
-from gateway.platform import Platform
 from gateway.responses import FastJSONResponse
 from services.kit.errors import BadRequest, TogetherError
-from services.sharing import materialise
+from services.platform import Platform
 from services.sharing import protocol as protocol_shapes
 from services.sharing import service as sharing_service
-from services.sharing.materialise import Refresher
 
 PREFIX = "/delta-sharing"
 FILE_PATH = PREFIX + "/files/{token}"
@@ -85,19 +83,6 @@ def _base(platform: Platform, request: Request) -> str:
 
 def _endpoint(platform: Platform, request: Request) -> str:
     return platform.sharing.endpoint or (_base(platform, request) + PREFIX)
-
-
-def refresher(platform: Platform) -> Refresher | None:
-    """The background materialiser of a server process (None when switched off)."""
-    interval = platform.settings.sharing_refresh_seconds
-    if interval <= 0 or not platform.sharing.config.tables:
-        return None
-    deps = platform.sharing
-    started = Refresher(
-        lambda: materialise.refresh_all(deps.products, deps.folder, deps.config), interval
-    )
-    started.start()
-    return started
 
 
 @router.get("/v1/sharing/profile")

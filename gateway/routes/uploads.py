@@ -13,6 +13,7 @@ from services.ingestion import service as ingestion_service
 from services.ingestion.service import UploadRequest
 from services.kit.errors import BadRequest, TogetherError, UnsupportedMediaType
 from services.storage.inputs import SUPPORTED_MEDIA
+from services.storage.models import UploadMode
 
 router = APIRouter(tags=["ingestion"])
 
@@ -65,7 +66,7 @@ async def upload(
             ctx,
             UploadRequest(
                 dataset_id=contract.id,
-                mode=mode,
+                mode=UploadMode(mode),
                 media_type=media_type,
                 body_path=body.path,
                 body_sha256=body.sha256,

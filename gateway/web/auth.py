@@ -1,4 +1,5 @@
-"""Who is signed in to the pages, CSRF tokens, and the audited sign-in and sign-out."""
+"""Who is signed in to the pages, and CSRF tokens; the audited sign-in and sign-out themselves
+are use cases of `services.admin.sign_in`."""
 
 from __future__ import annotations
 
@@ -6,24 +7,19 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import parse_qs
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from gateway.deps import get_platform, request_context
-from gateway.platform import Platform
-from services.audit import review
-from services.audit import service as audit_service
-from services.audit.catalogue import AuditAction, Outcome
-from services.audit.service import AuditRecord, RequestContext
-from services.identity import people
-from services.identity.people import Person
+from services.admin import sign_in as sign_in_service
+from services.audit.service import RequestContext
+from services.identity.accounts import Person
 from services.identity.schemas import Principal
-from services.kit.clock import utcnow
 from services.kit.errors import BadRequest, Forbidden, PayloadTooLarge
+from services.platform import Platform
 
 MAX_FORM_BYTES = 16 * 1024
 
@@ -52,18 +48,13 @@ def _context_for(request: Request, person: Person) -> RequestContext:
     return ctx
 
 
-def _signed_in(platform: Platform, username: Any) -> Person | None:
-    if not isinstance(username, str):
-        return None
-    with platform.sessions() as session:
-        return people.active_person(session, username)
-
-
 async def signed_in(request: Request) -> WebUser | None:
     """The person signed in to this session, looked up afresh (a disabled account is out at
     once); None when nobody is, and the page redirects to the sign-in form."""
     platform = get_platform(request)
-    person = await run_in_threadpool(_signed_in, platform, request.session.get("user"))
+    person = await run_in_threadpool(
+        sign_in_service.signed_in_person, platform.admin, request.session.get("user")
+    )
     if person is None:
         request.session.clear()
         return None
@@ -95,20 +86,12 @@ def check_csrf(platform: Platform, request: Request, form: dict[str, str], what:
     given = form.get("csrf", "")
     if isinstance(expected, str) and given and hmac.compare_digest(expected, given):
         return
-    ctx = request_context(request)
-    user = request.session.get("user")
-    if isinstance(user, str):
-        ctx.actor = people.ACTOR_PREFIX + user
-    audit_service.record_committed(
-        platform.sessions,
-        ctx,
-        AuditRecord(
-            action=AuditAction.IG_REQUEST_REFUSED,
-            outcome=Outcome.DENIED,
-            reason="csrf_token_invalid",
-            resource_type="ig_page",
-            resource=what[:200],
-        ),
+    sign_in_service.refuse_page_request(
+        platform.admin,
+        request_context(request),
+        request.session.get("user"),
+        "csrf_token_invalid",
+        what,
     )
     raise Forbidden("the form has expired or did not come from this site; reload and try again")
 
@@ -119,101 +102,3 @@ def start_session(request: Request, person: Person) -> None:
     request.session["user"] = person.username
     request.session["started"] = int(time.time())
     request.session["csrf"] = secrets.token_urlsafe(24)
-
-
-def _failures(platform: Platform, username: str) -> int:
-    since = utcnow() - timedelta(seconds=platform.settings.ig_lockout_seconds)
-    with platform.sessions() as session:
-        return review.count_recent(
-            session, AuditAction.IG_SIGN_IN_FAILED.value, "user", username, since
-        )
-
-
-def _record_failure(platform: Platform, ctx: RequestContext, username: str, reason: str) -> None:
-    # No claim of a failed sign-in is trusted, so the actor stays empty; the name is the resource.
-    audit_service.record_committed(
-        platform.sessions,
-        ctx,
-        AuditRecord(
-            action=AuditAction.IG_SIGN_IN_FAILED,
-            outcome=Outcome.DENIED,
-            reason=reason,
-            resource_type="user",
-            resource=username[:100],
-        ),
-    )
-
-
-def _record_success(platform: Platform, ctx: RequestContext, person: Person, method: str) -> None:
-    signed = RequestContext(
-        request_id=ctx.request_id,
-        client_address=ctx.client_address,
-        actor=person.actor,
-        actor_org=person.organisation,
-        actor_roles=[person.role],
-    )
-    audit_service.record_committed(
-        platform.sessions,
-        signed,
-        AuditRecord(
-            action=AuditAction.IG_SIGNED_IN,
-            outcome=Outcome.SUCCESS,
-            resource_type="user",
-            resource=person.username,
-            resource_org=person.organisation,
-            details={"method": method},
-        ),
-    )
-
-
-def password_sign_in(
-    platform: Platform, ctx: RequestContext, username: str, password: str
-) -> Person | None:
-    """The person when the name and password are right and the account is not locked out."""
-    username = username.strip()[:100]
-    if not username or not password:
-        _record_failure(platform, ctx, username or "-", "missing_credentials")
-        return None
-    if _failures(platform, username) >= platform.settings.ig_lockout_attempts:
-        _record_failure(platform, ctx, username, "locked_out")
-        return None
-    with platform.sessions() as session:
-        person = people.verify_password(session, username, password[:1024])
-    if person is None:
-        _record_failure(platform, ctx, username, "bad_credentials")
-        return None
-    _record_success(platform, ctx, person, "password")
-    return person
-
-
-def oidc_sign_in(
-    platform: Platform,
-    ctx: RequestContext,
-    username: str | None,
-    organisation: str | None,
-    refusal: str | None,
-) -> Person | None:
-    if refusal is not None or username is None or organisation is None:
-        _record_failure(platform, ctx, username or "-", refusal or "oidc_refused")
-        return None
-    with platform.sessions() as session:
-        person = people.person_for_oidc(session, username, organisation)
-    if person is None:
-        _record_failure(platform, ctx, username, "oidc_no_matching_account")
-        return None
-    _record_success(platform, ctx, person, "oidc")
-    return person
-
-
-def record_sign_out(platform: Platform, user: WebUser) -> None:
-    audit_service.record_committed(
-        platform.sessions,
-        user.ctx,
-        AuditRecord(
-            action=AuditAction.IG_SIGNED_OUT,
-            outcome=Outcome.SUCCESS,
-            resource_type="user",
-            resource=user.person.username,
-            resource_org=user.person.organisation,
-        ),
-    )

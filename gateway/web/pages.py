@@ -1,8 +1,8 @@
 """Server-rendered pages for information-governance leads, under /ig/.
 
 Pages authenticate with the signed session cookie (`SignedIn`), never with a bearer token, and
-run the same audited use cases as the API (`gateway.reviewing`). No page runs JavaScript; every
-value is escaped by Jinja2's autoescaping; every form carries the session's CSRF token.
+run the same audited use cases as the API (`services.review.service`). No page runs JavaScript;
+every value is escaped by Jinja2's autoescaping; every form carries the session's CSRF token.
 """
 
 from __future__ import annotations
@@ -17,16 +17,17 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-from gateway import reviewing
 from gateway.deps import PlatformDep, request_context
 from gateway.web import auth
 from gateway.web.auth import SignedIn, WebUser
+from services.admin import sign_in as sign_in_service
 from services.audit.alerts import RULE_TITLES, RULES
 from services.audit.catalogue import AuditAction, Outcome
 from services.audit.review import FILTER_NAMES
 from services.identity import oidc
 from services.kit.errors import TogetherError
 from services.kit.partnership import ORGANISATIONS
+from services.review import service as review_service
 
 HERE = Path(__file__).resolve().parent
 SIGN_IN = "/ig/sign-in"
@@ -99,7 +100,11 @@ async def sign_in(request: Request, platform: PlatformDep) -> Response:
         return _error(None, exc)
     ctx = request_context(request)
     person = await run_in_threadpool(
-        auth.password_sign_in, platform, ctx, form.get("username", ""), form.get("password", "")
+        sign_in_service.password_sign_in,
+        platform.admin,
+        ctx,
+        form.get("username", ""),
+        form.get("password", ""),
     )
     if person is None:
         # One message for every reason: the reason is in the audit trail, not on the page.
@@ -132,8 +137,8 @@ async def oidc_callback(request: Request, platform: PlatformDep) -> Response:
     identity = await client.identity(request)
     ctx = request_context(request)
     person = await run_in_threadpool(
-        auth.oidc_sign_in,
-        platform,
+        sign_in_service.oidc_sign_in,
+        platform.admin,
         ctx,
         identity.username,
         identity.organisation,
@@ -154,7 +159,7 @@ async def sign_out(request: Request, user: SignedIn, platform: PlatformDep) -> R
         await run_in_threadpool(auth.check_csrf, platform, request, form, "/ig/sign-out")
     except TogetherError as exc:
         return _error(user, exc)
-    await run_in_threadpool(auth.record_sign_out, platform, user)
+    await run_in_threadpool(sign_in_service.record_sign_out, platform.admin, user.ctx, user.person)
     request.session.clear()
     return _to_sign_in()
 
@@ -183,7 +188,7 @@ async def events(request: Request, user: SignedIn, platform: PlatformDep) -> Res
     }
     try:
         page = await run_in_threadpool(
-            reviewing.search_events, platform, user.principal, user.ctx, params
+            review_service.search_events, platform.review, user.principal, user.ctx, params
         )
     except TogetherError as exc:
         return _error(user, exc)
@@ -209,7 +214,7 @@ async def event(event_id: str, user: SignedIn, platform: PlatformDep) -> Respons
         return _to_sign_in()
     try:
         found = await run_in_threadpool(
-            reviewing.event_detail, platform, user.principal, user.ctx, event_id
+            review_service.event_detail, platform.review, user.principal, user.ctx, event_id
         )
     except TogetherError as exc:
         return _error(user, exc)
@@ -235,7 +240,12 @@ async def person(
     params = {k: v for k, v in request.query_params.items() if k in ("cursor", "limit") and v}
     try:
         page = await run_in_threadpool(
-            reviewing.person_history, platform, user.principal, user.ctx, person_id, params
+            review_service.person_history,
+            platform.review,
+            user.principal,
+            user.ctx,
+            person_id,
+            params,
         )
     except TogetherError as exc:
         return _error(user, exc)
@@ -261,7 +271,7 @@ async def alerts(request: Request, user: SignedIn, platform: PlatformDep) -> Res
         params.pop("state")
     try:
         found = await run_in_threadpool(
-            reviewing.list_alerts, platform, user.principal, user.ctx, params
+            review_service.list_alerts, platform.review, user.principal, user.ctx, params
         )
     except TogetherError as exc:
         return _error(user, exc)
@@ -287,8 +297,8 @@ async def review_alert(
             auth.check_csrf, platform, request, form, f"/ig/alerts/{alert_id}/review"
         )
         alert = await run_in_threadpool(
-            reviewing.review_alert,
-            platform,
+            review_service.review_alert,
+            platform.review,
             user.principal,
             user.ctx,
             alert_id,
@@ -296,7 +306,7 @@ async def review_alert(
         )
     except TogetherError as exc:
         return _error(user, exc)
-    day = alert.occurred_at.astimezone(reviewing.zone(platform)).date().isoformat()
+    day = alert.occurred_at.astimezone(review_service.zone(platform.review)).date().isoformat()
     return RedirectResponse(
         "/ig/alerts?" + urlencode({"state": "reviewed", "since": day}) + f"#alert-{alert.id}",
         status_code=303,
@@ -310,8 +320,8 @@ async def checkpoints(user: SignedIn, platform: PlatformDep, verify: str | None 
     verify_log = verify == "1"
     try:
         found = await run_in_threadpool(
-            partial(reviewing.checkpoints, verify_log=verify_log),
-            platform,
+            partial(review_service.checkpoints, verify_log=verify_log),
+            platform.review,
             user.principal,
             user.ctx,
         )

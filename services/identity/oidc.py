@@ -35,7 +35,11 @@ class OidcSignIn:
             PROVIDER,
             server_metadata_url=settings.ig_oidc_metadata_url,
             client_id=settings.ig_oidc_client_id,
-            client_secret=settings.ig_oidc_client_secret,
+            client_secret=(
+                settings.ig_oidc_client_secret.get_secret_value()
+                if settings.ig_oidc_client_secret
+                else None
+            ),
             client_kwargs={"scope": "openid email profile"},
         )
 

@@ -21,6 +21,3 @@ class Principal:
     @property
     def roles(self) -> list[str]:
         return sorted({grant.role for grant in self.grants})
-
-    def areas_for(self, role: str) -> set[str | None]:
-        return {grant.area for grant in self.grants if grant.role == role}

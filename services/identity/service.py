@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.identity import repository
 from services.identity.models import Client, ClientRole
@@ -154,3 +154,9 @@ def disable_client(session: Session, client_id: str) -> Principal:
 
 def list_clients(session: Session, organisation: str | None = None) -> list[Client]:
     return repository.list_clients(session, organisation)
+
+
+def lookup_active_principal(sessions: sessionmaker[Session], client_id: str) -> Principal | None:
+    """`active_principal` in a read of its own: what each request's authentication needs."""
+    with sessions() as session:
+        return active_principal(session, client_id)

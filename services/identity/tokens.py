@@ -62,11 +62,6 @@ class TokenService:
         self._verified: dict[str, tuple[TokenClaims, int]] = {}
         self._verified_lock = threading.Lock()
 
-    def public_jwk(self) -> dict[str, Any]:
-        document = dict(self._key.as_dict(private=False))
-        document.update({"kid": self.kid, "alg": ALGORITHM, "use": "sig"})
-        return document
-
     def issue(self, *, client_id: str, organisation: str) -> tuple[str, int]:
         now = int(utcnow().timestamp())
         claims = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, MetaData, TypeDecorator, create_engine, event
@@ -85,15 +84,6 @@ def make_engine(url: str) -> Engine:
     # No pre-ping: it would cost a round trip per transaction on every request. Connections
     # are recycled instead, and a dead one fails its request once and is replaced.
     return create_engine(url, pool_pre_ping=False, pool_recycle=900, pool_size=10, max_overflow=10)
-
-
-def is_postgres(engine: Engine) -> bool:
-    return engine.dialect.name == "postgresql"
-
-
-@lru_cache(maxsize=8)
-def engine_for(url: str) -> Engine:
-    return make_engine(url)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -12,7 +12,6 @@ the epoch it is stored under, never older.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -22,9 +21,8 @@ from typing import Generic, TypeVar
 from sqlalchemy import BigInteger, Engine, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
+from services.kit.background import PeriodicThread
 from services.kit.db import Base
-
-log = logging.getLogger(__name__)
 
 PRINCIPALS = "principals"
 DATASETS = "datasets"
@@ -59,8 +57,7 @@ class EpochReader:
         self._engine = engine
         self._statement = select(CacheEpoch.name, CacheEpoch.value)
         self._latest: tuple[Epochs, float] | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._watcher: PeriodicThread | None = None
         self.max_age = 0.25
 
     def read(self) -> Epochs:
@@ -76,29 +73,30 @@ class EpochReader:
         return latest[0]
 
     def start(self, interval: float = 0.05) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._watch, args=(interval,), name="cache-epochs", daemon=True
+        # The first reading is taken at once: requests use it from the start.
+        self._watcher = PeriodicThread(
+            "cache-epochs",
+            self._refresh,
+            interval,
+            run_at_start=True,
+            on_error=self._forget,
         )
-        self._thread.start()
+        self._watcher.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._watcher is not None:
+            self._watcher.stop(timeout=5)
+            self._watcher = None
         self._latest = None
 
-    def _watch(self, interval: float) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                # Stamped with the time the query started: the reading is at least that fresh.
-                self._latest = (self.read(), started)
-            except Exception:
-                # Requests fall back to reading the epochs themselves (and fail if they cannot).
-                self._latest = None
-                log.warning("reading the cache epochs failed", exc_info=True)
-            self._stop.wait(interval)
+    def _refresh(self) -> None:
+        started = time.monotonic()
+        # Stamped with the time the query started: the reading is at least that fresh.
+        self._latest = (self.read(), started)
+
+    def _forget(self, _exc: BaseException) -> None:
+        # Requests fall back to reading the epochs themselves (and fail if they cannot).
+        self._latest = None
 
 
 class EpochCache(Generic[K, V]):

@@ -22,16 +22,18 @@ class NotAuthenticated(TogetherError):
     title = "Authentication required"
 
 
-class InvalidClient(TogetherError):
-    code = "INVALID_CLIENT"
-    status = 401
-    title = "Client authentication failed"
-
-
 class Forbidden(TogetherError):
     code = "FORBIDDEN"
     status = 403
     title = "Not permitted"
+
+
+class AreaNotPermitted(Forbidden):
+    """A read naming a CSP area outside the reader's areas.
+
+    Clients see it as they always have, a 403 with the code ``FORBIDDEN``; the class lets the
+    services tell it from other refusals, to audit it as one.
+    """
 
 
 class NotFound(TogetherError):

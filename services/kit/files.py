@@ -37,3 +37,22 @@ def write_durably(path: Path, body: bytes) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def write_secret(path: Path, body: bytes) -> None:
+    """Create a key file readable by its owner only (0600), durably; never overwrite one.
+
+    A key that is lost after a crash makes every ciphertext and signature made with it useless,
+    and overwriting one does the same: hence exclusive creation and fsync before returning.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)

@@ -10,15 +10,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import SecretStr
 
 from services.kit.errors import ConfigurationError
+from services.kit.files import write_secret
 from services.kit.settings import Settings
 
 
@@ -44,10 +45,7 @@ def generate_key_document() -> dict[str, str]:
 
 
 def write_key_file(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(generate_key_document(), handle, indent=2)
+    write_secret(path, json.dumps(generate_key_document(), indent=2).encode("utf-8"))
 
 
 def _decode(name: str, value: str, length: int | None) -> bytes:
@@ -60,6 +58,10 @@ def _decode(name: str, value: str, length: int | None) -> bytes:
     if len(raw) < 32:
         raise ConfigurationError(f"{name} must be at least 32 bytes")
     return raw
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value else None
 
 
 def load_keys(settings: Settings) -> KeyMaterial:
@@ -76,9 +78,9 @@ def load_keys(settings: Settings) -> KeyMaterial:
             document = json.loads(key_file.read_text())
         except (OSError, ValueError) as exc:
             raise ConfigurationError(f"cannot read key file {key_file.name}") from exc
-    hmac_value = settings.hmac_key or document.get("hmac_key")
-    enc_value = settings.encryption_key or document.get("encryption_key")
-    jwt_value = settings.jwt_private_key or document.get("jwt_private_key")
+    hmac_value = _secret(settings.hmac_key) or document.get("hmac_key")
+    enc_value = _secret(settings.encryption_key) or document.get("encryption_key")
+    jwt_value = _secret(settings.jwt_private_key) or document.get("jwt_private_key")
     missing = [
         name
         for name, value in (

@@ -26,6 +26,11 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
+def check(database_url: str) -> None:
+    """``alembic check``: raise when the models and the migrated database disagree."""
+    command.check(alembic_config(database_url))
+
+
 def current_heads() -> set[str]:
     from alembic.script import ScriptDirectory
 

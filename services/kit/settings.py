@@ -6,7 +6,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values an operator might leave in from an example file. Outside development the platform
@@ -22,6 +22,10 @@ class Environment(StrEnum):
     production = "production"
 
 
+def _is_placeholder(value: SecretStr | None) -> bool:
+    return value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS
+
+
 def _repository_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
@@ -31,7 +35,8 @@ class Settings(BaseSettings):
 
     env: Environment = Environment.production
     data_dir: Path = Path("./var")
-    database_url: str | None = None
+    # A DSN may carry the database password: kept out of reprs and logs like the keys below.
+    database_url: SecretStr | None = None
     contracts_dir: Path = Field(default_factory=lambda: _repository_root() / "contracts")
     policies_dir: Path = Field(default_factory=lambda: _repository_root() / "policies")
     partnership_file: Path = Field(
@@ -44,9 +49,9 @@ class Settings(BaseSettings):
     # Keys. Either a key file (JSON written by ``together keys generate``) or the individual
     # values. In development a key file is generated in the data folder on first use.
     key_file: Path | None = None
-    hmac_key: str | None = None
-    encryption_key: str | None = None
-    jwt_private_key: str | None = None
+    hmac_key: SecretStr | None = None
+    encryption_key: SecretStr | None = None
+    jwt_private_key: SecretStr | None = None
 
     issuer: str = "together"
     audience: str = "together-api"
@@ -80,7 +85,7 @@ class Settings(BaseSettings):
         default=None, description="OpenID Connect discovery document of the organisation's provider"
     )
     ig_oidc_client_id: str | None = Field(default=None, description="OpenID Connect client id")
-    ig_oidc_client_secret: str | None = Field(
+    ig_oidc_client_secret: SecretStr | None = Field(
         default=None, description="OpenID Connect client secret"
     )
     ig_oidc_username_claim: str = Field(
@@ -129,7 +134,7 @@ class Settings(BaseSettings):
         default=None,
         description="PEM Ed25519 private key signing audit checkpoints (`together audit keygen`)",
     )
-    audit_signing_key: str | None = Field(
+    audit_signing_key: SecretStr | None = Field(
         default=None, description="The audit checkpoint signing key as a PEM value"
     )
     audit_retired_public_keys: str | None = Field(
@@ -149,11 +154,7 @@ class Settings(BaseSettings):
                 "unless TOGETHER_ENV=development"
             )
         key = self.audit_signing_key
-        if (
-            self.env != Environment.development
-            and key is not None
-            and key.strip().lower() in PLACEHOLDER_SECRETS
-        ):
+        if self.env != Environment.development and _is_placeholder(key):
             raise ValueError("TOGETHER_AUDIT_SIGNING_KEY holds a placeholder value")
         return self
 
@@ -187,8 +188,7 @@ class Settings(BaseSettings):
         if self.env == Environment.development:
             return self
         for name in ("hmac_key", "encryption_key", "jwt_private_key"):
-            value = getattr(self, name)
-            if value is not None and value.strip().lower() in PLACEHOLDER_SECRETS:
+            if _is_placeholder(getattr(self, name)):
                 raise ValueError(
                     f"TOGETHER_{name.upper()} holds a placeholder value; set a real secret "
                     "(see `together keys generate`) or TOGETHER_ENV=development"
@@ -198,7 +198,7 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
-            return self.database_url
+            return self.database_url.get_secret_value()
         return f"sqlite:///{(self.data_dir / 'together.db').resolve()}"
 
     @property

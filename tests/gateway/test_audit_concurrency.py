@@ -13,10 +13,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from gateway.platform import Platform
 from services.audit.models import AuditEvent
 from services.demo.generate import write_dataset_csv
-from tests.conftest import ClientCredentials
+from services.platform import Platform
+from tests.fixtures.app import ClientCredentials
 from tests.ingestion.helpers import police_rows, to_csv
 from tests.live import LiveServer, live_token
 

@@ -7,19 +7,13 @@ import subprocess
 
 from sqlalchemy import select
 
-from gateway.platform import Platform
 from services.audit.models import AuditEvent
-from tests.live import settings_env, together_bin
+from services.platform import Platform
+from tests.fixtures.cli import run_cli
 
 
 def run(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [together_bin(), *args],
-        env=settings_env(platform.settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(platform.settings, *args)
 
 
 def test_clients_create_list_roles_disable(platform: Platform) -> None:

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from gateway.platform import Platform
-from tests.conftest import ClientCredentials
+from services.platform import Platform
+from tests.fixtures.app import ClientCredentials
 from tests.ingestion.helpers import police_rows, to_csv
 
 PERIOD = {"from": "2020-01-01", "to": "2030-01-01", "by": "csp"}

@@ -16,12 +16,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from gateway.platform import Platform
 from services.audit.alerts import AlertReview
 from services.audit.models import AuditEvent
 from services.kit.clock import utcnow
 from services.kit.settings import Settings
-from tests.audit.review_fixtures import COUNCIL, POLICE, clock_at, level3_read
+from services.platform import Platform
+from tests.fixtures.audit_events import COUNCIL, POLICE, clock_at, level3_read
 from tests.live import LiveServer, settings_env, together_bin
 
 pytestmark = pytest.mark.slow

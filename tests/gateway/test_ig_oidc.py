@@ -16,14 +16,15 @@ import pytest
 from fastapi.testclient import TestClient
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
+from pydantic import SecretStr
 from sqlalchemy import select
 
-from gateway import people as people_admin
 from gateway.app import create_app
-from gateway.platform import build_platform
+from services.admin import accounts as people_admin
 from services.audit.models import AuditEvent
 from services.kit.settings import Settings
-from tests.conftest import cli_context
+from services.platform import build_platform
+from tests.fixtures.app import cli_context
 
 CLIENT_ID, CLIENT_SECRET = "together-ig", "provider-issued-secret"
 
@@ -115,13 +116,13 @@ def oidc_api(settings: Settings, provider: Provider) -> Iterator[TestClient]:
         update={
             "ig_oidc_metadata_url": provider.url + "/.well-known/openid-configuration",
             "ig_oidc_client_id": CLIENT_ID,
-            "ig_oidc_client_secret": CLIENT_SECRET,
+            "ig_oidc_client_secret": SecretStr(CLIENT_SECRET),
             "ig_oidc_org_map": {"HIOWFRS": "hiwfrs"},
         }
     )
     platform = build_platform(configured)
     people_admin.create_user(
-        platform,
+        platform.admin,
         cli_context(),
         username="fay@fire.example",
         organisation="hiwfrs",
@@ -129,7 +130,7 @@ def oidc_api(settings: Settings, provider: Provider) -> Iterator[TestClient]:
         password=None,
     )
     people_admin.create_user(
-        platform,
+        platform.admin,
         cli_context(),
         username="gus@fire.example",
         organisation="hiwfrs",

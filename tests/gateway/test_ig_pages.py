@@ -9,21 +9,21 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from gateway import people as people_admin
-from gateway.platform import Platform
 from gateway.web import session as web_session
+from services.admin import accounts as people_admin
 from services.audit.alerts import AlertReview
 from services.audit.models import AuditEvent
 from services.kit.settings import Environment, Settings
-from tests.audit.review_fixtures import COUNCIL, POLICE, clock_at, level3_read
-from tests.conftest import cli_context
+from services.platform import Platform
+from tests.fixtures.app import cli_context
+from tests.fixtures.audit_events import COUNCIL, POLICE, clock_at, level3_read
 
 PASSWORD = "correct horse battery"
 
 
 def _user(platform: Platform, name: str, org: str, role: str = "ig_lead") -> None:
     people_admin.create_user(
-        platform, cli_context(), username=name, organisation=org, role=role, password=PASSWORD
+        platform.admin, cli_context(), username=name, organisation=org, role=role, password=PASSWORD
     )
 
 
@@ -212,10 +212,10 @@ def test_marking_an_alert_reviewed_is_stored_and_audited(
 
 
 def _checkpoint(platform: Platform) -> None:
+    from services.audit import chain as audit_chain
     from services.audit import checkpoints
-    from services.audit import service as audit_service
 
-    audit_service.seal_all(platform.sessions)
+    audit_chain.seal_all(platform.sessions)
     with platform.sessions() as session:
         checkpoints.write_checkpoint(session, platform.audit_signer)
         session.commit()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -11,11 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
-from gateway.platform import Platform
 from services.audit.models import AuditEvent
 from services.demo.generate import write_dataset_csv
+from services.platform import Platform
 from services.products import service as product_service
-from tests.conftest import ClientCredentials
+from tests.fixtures.app import ClientCredentials
+from tests.fixtures.snapshots import Loading, Snapshot, Snapshots, starting_from
 from tests.ingestion.helpers import police_rows, to_csv
 
 PARAMS = {
@@ -39,15 +40,9 @@ READABLE = {
 }
 
 
-@pytest.fixture
-def loaded(
-    api: TestClient,
-    platform: Platform,
-    make_client: Callable[..., ClientCredentials],
-    token_for: Callable[[ClientCredentials], str],
-    tmp_path,  # type: ignore[no-untyped-def]
-) -> Iterator[dict[str, str]]:
+def load_products_data(loading: Loading) -> dict[str, str]:
     """Police, population and IMD data pushed through the API; a token per role."""
+    api, make_client, token_for = loading.api, loading.make_client, loading.token_for
     rows = police_rows(3000, seed=11)
     police = token_for(make_client())
     assert (
@@ -61,7 +56,7 @@ def loaded(
     )
     vru = token_for(make_client(org="vru"))
     for dataset in ("reference.population", "la.imd"):
-        path = tmp_path / f"{dataset}.csv"
+        path = loading.folder / f"{dataset}.csv"
         write_dataset_csv(dataset, path)
         response = api.post(
             f"/v1/datasets/{dataset}/uploads",
@@ -80,7 +75,21 @@ def loaded(
     )
     tokens["_refs"] = "|".join({r["suspect_nominal_ref"] for r in rows if r["suspect_nominal_ref"]})
     tokens["_dobs"] = "|".join({r["suspect_dob"] for r in rows if r["suspect_dob"]})
-    yield tokens
+    return tokens
+
+
+@pytest.fixture(scope="session")
+def products_data(snapshots: Snapshots) -> Snapshot[dict[str, str]]:
+    return snapshots.take("products-api", load_products_data)
+
+
+# The tests that read the loaded data start from a copy of it; the others from nothing.
+initial_state = starting_from("products_data", when="loaded")
+
+
+@pytest.fixture
+def loaded(products_data: Snapshot[dict[str, str]], loading: Loading) -> dict[str, str]:
+    return products_data.value_in(loading)
 
 
 def count_events(platform: Platform, action: str) -> int:

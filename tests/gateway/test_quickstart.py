@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.platform import Platform
+from services.platform import Platform
 from services.storage import service as storage_service
 from tests.live import LiveServer, settings_env, together_bin
 

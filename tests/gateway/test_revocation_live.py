@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway import principals
-from gateway.platform import Platform
+from services.admin import principals
 from services.identity.schemas import RoleGrant
-from tests.conftest import ClientCredentials, cli_context
+from services.platform import Platform
+from tests.fixtures.app import ClientCredentials, cli_context
 from tests.live import LiveServer, live_token
 
 pytestmark = pytest.mark.slow
@@ -53,10 +53,10 @@ def test_role_changes_and_disabling_reach_a_running_server_at_once(
             for _ in range(20):  # the principal is held in memory by now
                 assert levels() == {1}
             principals.set_roles(
-                platform, cli_context(), reader.client_id, [RoleGrant("l2_reader", "Havant")]
+                platform.admin, cli_context(), reader.client_id, [RoleGrant("l2_reader", "Havant")]
             )
             _until(lambda: levels() == {2})
-            principals.disable_client(platform, cli_context(), reader.client_id)
+            principals.disable_client(platform.admin, cli_context(), reader.client_id)
             _until(lambda: client.get("/v1/products").status_code == 401)
             # And it stays refused.
             assert all(client.get("/v1/products").status_code == 401 for _ in range(20))

@@ -7,9 +7,9 @@ from fastapi.testclient import TestClient
 
 from gateway.app import PUBLIC_PATHS, ROUTERS, create_app
 from gateway.deps import authenticated
-from gateway.platform import Platform
 from gateway.web.auth import signed_in
 from services.kit.settings import Settings
+from services.platform import Platform
 
 
 def _dependencies(route: APIRoute) -> set[object]:

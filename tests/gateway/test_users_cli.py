@@ -10,13 +10,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from gateway import people as people_admin
-from gateway.platform import Platform
+from services.admin import accounts as people_admin
 from services.audit.models import AuditEvent
-from services.identity.people import User
+from services.identity.accounts import User
 from services.kit.errors import BadRequest
-from tests.conftest import cli_context
-from tests.live import settings_env, together_bin
+from services.platform import Platform
+from tests.fixtures.app import cli_context
+from tests.fixtures.cli import run_cli
 
 PASSWORD = "a long enough password"
 
@@ -24,15 +24,7 @@ PASSWORD = "a long enough password"
 def run(
     platform: Platform, *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [together_bin(), "users", *args],
-        env=settings_env(platform.settings),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(platform.settings, "users", *args, stdin=stdin)
 
 
 def test_users_create_list_disable(api: TestClient, platform: Platform) -> None:
@@ -48,7 +40,7 @@ def test_users_create_list_disable(api: TestClient, platform: Platform) -> None:
     for name, role in (("alice", "ig_lead"), ("bob", "l3_practitioner")):
         with pytest.raises(BadRequest):
             people_admin.create_user(
-                platform,
+                platform.admin,
                 cli_context(),
                 username=name,
                 organisation="hiwfrs",

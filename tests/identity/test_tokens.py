@@ -17,10 +17,10 @@ from joserfc import jwt
 from joserfc.jwk import OKPKey
 from sqlalchemy import select
 
-from gateway.platform import Platform
 from services.audit.models import AuditEvent
 from services.identity import service as identity_service
-from tests.conftest import ClientCredentials
+from services.platform import Platform
+from tests.fixtures.app import ClientCredentials
 
 
 def b64(data: bytes) -> str:

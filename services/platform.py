@@ -1,14 +1,17 @@
-"""Wires the services together once per process, from the settings."""
+"""The composition root: wires the services together once per process, from the settings, and
+is the one place where a server process's background threads start and stop."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.admin.deps import AdminDeps
 from services.audit.async_writer import AsyncAuditWriter
 from services.audit.checkpoints import CheckpointSigner, load_signer
+from services.audit.sealer import Sealer
 from services.authz.enforcer import PolicyEngine
 from services.contracts.loader import load_contracts
 from services.contracts.model import Contract
@@ -20,12 +23,23 @@ from services.kit.db import make_engine, session_factory
 from services.kit.epochs import EpochCache, EpochReader
 from services.kit.keys import load_keys
 from services.kit.settings import Settings
-from services.products.catalogue import load_catalogue
 from services.products.config import PartnershipConfig, load_partnership
+from services.products.loading import load_catalogue
 from services.products.service import ProductDeps
+from services.review.service import ReviewDeps
+from services.sharing import materialise
 from services.sharing.service import SharingDeps, build_sharing
 from services.storage.inputs import InputLimits
 from services.storage.service import Storage
+
+
+@dataclass
+class Background:
+    """The threads a server process runs beside its requests (none in a command or a test)."""
+
+    sealer: Sealer | None = None
+    refresher: materialise.Refresher | None = None
+    watching_epochs: bool = False
 
 
 @dataclass
@@ -45,6 +59,49 @@ class Platform:
     principal_cache: EpochCache[str, Principal | None]
     audit_signer: CheckpointSigner
     sharing: SharingDeps
+    admin: AdminDeps
+    review: ReviewDeps
+    background: Background = field(default_factory=Background)
+
+    def start_background(self) -> None:
+        """Start the threads of a server process: the audit sealer (chain links and signed
+        checkpoints), the cache-epoch watcher, and the refresh of shared tables when switched
+        on. Every server process runs them; they are safe to run side by side."""
+        settings = self.settings
+        sealer = Sealer(
+            self.sessions,
+            settings.audit_seal_interval_seconds,
+            self.audit_signer,
+            settings.audit_checkpoint_interval_seconds,
+        )
+        sealer.start()
+        self.background.sealer = sealer
+        # Requests then find the cache epochs in memory (see services/kit/epochs.py).
+        self.epochs.start()
+        self.background.watching_epochs = True
+        interval = settings.sharing_refresh_seconds
+        if interval > 0 and self.sharing.config.tables:
+            deps = self.sharing
+            refresher = materialise.Refresher(
+                lambda: materialise.refresh_all(deps.products, deps.folder, deps.config), interval
+            )
+            refresher.start()
+            self.background.refresher = refresher
+
+    def stop_background(self) -> None:
+        """Stop what `start_background` started, the newest first."""
+        running, self.background = self.background, Background()
+        if running.refresher is not None:
+            running.refresher.stop()
+        if running.sealer is not None:
+            running.sealer.stop()
+        if running.watching_epochs:
+            self.epochs.stop()
+
+    def ready(self) -> None:
+        """Raise unless the metadata database answers (what a load balancer's probe asks)."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -102,19 +159,37 @@ def build_platform(settings: Settings) -> Platform:
         async_audit=async_audit_writer(engine),
     )
     sharing = build_sharing(settings, products, tokens, keys)
+    admin = AdminDeps(
+        sessions=sessions,
+        policy=policy,
+        tokens=tokens,
+        storage=storage,
+        audit_signer=audit_signer,
+        lockout_attempts=settings.ig_lockout_attempts,
+        lockout_seconds=settings.ig_lockout_seconds,
+    )
+    review = ReviewDeps(
+        sessions=sessions,
+        policy=policy,
+        contracts=contracts,
+        settings=settings,
+        audit_signer=audit_signer,
+    )
     return Platform(
-        settings,
-        engine,
-        sessions,
-        tokens,
-        contracts,
-        policy,
-        storage,
-        ingestion,
-        partnership,
-        products,
-        epochs,
-        EpochCache(),
-        audit_signer,
-        sharing,
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        tokens=tokens,
+        contracts=contracts,
+        policy=policy,
+        storage=storage,
+        ingestion=ingestion,
+        partnership=partnership,
+        products=products,
+        epochs=epochs,
+        principal_cache=EpochCache(),
+        audit_signer=audit_signer,
+        sharing=sharing,
+        admin=admin,
+        review=review,
     )

@@ -1,56 +1,62 @@
-"""Reviewing the audit trail: one audited implementation for the API and the IG pages.
+"""Reviewing the audit trail: the information-governance use cases, one implementation for the
+API and the IG pages.
 
 Each use case decides access with the policy (which also decides how widely: an IG lead's own
-organisation, or every organisation), runs the scoped query, and records and commits its own
-audit event before anything is returned. If that event cannot be committed the reviewer gets
-503 and nothing else.
+organisation, or every organisation), runs the scoped query, and commits its own audit event
+before anything is returned. If that event cannot be committed the reviewer gets 503 and
+nothing else. A request refused before any work (bad parameters) is audited as rejected.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.platform import Platform
 from services.audit import alerts as alert_service
 from services.audit import review
 from services.audit import service as audit_service
 from services.audit.alerts import Alert, AlertRules
 from services.audit.catalogue import AuditAction, Outcome
+from services.audit.checkpoints import CheckpointSigner
 from services.audit.review import Page, Scope
 from services.audit.service import AuditRecord, RequestContext
+from services.authz.enforcer import PolicyEngine
 from services.authz.service import AuditReviewAccess, audit_review_access
 from services.contracts.model import Contract
 from services.identity.schemas import Principal
 from services.kit.clock import utcnow
-from services.kit.errors import (
-    AuditUnavailable,
-    BadRequest,
-    Forbidden,
-    NotFound,
-    TogetherError,
-)
+from services.kit.errors import BadRequest, Forbidden, NotFound, TogetherError
+from services.kit.settings import Settings
+from services.kit.uow import audited
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
 DEFAULT_ALERT_DAYS = 30
 FORMATS = ("json", "csv", "ndjson")
 
 
-def zone(platform: Platform) -> ZoneInfo:
-    return ZoneInfo(platform.settings.audit_timezone)
+@dataclass(frozen=True)
+class ReviewDeps:
+    sessions: sessionmaker[Session]
+    policy: PolicyEngine
+    contracts: Mapping[str, Contract]
+    # The reviewers' time zone and the alert thresholds come from here.
+    settings: Settings
+    audit_signer: CheckpointSigner
 
 
-def alert_rules(platform: Platform) -> AlertRules:
-    s = platform.settings
+def zone(deps: ReviewDeps) -> ZoneInfo:
+    return ZoneInfo(deps.settings.audit_timezone)
+
+
+def alert_rules(deps: ReviewDeps) -> AlertRules:
+    s = deps.settings
     return AlertRules(
-        timezone=zone(platform),
+        timezone=zone(deps),
         office_start_hour=s.audit_office_start_hour,
         office_end_hour=s.audit_office_end_hour,
         volume_factor=s.audit_volume_factor,
@@ -74,13 +80,13 @@ def datasets_by_owner(contracts: Mapping[str, Contract]) -> dict[str, frozenset[
 
 
 def authorise(
-    platform: Platform, principal: Principal, ctx: RequestContext
+    deps: ReviewDeps, principal: Principal, ctx: RequestContext
 ) -> tuple[Scope, AuditReviewAccess]:
     """The reviewer's scope; a caller without `audit:review` is refused, and that is audited."""
-    access = audit_review_access(platform.policy, principal)
+    access = audit_review_access(deps.policy, principal)
     if not access.allowed:
         audit_service.record_denial(
-            platform.sessions,
+            deps.sessions,
             ctx,
             access,
             reason="not an audit reviewer",
@@ -90,35 +96,19 @@ def authorise(
         raise Forbidden("reviewing the audit trail is for IG leads and administrators")
     datasets: frozenset[str] = frozenset()
     if access.organisation is not None:
-        datasets = datasets_by_owner(platform.contracts).get(access.organisation, frozenset())
+        datasets = datasets_by_owner(deps.contracts).get(access.organisation, frozenset())
     return Scope(access.organisation, datasets), access
 
 
-def _audited(
-    platform: Platform,
-    ctx: RequestContext,
-    access: AuditReviewAccess,
-    work: Callable[[Session], T],
-    describe: Callable[[T], AuditRecord],
-) -> T:
-    """Run a query and commit its audit event in the same transaction, before returning it."""
-    with platform.sessions() as session:
-        result = work(session)
-        rec = describe(result)
-        rec.matched_rule = access.rule
-        rec.policy_version = access.policy_version
-        try:
-            audit_service.record(session, ctx, rec)
-            session.commit()
-        except Exception as exc:
-            session.rollback()
-            log.error("audit write failed; the review query is refused", exc_info=exc)
-            raise AuditUnavailable() from exc
-    return result
+def _granted(access: AuditReviewAccess, rec: AuditRecord) -> AuditRecord:
+    """The record with the rule that granted the review, for the reviewers of the reviewers."""
+    rec.matched_rule = access.rule
+    rec.policy_version = access.policy_version
+    return rec
 
 
 def _refused(
-    platform: Platform,
+    deps: ReviewDeps,
     ctx: RequestContext,
     access: AuditReviewAccess,
     action: AuditAction,
@@ -126,47 +116,54 @@ def _refused(
     parameters: Mapping[str, Any],
 ) -> None:
     audit_service.record_committed(
-        platform.sessions,
+        deps.sessions,
         ctx,
-        AuditRecord(
-            action=action,
-            outcome=Outcome.REJECTED,
-            reason=exc.code.lower(),
-            resource_type="audit",
-            parameters={k: str(v)[:200] for k, v in parameters.items()},
-            matched_rule=access.rule,
-            policy_version=access.policy_version,
+        _granted(
+            access,
+            AuditRecord(
+                action=action,
+                outcome=Outcome.REJECTED,
+                reason=exc.code.lower(),
+                resource_type="audit",
+                parameters={k: str(v)[:200] for k, v in parameters.items()},
+            ),
         ),
     )
 
 
+def _limit(params: Mapping[str, str], fmt: str) -> int:
+    return review.parse_limit(
+        params.get("limit"), review.MAX_LIMIT if fmt == "json" else review.MAX_EXPORT_LIMIT
+    )
+
+
 def search_events(
-    platform: Platform,
+    deps: ReviewDeps,
     principal: Principal,
     ctx: RequestContext,
     params: Mapping[str, str],
     *,
     fmt: str = "json",
 ) -> Page:
-    scope, access = authorise(platform, principal, ctx)
+    scope, access = authorise(deps, principal, ctx)
     try:
-        filters = review.parse_filters(params, zone(platform))
-        limit = review.parse_limit(
-            params.get("limit"), review.MAX_LIMIT if fmt == "json" else review.MAX_EXPORT_LIMIT
-        )
+        filters = review.parse_filters(params, zone(deps))
+        limit = _limit(params, fmt)
         review.decode_cursor(params.get("cursor"))
     except TogetherError as exc:
-        _refused(platform, ctx, access, AuditAction.AUDIT_QUERIED, exc, params)
+        _refused(deps, ctx, access, AuditAction.AUDIT_QUERIED, exc, params)
         raise
-    owners = datasets_by_owner(platform.contracts)
-
-    def work(session: Session) -> Page:
-        return review.search(
-            session, scope, filters, cursor=params.get("cursor"), limit=limit, datasets_of=owners
+    owners = datasets_by_owner(deps.contracts)
+    with audited(deps.sessions, "the audit search") as uow:
+        page = review.search(
+            uow.session,
+            scope,
+            filters,
+            cursor=params.get("cursor"),
+            limit=limit,
+            datasets_of=owners,
         )
-
-    def describe(page: Page) -> AuditRecord:
-        return AuditRecord(
+        record = AuditRecord(
             action=AuditAction.AUDIT_QUERIED,
             outcome=Outcome.SUCCESS,
             resource_type="audit",
@@ -179,20 +176,17 @@ def search_events(
             },
             rows=len(page.events),
         )
-
-    return _audited(platform, ctx, access, work, describe)
+        uow.audit(audit_service.event(ctx, _granted(access, record)))
+    return page
 
 
 def event_detail(
-    platform: Platform, principal: Principal, ctx: RequestContext, event_id: str
+    deps: ReviewDeps, principal: Principal, ctx: RequestContext, event_id: str
 ) -> dict[str, Any]:
-    scope, access = authorise(platform, principal, ctx)
-
-    def work(session: Session) -> dict[str, Any] | None:
-        return review.get_event(session, scope, event_id[:36])
-
-    def describe(found: dict[str, Any] | None) -> AuditRecord:
-        return AuditRecord(
+    scope, access = authorise(deps, principal, ctx)
+    with audited(deps.sessions, "the audit event read") as uow:
+        found = review.get_event(uow.session, scope, event_id[:36])
+        record = AuditRecord(
             action=AuditAction.AUDIT_QUERIED,
             outcome=Outcome.SUCCESS if found else Outcome.REJECTED,
             reason=None if found else "not_found",
@@ -201,8 +195,7 @@ def event_detail(
             resource_org=scope.organisation,
             rows=1 if found else 0,
         )
-
-    found = _audited(platform, ctx, access, work, describe)
+        uow.audit(audit_service.event(ctx, _granted(access, record)))
     if found is None:
         # The same answer whether it does not exist or belongs to another organisation.
         raise NotFound("no such event")
@@ -210,7 +203,7 @@ def event_detail(
 
 
 def person_history(
-    platform: Platform,
+    deps: ReviewDeps,
     principal: Principal,
     ctx: RequestContext,
     person_id: str,
@@ -218,26 +211,21 @@ def person_history(
     *,
     fmt: str = "json",
 ) -> Page:
-    scope, access = authorise(platform, principal, ctx)
+    scope, access = authorise(deps, principal, ctx)
     try:
         if not person_id or len(person_id) > 64:
             raise NotFound("no such person")
-        limit = review.parse_limit(
-            params.get("limit"), review.MAX_LIMIT if fmt == "json" else review.MAX_EXPORT_LIMIT
-        )
+        limit = _limit(params, fmt)
         review.decode_cursor(params.get("cursor"))
     except TogetherError as exc:
-        _refused(platform, ctx, access, AuditAction.AUDIT_PERSON_HISTORY, exc, params)
+        _refused(deps, ctx, access, AuditAction.AUDIT_PERSON_HISTORY, exc, params)
         raise
-
-    def work(session: Session) -> Page:
-        return review.person_history(
-            session, scope, person_id, cursor=params.get("cursor"), limit=limit
+    with audited(deps.sessions, "the person history") as uow:
+        page = review.person_history(
+            uow.session, scope, person_id, cursor=params.get("cursor"), limit=limit
         )
-
-    def describe(page: Page) -> AuditRecord:
         # The person is a parameter here, not a subject: no data about them is returned.
-        return AuditRecord(
+        record = AuditRecord(
             action=AuditAction.AUDIT_PERSON_HISTORY,
             outcome=Outcome.SUCCESS,
             resource_type="person",
@@ -246,15 +234,15 @@ def person_history(
             parameters={"format": fmt, "limit": limit},
             rows=len(page.events),
         )
-
-    return _audited(platform, ctx, access, work, describe)
+        uow.audit(audit_service.event(ctx, _granted(access, record)))
+    return page
 
 
 def list_alerts(
-    platform: Platform, principal: Principal, ctx: RequestContext, params: Mapping[str, str]
+    deps: ReviewDeps, principal: Principal, ctx: RequestContext, params: Mapping[str, str]
 ) -> list[Alert]:
-    scope, access = authorise(platform, principal, ctx)
-    tz = zone(platform)
+    scope, access = authorise(deps, principal, ctx)
+    tz = zone(deps)
     try:
         since = (
             review.parse_time(params["since"], tz)
@@ -273,22 +261,19 @@ def list_alerts(
         if state is not None and state not in ("open", "reviewed"):
             raise BadRequest("state is open or reviewed")
     except TogetherError as exc:
-        _refused(platform, ctx, access, AuditAction.AUDIT_ALERTS_VIEWED, exc, params)
+        _refused(deps, ctx, access, AuditAction.AUDIT_ALERTS_VIEWED, exc, params)
         raise
-    rules = alert_rules(platform)
-
-    def work(session: Session) -> list[Alert]:
-        return alert_service.compute(
-            session, scope, rules, since=since, until=until, rule=rule, state=state
+    rules = alert_rules(deps)
+    with audited(deps.sessions, "the alert listing") as uow:
+        found = alert_service.compute(
+            uow.session, scope, rules, since=since, until=until, rule=rule, state=state
         )
-
-    def describe(found: list[Alert]) -> AuditRecord:
         parameters: dict[str, Any] = {"since": since.isoformat(), "until": until.isoformat()}
         if rule:
             parameters["rule"] = rule
         if state:
             parameters["state"] = state
-        return AuditRecord(
+        record = AuditRecord(
             action=AuditAction.AUDIT_ALERTS_VIEWED,
             outcome=Outcome.SUCCESS,
             resource_type="audit_alert",
@@ -296,38 +281,47 @@ def list_alerts(
             parameters=parameters,
             rows=len(found),
         )
-
-    return _audited(platform, ctx, access, work, describe)
+        uow.audit(audit_service.event(ctx, _granted(access, record)))
+    return found
 
 
 def review_alert(
-    platform: Platform, principal: Principal, ctx: RequestContext, alert_id: str, comment: str
+    deps: ReviewDeps, principal: Principal, ctx: RequestContext, alert_id: str, comment: str
 ) -> Alert:
     """Mark an alert reviewed: the review row and its audit event commit together."""
-    scope, access = authorise(platform, principal, ctx)
-    rules = alert_rules(platform)
-    with platform.sessions() as session:
-        alert = alert_service.review(
-            session,
-            ctx,
-            scope,
-            rules,
-            alert_id[:80],
-            comment=comment,
-            matched_rule=access.rule,
-            policy_version=access.policy_version,
+    scope, access = authorise(deps, principal, ctx)
+    rules = alert_rules(deps)
+    reviewed: list[Alert] = []
+
+    def write(session: Session) -> None:
+        reviewed.append(
+            alert_service.review(
+                session,
+                ctx,
+                scope,
+                rules,
+                alert_id[:80],
+                comment=comment,
+                matched_rule=access.rule,
+                policy_version=access.policy_version,
+            )
         )
-        session.commit()
-    return alert
+
+    with audited(deps.sessions, "the alert review") as uow:
+        # The review row names the sequence number of its event, so the two are written
+        # together, as this use case's audit step (a refused comment or an unknown alert
+        # still fails as itself).
+        uow.audit(write)
+    return reviewed[0]
 
 
 def checkpoints(
-    platform: Platform, principal: Principal, ctx: RequestContext, *, verify_log: bool = False
+    deps: ReviewDeps, principal: Principal, ctx: RequestContext, *, verify_log: bool = False
 ) -> list[dict[str, Any]]:
-    scope, access = authorise(platform, principal, ctx)
-
-    def describe(found: list[dict[str, Any]]) -> AuditRecord:
-        return AuditRecord(
+    scope, access = authorise(deps, principal, ctx)
+    with audited(deps.sessions, "the checkpoint review") as uow:
+        found = review.list_checkpoints(uow.session, deps.audit_signer, verify_log=verify_log)
+        record = AuditRecord(
             action=AuditAction.AUDIT_QUERIED,
             outcome=Outcome.SUCCESS,
             resource_type="audit_checkpoints",
@@ -336,8 +330,5 @@ def checkpoints(
             parameters={"verify": verify_log},
             details={"all_verified": all(c["verified"] for c in found)},
         )
-
-    def work(session: Session) -> list[dict[str, Any]]:
-        return review.list_checkpoints(session, platform.audit_signer, verify_log=verify_log)
-
-    return _audited(platform, ctx, access, work, describe)
+        uow.audit(audit_service.event(ctx, _granted(access, record)))
+    return found
