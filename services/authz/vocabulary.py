@@ -17,7 +17,6 @@ class Role(StrEnum):
 
 class Action(StrEnum):
     DATASET_UPLOAD = "dataset:upload"
-    UPLOAD_READ = "upload:read"
     CLIENT_MANAGE = "client:manage"
     PRODUCT_READ = "product:read"
     PRODUCT_READ_UNSUPPRESSED = "product:read_unsuppressed"
@@ -27,7 +26,6 @@ class Action(StrEnum):
 
 class ResourceType(StrEnum):
     DATASET = "dataset"
-    UPLOAD = "upload"
     PRINCIPALS = "principals"
     LEVEL1 = "level1"
     LEVEL2 = "level2"

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from services.contracts.lint import S16_4, LintMessage, lint_path, main
-from services.contracts.loader import default_contracts_dir
+from services.contracts.loader import default_contracts_dir, load_contracts
+from services.kit.partnership import ORGANISATIONS
 
 HEALTH = """\
 id: health.things
@@ -68,7 +69,7 @@ def test_repository_contracts_lint_clean() -> None:
 
 def test_each_repository_contract_lints_clean_alone() -> None:
     files = sorted(default_contracts_dir().glob("*.yaml"))
-    assert len(files) == 7
+    assert [path.stem for path in files] == sorted(load_contracts(default_contracts_dir()))
     for path in files:
         assert lint_path(path) == [], path
 
@@ -112,6 +113,29 @@ def test_level3_in_clear_is_a_warning(tmp_path: Path) -> None:
     messages = lint_path(write(tmp_path, text + extra, "police.things.yaml"))
     assert [m.severity for m in messages] == ["warning"]
     assert "note" in messages[0].message and "protection none" in messages[0].message
+
+
+def test_an_owner_outside_the_partnership_is_an_error(tmp_path: Path) -> None:
+    text = HEALTH.replace("owner: hiow-icb", "owner: hiow-icbb")
+    messages = lint_path(write(tmp_path, text))
+    assert [m.severity for m in messages] == ["error"]
+    assert messages[0].message.startswith("owner: 'hiow-icbb' is not a known organisation")
+    assert "did you mean 'hiow-icb'?" in messages[0].message
+
+
+def test_every_repository_owner_is_an_organisation() -> None:
+    owners = {contract.owner for contract in load_contracts(default_contracts_dir()).values()}
+    assert owners <= set(ORGANISATIONS)
+
+
+def test_an_unknown_owner_fails_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = HEALTH.replace("owner: hiow-icb", "owner: nobody-we-know")
+    assert main([str(write(tmp_path, text))]) == 1
+    out = capsys.readouterr().out
+    assert "owner: 'nobody-we-know' is not a known organisation" in out
+    assert "did you mean" not in out
 
 
 def test_load_errors_are_reported_per_problem(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from services.contracts.protection import Protector
 from services.contracts.validation import (
     MAX_VIOLATIONS,
     BatchValidator,
+    Rule,
     ValidationReport,
     Violation,
 )
@@ -430,6 +431,21 @@ def test_report_keeps_the_first_thousand_and_counts_all() -> None:
         "rule": "allowed_values",
         "message": report.violations[0].message,
     }
+
+
+def test_the_report_names_rules_in_plain_text() -> None:
+    # The rule names are what partners' systems read in a rejected upload and what stored
+    # reports and audit events hold: they are plain strings, whatever the code calls them.
+    assert [rule.value for rule in Rule] == [
+        "undeclared_column", "missing_header", "duplicate_column", "missing_column", "required",
+        "type", "allowed_values", "pattern", "minimum", "maximum", "duplicate_key", "format",
+        "empty",
+    ]  # fmt: skip
+    _stored, report = run([police_row(1, csp="X")])
+    data = report.to_dict()
+    assert type(data["violations"][0]["rule"]) is str
+    assert all(type(name) is str for name in data["totals"])
+    assert data["totals"] == {"allowed_values": 1}
 
 
 def test_empty_report() -> None:
