@@ -6,6 +6,7 @@ non-zero when any error is found, so CI can refuse a contract before it is deplo
 
 from __future__ import annotations
 
+import difflib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from services.contracts.loader import (
     load_contract,
 )
 from services.contracts.model import Classification, Contract, Protection, Sector
+from services.kit.partnership import ORGANISATIONS
 
 Severity = Literal["error", "warning"]
 
@@ -42,6 +44,19 @@ class LintMessage:
 def lint_contract(path: Path, contract: Contract) -> list[LintMessage]:
     """The rules beyond the format, for a contract that loaded."""
     messages: list[LintMessage] = []
+    if contract.owner not in ORGANISATIONS:
+        # The owner decides who may upload (the policy's own_org scope) and whose IG lead sees
+        # the dataset's audit: an unknown owner would make a dataset nobody can send or review.
+        close = difflib.get_close_matches(contract.owner, list(ORGANISATIONS), n=1)
+        suggestion = f"; did you mean {close[0]!r}?" if close else ""
+        messages.append(
+            LintMessage(
+                path,
+                "error",
+                f"owner: {contract.owner!r} is not a known organisation of the partnership"
+                f"{suggestion}",
+            )
+        )
     if contract.sector in _NO_PERSONAL_DATA_SECTORS:
         for index, spec in enumerate(contract.fields):
             if spec.protection is not Protection.NONE:

@@ -365,7 +365,3 @@ class Contract(BaseModel):
     @property
     def field_names(self) -> list[str]:
         return [spec.name for spec in self.fields]
-
-    @property
-    def required_fields(self) -> list[str]:
-        return [spec.name for spec in self.fields if spec.required]

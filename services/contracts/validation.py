@@ -17,12 +17,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
+from enum import StrEnum
 from functools import partial
 from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from services.contracts.columns import StoredColumn, StoredKind, query_column, stored_columns
 from services.contracts.model import (
     Classification,
     Contract,
@@ -35,20 +37,31 @@ from services.contracts.protection import DistinctMemo, Protector
 MAX_VIOLATIONS = 1000
 VALUE_QUOTE_LIMIT = 50
 
-RULES: tuple[str, ...] = (
-    "undeclared_column",
-    "missing_header",
-    "duplicate_column",
-    "missing_column",
-    "required",
-    "type",
-    "allowed_values",
-    "pattern",
-    "minimum",
-    "maximum",
-    "duplicate_key",
-)
-_RULE_ORDER = {rule: index for index, rule in enumerate(RULES)}
+
+class Rule(StrEnum):
+    """What a violation broke, as the validation report names it.
+
+    Violations of one row are listed in this order, so the header rules come first and a
+    cell's own checks in the order they run.
+    """
+
+    UNDECLARED_COLUMN = "undeclared_column"
+    MISSING_HEADER = "missing_header"
+    DUPLICATE_COLUMN = "duplicate_column"
+    MISSING_COLUMN = "missing_column"
+    REQUIRED = "required"
+    TYPE = "type"
+    ALLOWED_VALUES = "allowed_values"
+    PATTERN = "pattern"
+    MINIMUM = "minimum"
+    MAXIMUM = "maximum"
+    DUPLICATE_KEY = "duplicate_key"
+    # Found while reading the file rather than by a field's checks.
+    FORMAT = "format"
+    EMPTY = "empty"
+
+
+_RULE_ORDER: dict[str, int] = {rule.value: index for index, rule in enumerate(Rule)}
 
 ARROW_TYPES: dict[FieldType, pa.DataType] = {
     FieldType.STRING: pa.string(),
@@ -103,11 +116,12 @@ CONTRACT_VERSION_METADATA_KEY = b"together.contract_version"
 class Violation:
     row: int | None
     field: str | None
-    rule: str
+    rule: Rule
     message: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"row": self.row, "field": self.field, "rule": self.rule, "message": self.message}
+        rule = self.rule.value
+        return {"row": self.row, "field": self.field, "rule": rule, "message": self.message}
 
 
 class ValidationReport:
@@ -123,10 +137,11 @@ class ValidationReport:
         if len(self.violations) < self.limit:
             self.violations.append(violation)
 
-    def count(self, rule: str, n: int = 1) -> None:
+    def count(self, rule: Rule, n: int = 1) -> None:
         """Count violations that are not described (beyond the limit)."""
         if n:
-            self.totals[rule] = self.totals.get(rule, 0) + n
+            # Keyed by the plain name: the totals go into the audit event's canonical JSON.
+            self.totals[rule.value] = self.totals.get(rule.value, 0) + n
 
     @property
     def room(self) -> int:
@@ -336,7 +351,7 @@ _CONVERTERS: dict[FieldType, Callable[[pa.Array], Conversion]] = {
 class _Finding:
     """Rows of one batch that break one rule on one field (or on the key)."""
 
-    rule: str
+    rule: Rule
     field: str | None
     order: int  # the field's position in the contract, to sort violations
     mask: pa.Array  # boolean per row, no nulls
@@ -393,6 +408,13 @@ def _few_distinct(column: pa.Array) -> bool:
     return len(pc.unique(sample)) * _DISTINCT_RATIO <= len(sample)
 
 
+def _stored_arrow_type(column: StoredColumn) -> pa.DataType:
+    if column.kind is StoredKind.VALUE:
+        assert column.type is not None
+        return ARROW_TYPES[column.type]
+    return pa.binary() if column.kind is StoredKind.CIPHERTEXT else pa.string()
+
+
 class BatchValidator:
     """Validates the batches of one upload in order and builds the batches to store.
 
@@ -419,18 +441,10 @@ class BatchValidator:
     # Schema
 
     def _build_schema(self) -> pa.Schema:
-        columns: list[pa.Field] = []
-        for spec in self.contract.fields:
-            if spec.protection is Protection.NONE:
-                columns.append(pa.field(spec.name, ARROW_TYPES[spec.type]))
-            elif spec.protection is Protection.IDENTIFIER:
-                columns.append(pa.field(f"{spec.name}_pseudonym", pa.string()))
-                if spec.reveal_at_level3:
-                    columns.append(pa.field(f"{spec.name}_enc", pa.binary()))
-            else:
-                columns.append(pa.field(f"{spec.name}_enc", pa.binary()))
-        if self.contract.person is not None:
-            columns.append(pa.field("person_key", pa.string()))
+        columns = [
+            pa.field(column.name, _stored_arrow_type(column))
+            for column in stored_columns(self.contract)
+        ]
         metadata = {
             CONTRACT_METADATA_KEY: self.contract.id.encode(),
             CONTRACT_VERSION_METADATA_KEY: self.contract.version.encode(),
@@ -441,10 +455,8 @@ class BatchValidator:
         return self._schema
 
     def _key_column(self, name: str) -> str:
-        spec = self.contract.field(name)
-        if spec.protection is Protection.IDENTIFIER:
-            return f"{name}_pseudonym"
-        return name
+        # A key is never a direct identifier (the contract refuses it): its value or pseudonym.
+        return query_column(self.contract.field(name))
 
     def key_columns(self) -> list[str]:
         return list(self._key_columns)
@@ -467,7 +479,7 @@ class BatchValidator:
         trimmed = [name.strip() for name in column_names]
         usable = True
         if not column_names:
-            report.add(Violation(None, None, "missing_column", "the upload has no columns"))
+            report.add(Violation(None, None, Rule.MISSING_COLUMN, "the upload has no columns"))
             usable = False
         for name, times in Counter(trimmed).items():
             if times > 1:
@@ -475,7 +487,7 @@ class BatchValidator:
                     Violation(
                         None,
                         name if name in declared else None,
-                        "duplicate_column",
+                        Rule.DUPLICATE_COLUMN,
                         f"column {_quote(name)} appears {times} times",
                     )
                 )
@@ -489,7 +501,7 @@ class BatchValidator:
                 Violation(
                     None,
                     None,
-                    "missing_header",
+                    Rule.MISSING_HEADER,
                     f"the first row matches no field of contract {self.contract.id}; "
                     "the file must start with a header row of field names",
                 )
@@ -506,7 +518,7 @@ class BatchValidator:
                     Violation(
                         None,
                         name[:100],
-                        "undeclared_column",
+                        Rule.UNDECLARED_COLUMN,
                         f"column {_quote(name)} is not in contract {self.contract.id}; fields "
                         "that are not in the contract are never stored, remove the column",
                     )
@@ -517,7 +529,7 @@ class BatchValidator:
                     Violation(
                         None,
                         spec.name,
-                        "missing_column",
+                        Rule.MISSING_COLUMN,
                         f"required column {spec.name!r} is missing",
                     )
                 )
@@ -646,7 +658,7 @@ class BatchValidator:
         order = self._order[spec.name]
         sensitive = spec.protected or spec.classification is Classification.LEVEL3
 
-        def add(rule: str, per_value: pa.Array, describe: Callable[[int], str]) -> None:
+        def add(rule: Rule, per_value: pa.Array, describe: Callable[[int], str]) -> None:
             mask = _only_true(rows_of(per_value))
             findings.append(_Finding(rule, spec.name, order, mask, describe))
 
@@ -663,7 +675,7 @@ class BatchValidator:
             if missing is not None:
                 findings.append(
                     _Finding(
-                        "required",
+                        Rule.REQUIRED,
                         spec.name,
                         order,
                         missing,
@@ -679,9 +691,9 @@ class BatchValidator:
         if bad is not None:
             type_name = _TYPE_NAMES[spec.type]
             if sensitive:
-                add("type", bad, lambda _r: f"value is not a valid {type_name}")
+                add(Rule.TYPE, bad, lambda _r: f"value is not a valid {type_name}")
             else:
-                add("type", bad, lambda r: f"{shown(r)} is not a valid {type_name}")
+                add(Rule.TYPE, bad, lambda r: f"{shown(r)} is not a valid {type_name}")
 
         present = pc.is_valid(typed)
         if spec.allowed_values is not None:
@@ -692,9 +704,13 @@ class BatchValidator:
                 if len(listing) > 200:
                     listing = listing[:200] + "…"
                 if sensitive:
-                    add("allowed_values", outside, lambda _r: "value not allowed")
+                    add(Rule.ALLOWED_VALUES, outside, lambda _r: "value not allowed")
                 else:
-                    add("allowed_values", outside, lambda r: f"{shown(r)} is not one of: {listing}")
+                    add(
+                        Rule.ALLOWED_VALUES,
+                        outside,
+                        lambda r: f"{shown(r)} is not one of: {listing}",
+                    )
         if spec.pattern is not None:
             matches = pc.match_substring_regex(typed, rf"\A(?:{spec.pattern})\z")
             mismatched = pc.and_(present, pc.invert(_only_true(matches)))
@@ -702,13 +718,13 @@ class BatchValidator:
                 pattern = spec.pattern
                 if sensitive:
                     add(
-                        "pattern",
+                        Rule.PATTERN,
                         mismatched,
                         lambda _r: f"value does not match the pattern {pattern}",
                     )
                 else:
                     add(
-                        "pattern",
+                        Rule.PATTERN,
                         mismatched,
                         lambda r: f"{shown(r)} does not match the pattern {pattern}",
                     )
@@ -719,8 +735,8 @@ class BatchValidator:
             return lambda r: f"{shown(r)} {message}"
 
         for rule, compare, words in (
-            ("minimum", pc.less, "is below the minimum"),
-            ("maximum", pc.greater, "is above the maximum"),
+            (Rule.MINIMUM, pc.less, "is below the minimum"),
+            (Rule.MAXIMUM, pc.greater, "is above the maximum"),
         ):
             bound = _bound_scalar(spec, rule)
             if bound is None:
@@ -791,7 +807,7 @@ class BatchValidator:
                 earlier = first_rows[entry].as_py() + first_row
                 return f"duplicate key ({key_names}): same as row {earlier}"
 
-            findings.append(_Finding("duplicate_key", None, order, repeated, describe_repeat))
+            findings.append(_Finding(Rule.DUPLICATE_KEY, None, order, repeated, describe_repeat))
 
         absolute_first = pc.cast(pc.add(first_rows, first_row), pa.int64())
         # Keys of earlier batches stay in Arrow (distinct keys and the row each first came
@@ -809,7 +825,7 @@ class BatchValidator:
                     return f"duplicate key ({key_names}): same as row {earlier_row}"
 
                 findings.append(
-                    _Finding("duplicate_key", None, order, repeated_earlier, describe_earlier)
+                    _Finding(Rule.DUPLICATE_KEY, None, order, repeated_earlier, describe_earlier)
                 )
             new = pc.invert(entry_hit)
             self._earlier_keys = pa.concat_arrays([earlier_keys, pc.filter(distinct, new)])
