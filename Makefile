@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export TOGETHER_DATA_DIR ?= ./var
 
-.PHONY: install install-browser run test lint format bench clean
+.PHONY: install install-browser run test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,10 +51,17 @@ TEST_WORKERS ?= 2
 test: install install-browser
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
+# Everything but the tests that start real processes or a browser (marked slow): the quick loop
+# while changing code; `make test` runs them all.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow"
+
+# The layering (.importlinter, docs/architecture.md) is checked with the rest.
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format .
