@@ -578,7 +578,6 @@ def _run_load(spec: LoadSpec) -> LoadResult:
         outcome = receiver.recv()
     except EOFError as exc:
         raise BenchError(f"the load generator died (exit code {process.exitcode})") from exc
-        process.join(timeout=10)
     finally:
         receiver.close()
         if process.is_alive():
