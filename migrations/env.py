@@ -2,12 +2,10 @@ from __future__ import annotations
 
 from alembic import context
 
-import services.audit.alerts
 import services.audit.models
-import services.identity.accounts
 import services.identity.models
 import services.ingestion.models
-import services.kit.epochs
+import services.kit.models
 import services.products.models
 import services.sharing.models
 import services.storage.models  # noqa: F401  (every model registers its table on Base)

@@ -27,15 +27,14 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, func, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from services.audit.catalogue import AuditAction, Outcome
-from services.audit.models import AuditEvent
+from services.audit.models import AlertReview, AuditEvent
 from services.audit.review import Scope, visible
 from services.audit.service import AuditRecord, RequestContext, record
 from services.kit.clock import utcnow
-from services.kit.db import Base, UTCDateTime
 from services.kit.errors import BadRequest, NotFound
 
 RULES = ("out_of_hours", "outside_areas", "volume", "denials", "new_case")
@@ -48,27 +47,6 @@ RULE_TITLES = {
 }
 MAX_LINKED_EVENTS = 500
 REVIEW_STATES = ("reviewed",)
-
-
-class AlertReview(Base):
-    """A reviewer's verdict on an alert. Append-only (triggers); the latest review is its state."""
-
-    __tablename__ = "audit_alert_reviews"
-
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
-    alert_id: Mapped[str] = mapped_column(String(80), index=True)
-    rule: Mapped[str] = mapped_column(String(40))
-    state: Mapped[str] = mapped_column(String(20))
-    comment: Mapped[str] = mapped_column(Text)
-    reviewer: Mapped[str] = mapped_column(String(100))
-    reviewer_org: Mapped[str] = mapped_column(String(100))
-    reviewed_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    # The audit event that recorded this review.
-    event_seq: Mapped[int | None] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("audit_events.seq"), nullable=True
-    )
 
 
 @dataclass(frozen=True)

@@ -98,3 +98,24 @@ class AuditCheckpoint(Base):
     body: Mapped[str] = mapped_column(Text)
     signature: Mapped[str] = mapped_column(String(100))
     frontier: Mapped[list[str]] = mapped_column(JSON)
+
+
+class AlertReview(Base):
+    """A reviewer's verdict on an alert. Append-only (triggers); the latest review is its state."""
+
+    __tablename__ = "audit_alert_reviews"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    alert_id: Mapped[str] = mapped_column(String(80), index=True)
+    rule: Mapped[str] = mapped_column(String(40))
+    state: Mapped[str] = mapped_column(String(20))
+    comment: Mapped[str] = mapped_column(Text)
+    reviewer: Mapped[str] = mapped_column(String(100))
+    reviewer_org: Mapped[str] = mapped_column(String(100))
+    reviewed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The audit event that recorded this review.
+    event_seq: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("audit_events.seq"), nullable=True
+    )

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, String, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from services.identity.models import User
 from services.identity.schemas import Principal, RoleGrant
 from services.identity.secrets import hash_secret, verify_secret
 from services.kit.clock import utcnow
-from services.kit.db import Base, UTCDateTime
 from services.kit.errors import BadRequest, NotFound
 from services.kit.ids import new_id
 from services.kit.partnership import ORGANISATIONS
@@ -29,19 +28,6 @@ PERSON_ROLES = ("ig_lead", "admin")
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{1,99}$")
 MIN_PASSWORD_LENGTH = 12
 ACTOR_PREFIX = "user:"
-
-
-class User(Base):
-    __tablename__ = "users"
-
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    username: Mapped[str] = mapped_column(String(100), unique=True)
-    organisation: Mapped[str] = mapped_column(String(100), index=True)
-    role: Mapped[str] = mapped_column(String(50))
-    password_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 @dataclass(frozen=True)

@@ -39,3 +39,18 @@ class ClientRole(Base):
     area: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
     client: Mapped[Client] = relationship(back_populates="roles")
+
+
+class User(Base):
+    """A person who signs in to the review pages (services/identity/accounts.py)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    organisation: Mapped[str] = mapped_column(String(100), index=True)
+    role: Mapped[str] = mapped_column(String(50))
+    password_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

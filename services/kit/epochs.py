@@ -18,24 +18,16 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from sqlalchemy import BigInteger, Engine, String, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import Engine, select
 
 from services.kit.background import PeriodicThread
-from services.kit.db import Base
+from services.kit.models import CacheEpoch
 
 PRINCIPALS = "principals"
 DATASETS = "datasets"
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
-
-
-class CacheEpoch(Base):
-    __tablename__ = "cache_epochs"
-
-    name: Mapped[str] = mapped_column(String(40), primary_key=True)
-    value: Mapped[int] = mapped_column(BigInteger)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from services.audit import alerts
-from services.audit.alerts import Alert, AlertReview, AlertRules
+from services.audit.alerts import Alert, AlertRules
 from services.audit.catalogue import AuditAction, Outcome
-from services.audit.models import AuditEvent
+from services.audit.models import AlertReview, AuditEvent
 from services.audit.review import Scope
 from services.platform import Platform
 from tests.fixtures.app import ClientCredentials

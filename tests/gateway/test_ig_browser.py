@@ -16,8 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from services.audit.alerts import AlertReview
-from services.audit.models import AuditEvent
+from services.audit.models import AlertReview, AuditEvent
 from services.kit.clock import utcnow
 from services.kit.settings import Settings
 from services.platform import Platform

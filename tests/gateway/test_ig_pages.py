@@ -11,8 +11,7 @@ from sqlalchemy import select
 
 from gateway.web import session as web_session
 from services.admin import accounts as people_admin
-from services.audit.alerts import AlertReview
-from services.audit.models import AuditEvent
+from services.audit.models import AlertReview, AuditEvent
 from services.kit.settings import Environment, Settings
 from services.platform import Platform
 from tests.fixtures.app import cli_context

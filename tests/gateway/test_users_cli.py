@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from services.admin import accounts as people_admin
 from services.audit.models import AuditEvent
-from services.identity.accounts import User
+from services.identity.models import User
 from services.kit.errors import BadRequest
 from services.platform import Platform
 from tests.fixtures.app import cli_context
