@@ -29,7 +29,7 @@ install: $(STAMP) $(CONNECTOR_STAMP)
 
 run: $(STAMP)
 	TOGETHER_ENV=development $(BIN)/together db upgrade
-	TOGETHER_ENV=development $(BIN)/together demo load
+	TOGETHER_ENV=development $(BIN)/together demo load --url http://$(HOST):$(PORT)
 	TOGETHER_ENV=development $(BIN)/together serve --host $(HOST) --port $(PORT)
 
 # The IG pages' browser test drives Debian's chromium (no browser download). Installed here when

@@ -182,7 +182,7 @@ def db_grant_app_role(role: str) -> None:
     from services.kit.db import make_engine
     from services.kit.errors import TogetherError
 
-    engine = make_engine(_settings().resolved_database_url)
+    engine = make_engine(_installed_settings().resolved_database_url)
     try:
         grants = grant_app_role(engine, role)
     except TogetherError as exc:
@@ -204,6 +204,19 @@ def _settings() -> Settings:
         raise typer.Exit(2) from exc
 
 
+def _installed_settings() -> Settings:
+    """The settings of an existing installation; anything else ends the command before it
+    creates a folder, a key or a database file in the wrong place."""
+    from services.kit.installation import missing_installation
+
+    settings = _settings()
+    problem = missing_installation(settings)
+    if problem is not None:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
+    return settings
+
+
 def _cli_context(name: str) -> RequestContext:
     return RequestContext(actor=f"cli:{name}", actor_org="vru", actor_roles=["admin"])
 
@@ -219,16 +232,20 @@ def db_upgrade(revision: str = "head") -> None:
     typer.echo(f"database at revision {revision}")
 
 
+# Where `together serve` listens unless told otherwise.
+_SERVE_HOST, _SERVE_PORT = "127.0.0.1", 8000
+
+
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port")] = 8000,
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = _SERVE_HOST,
+    port: Annotated[int, typer.Option(help="Port")] = _SERVE_PORT,
     workers: Annotated[int, typer.Option(help="Worker processes")] = 1,
 ) -> None:
     """Serve the API."""
     import uvicorn
 
-    settings = _settings()
+    settings = _installed_settings()
     from services.platform import build_platform
 
     build_platform(settings).close()  # fail fast on bad keys, contracts or policies
@@ -255,7 +272,7 @@ def _admin_platform() -> Iterator[Platform]:
     from services.kit.errors import TogetherError
     from services.platform import build_platform
 
-    platform = build_platform(_settings())
+    platform = build_platform(_installed_settings())
     try:
         yield platform
     except TogetherError as exc:
@@ -469,31 +486,55 @@ def sharing_refresh() -> None:
         )
 
 
+def _public_url(settings: Settings, url: str | None) -> str:
+    """The address clients reach the server at: the one given, else the public address the
+    sharing endpoint is configured with, else where `together serve` listens by default."""
+    if url:
+        return url.rstrip("/")
+    endpoint = (settings.sharing_endpoint or "").rstrip("/")
+    if endpoint.endswith("/delta-sharing"):
+        return endpoint.removesuffix("/delta-sharing")
+    return f"http://{_SERVE_HOST}:{_SERVE_PORT}"
+
+
 @demo_app.command("load")
 def demo_load(
     force: Annotated[bool, typer.Option(help="Load again even if already loaded")] = False,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="Address the server is reached at, for the printed instructions "
+            "(default: from TOGETHER_SHARING_ENDPOINT, else http://127.0.0.1:8000)"
+        ),
+    ] = None,
 ) -> None:
     """Generate the synthetic demo data set and push it through the ingestion service."""
     from services.demo import load
     from services.platform import build_platform
 
-    settings = _settings()
+    settings = _installed_settings()
+    base = _public_url(settings, url)
     credentials = load.credentials_path(settings.data_dir)
     if credentials.exists() and not force:
         typer.echo(
             f"demo data already loaded (credentials in {credentials}); use --force to reload"
         )
-        return
-    platform = build_platform(settings)
-    try:
-        load.load_demo(platform.ingestion, platform.admin, settings.data_dir, echo=typer.echo)
-    finally:
-        platform.close()
-    typer.echo(f"demo clients and their secrets: {credentials} (development only)")
+    else:
+        platform = build_platform(settings)
+        try:
+            load.load_demo(platform.ingestion, platform.admin, settings.data_dir, echo=typer.echo)
+        finally:
+            platform.close()
+        typer.echo(f"demo clients and their secrets: {credentials} (development only)")
     typer.echo(
         "get a token:  curl -s -u CLIENT_ID:CLIENT_SECRET -d grant_type=client_credentials "
-        "http://127.0.0.1:8000/oauth/token"
+        f"{base}/oauth/token"
     )
+    if url is None and base == f"http://{_SERVE_HOST}:{_SERVE_PORT}":
+        typer.echo(
+            "(the address `together serve` listens on by default; give `--url` to print the "
+            "one your server is reached at)"
+        )
 
 
 def main() -> None:

@@ -304,7 +304,9 @@ async def table_changes(share: str, schema: str, table: str, principal: Authenti
     raise BadRequest("the change data feed of published tables is not shared")
 
 
-@protocol.api_route("/files/{token}", methods=["GET", "HEAD"])
+# One route per method: a route of two methods gives both the same OpenAPI operation id.
+@protocol.get("/files/{token}")
+@protocol.head("/files/{token}")
 async def read_file(token: str, request: Request, platform: PlatformDep) -> Response:
     """A file of a table, by the signed URL a query gave (no bearer token needed)."""
     ctx = request_context(request)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
@@ -55,6 +57,16 @@ def test_error_shape_is_problem_json(api: TestClient) -> None:
 def test_docs_hidden_outside_development(api: TestClient) -> None:
     assert api.get("/docs").status_code == 404
     assert api.get("/openapi.json").status_code == 404
+
+
+def test_openapi_document_builds_without_warnings(settings: Settings, platform: Platform) -> None:
+    """Every operation has an id of its own: generated clients name their methods after them."""
+    app = create_app(settings, platform)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        document = app.openapi()
+    ids = [op["operationId"] for item in document["paths"].values() for op in item.values()]
+    assert len(ids) == len(set(ids))
 
 
 def test_internal_errors_say_nothing(settings: Settings, platform: Platform) -> None:
