@@ -79,6 +79,8 @@ async def upload(
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
     if outcome.status_code >= 400:
         response_body = dict(outcome.body)
+        # Replays of responses stored before problems carried a type get one too.
+        response_body.setdefault("type", "about:blank")
         response_body["request_id"] = ctx.request_id
         return ProblemResponse(response_body, status_code=outcome.status_code, headers=headers)
     return FastJSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)

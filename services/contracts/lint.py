@@ -19,7 +19,7 @@ from services.contracts.loader import (
     default_contracts_dir,
     load_contract,
 )
-from services.contracts.model import Classification, Contract, Protection, Sector
+from services.contracts.model import Classification, Contract, FieldType, Protection, Sector
 from services.kit.partnership import ORGANISATIONS
 
 Severity = Literal["error", "warning"]
@@ -77,6 +77,17 @@ def lint_contract(path: Path, contract: Contract) -> list[LintMessage]:
                 )
             )
     for index, spec in enumerate(contract.fields):
+        if spec.type is FieldType.STRING and spec.max_length is None:
+            # Without a bound one cell can be megabytes: it is stored, encrypted and shown to
+            # every reader of the dataset. The agreement should say how long a value can be.
+            messages.append(
+                LintMessage(
+                    path,
+                    "error",
+                    f"fields[{index}] ({spec.name}): a string field needs a max_length "
+                    "(names 100, free text a few thousand, codes their real length)",
+                )
+            )
         if spec.classification is Classification.LEVEL3 and spec.protection is Protection.NONE:
             messages.append(
                 LintMessage(

@@ -159,6 +159,9 @@ class ContractField(BaseModel):
     pattern: str | None = None
     minimum: Bound | None = None
     maximum: Bound | None = None
+    # In characters, after trimming. Bounds what one cell may cost the validator, the stored
+    # file and every reader downstream: a 2 MB "forename" is an error, not a name.
+    max_length: Annotated[StrictInt, Field(ge=1)] | None = None
     classification: Classification
     protection: Protection = Protection.NONE
     reveal_at_level3: bool = False
@@ -206,6 +209,21 @@ class ContractField(BaseModel):
                 problems.append((("allowed_values",), "allowed_values must not be empty"))
             elif len(set(self.allowed_values)) != len(self.allowed_values):
                 problems.append((("allowed_values",), "allowed_values has duplicates"))
+        if self.max_length is not None:
+            if not is_string:
+                problems.append(
+                    (("max_length",), f"max_length is only for string fields, not {self.type}")
+                )
+            elif self.allowed_values:
+                longest = max(len(value) for value in self.allowed_values)
+                if longest > self.max_length:
+                    problems.append(
+                        (
+                            ("max_length",),
+                            f"max_length {self.max_length} is below the longest allowed value "
+                            f"({longest} characters)",
+                        )
+                    )
         if self.pattern is not None:
             if not is_string:
                 problems.append(

@@ -51,6 +51,7 @@ class Rule(StrEnum):
     MISSING_COLUMN = "missing_column"
     REQUIRED = "required"
     TYPE = "type"
+    MAX_LENGTH = "max_length"
     ALLOWED_VALUES = "allowed_values"
     PATTERN = "pattern"
     MINIMUM = "minimum"
@@ -696,6 +697,20 @@ class BatchValidator:
                 add(Rule.TYPE, bad, lambda r: f"{shown(r)} is not a valid {type_name}")
 
         present = pc.is_valid(typed)
+        if spec.max_length is not None:
+            lengths = pc.utf8_length(typed)
+            too_long = _only_true(pc.greater(lengths, spec.max_length))
+            if _any(too_long):
+                limit = spec.max_length
+                # Never quoted, even when not sensitive: the value is long by definition.
+                add(
+                    Rule.MAX_LENGTH,
+                    too_long,
+                    lambda r: (
+                        f"value is {lengths[value_index(r)].as_py()} characters long, "
+                        f"above the max_length {limit}"
+                    ),
+                )
         if spec.allowed_values is not None:
             allowed = pa.array(spec.allowed_values, pa.string())
             outside = pc.and_(present, pc.invert(pc.is_in(typed, value_set=allowed)))

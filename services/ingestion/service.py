@@ -197,7 +197,7 @@ def _claim_once(
             session.flush()
             return None
         if record.request_sha256 != _fingerprint(req):
-            raise IdempotencyMismatch()
+            raise _key_reused(deps, session, record, req)
         if record.state == IdempotencyState.DONE:
             return record
         if record.lease_until > now:
@@ -206,6 +206,49 @@ def _claim_once(
         record.lease_until = lease
         record.upload_id = upload_id
         return None
+
+
+def _key_reused(
+    deps: IngestionDeps, session: Session, record: IdempotencyRecord, req: UploadRequest
+) -> IdempotencyMismatch:
+    """Say what differs from the request that first used the key, so the client can tell a
+    retry sent with the wrong mode or dataset from a new file sent under an old key.
+
+    Nothing beyond the fingerprint is stored for a claim: with this request's body, the first
+    request's dataset and mode are found by trying each (there are few); a different body is
+    read back from the upload the key settled on, when it has one.
+    """
+    first: dict[str, str] | None = None
+    for dataset_id in deps.contracts:
+        for mode in UploadMode:
+            candidate = replace(req, dataset_id=dataset_id, mode=mode)
+            if _fingerprint(candidate) == record.request_sha256:
+                first = {"content": req.body_sha256, "dataset": dataset_id, "mode": mode}
+    if first is None and record.upload_id is not None:
+        upload = repository.get_upload_for_client(session, record.upload_id, record.client_id)
+        if upload is not None:
+            first = {
+                "content": upload.content_sha256,
+                "dataset": upload.dataset_id,
+                "mode": upload.mode,
+            }
+    this = {"content": req.body_sha256, "dataset": req.dataset_id, "mode": str(req.mode)}
+    labels = {"content": "content_sha256", "dataset": "dataset", "mode": "mode"}
+    if first is None:
+        # Still in flight with another body: only the body can differ in a way not found above.
+        return IdempotencyMismatch(
+            "this Idempotency-Key was first used with a different body (content_sha256); "
+            f"this request has content_sha256={req.body_sha256}. Send a new file with a new key",
+            extra={"differs": ["content"]},
+        )
+    differs = [name for name in ("content", "dataset", "mode") if first[name] != this[name]]
+    was = ", ".join(f"{labels[name]}={first[name]}" for name in differs)
+    now = ", ".join(f"{labels[name]}={this[name]}" for name in differs)
+    return IdempotencyMismatch(
+        f"this Idempotency-Key was first used with {was}; this request has {now}. "
+        "A retry must repeat the first request exactly; a new upload needs a new key",
+        extra={"differs": differs},
+    )
 
 
 def _prefetched(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -318,7 +361,7 @@ def ingest(
                 del existing
         del key_parts
     except InputFormatError as exc:
-        report.add(Violation(exc.row, None, Rule.FORMAT, exc.message))
+        report.add(Violation(exc.row, exc.field, Rule.FORMAT, exc.message))
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -455,6 +498,7 @@ def _finish_rejected(
         "nothing was stored"
     )
     body = {
+        "type": "about:blank",
         "status": error.status,
         "code": error.code,
         "title": error.title,

@@ -63,7 +63,7 @@ class IdempotencyConflict(TogetherError):
 class IdempotencyMismatch(TogetherError):
     code = "IDEMPOTENCY_KEY_REUSED"
     status = 422
-    title = "This Idempotency-Key was used with a different body"
+    title = "This Idempotency-Key was first used with a different request"
 
 
 class PayloadTooLarge(TogetherError):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,10 +30,11 @@ _PARQUET_MAGIC = b"PAR1"
 
 
 class InputFormatError(Exception):
-    def __init__(self, message: str, row: int | None = None) -> None:
+    def __init__(self, message: str, row: int | None = None, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.row = row
+        self.field = field
 
 
 @dataclass
@@ -168,6 +171,154 @@ class ParquetReader(InputReader):
             raise InputFormatError("the Parquet file is corrupt or unreadable") from exc
 
 
+_KIND_NAMES = {
+    "null": "null",
+    "boolean": "a boolean",
+    "number": "a number",
+    "integer": "a whole number",
+    "fraction": "a number with a fraction",
+    "string": "a string",
+    "timestamp": "a date or time",
+    "object": "an object",
+    "array": "an array",
+}
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "integer" if value.is_integer() else "fraction"
+    if isinstance(value, str):
+        return "string"
+    return "object" if isinstance(value, dict) else "array"
+
+
+def _fits(kind: str, expected: str) -> bool:
+    # A number field may mix whole numbers and fractions: Arrow widens it to a float.
+    return kind == expected or (expected == "number" and kind in ("integer", "fraction"))
+
+
+def _fits_fixed(kind: str, value: object, expected: str) -> bool:
+    if expected == "timestamp":
+        return isinstance(value, str) and _is_iso_time(value)
+    return _fits(kind, expected)
+
+
+def _arrow_kind(data_type: pa.DataType) -> str:
+    """The JSON kind a field must keep once Arrow has fixed its type from an earlier block."""
+    if pa.types.is_null(data_type):
+        return "null"
+    if pa.types.is_boolean(data_type):
+        return "boolean"
+    if pa.types.is_integer(data_type):
+        return "integer"
+    if pa.types.is_floating(data_type):
+        return "number"
+    if pa.types.is_struct(data_type):
+        return "object"
+    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
+        return "array"
+    if pa.types.is_timestamp(data_type):
+        # Inferred from ISO text: a later value must be ISO text too.
+        return "timestamp"
+    return "string"
+
+
+def _is_iso_time(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _locate_ndjson_problem(
+    path: Path, skip_objects: int, schema: pa.Schema | None
+) -> InputFormatError | None:
+    """Find the first line Arrow refused and say why, naming the line and the field.
+
+    Arrow's own message counts rows within a block and quotes values, so it is neither
+    actionable nor safe to pass on. The lines before the failing block are skipped unparsed and
+    the block is re-read one line at a time, so memory stays bounded by the longest line. A
+    field's expected kind is the one Arrow fixed from the earlier blocks (``schema``) or, in
+    the failing block, its first non-null value.
+    """
+    fixed: dict[str, str] = {}
+    if schema is not None:
+        for name, data_type in zip(schema.names, schema.types, strict=True):
+            fixed[name] = _arrow_kind(data_type)
+    seen: dict[str, tuple[str, int]] = {}
+    objects = 0
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            objects += 1
+            if objects <= skip_objects:
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError:
+                return InputFormatError(f"line {number} is not valid JSON", row=number)
+            if not isinstance(value, dict):
+                return InputFormatError(f"line {number} is not a JSON object", row=number)
+            for name, item in value.items():
+                kind = _json_kind(item)
+                if kind in ("object", "array"):
+                    return InputFormatError(
+                        f"line {number}: field {name!r} is {_KIND_NAMES[kind]}; only strings, "
+                        "numbers, booleans and null are accepted",
+                        row=number,
+                        field=name,
+                    )
+                if schema is not None and name not in fixed:
+                    return InputFormatError(
+                        f"line {number}: field {name!r} does not appear in the lines before it; "
+                        "every line must have the same fields",
+                        row=number,
+                        field=name,
+                    )
+                if kind == "null":
+                    continue
+                expected = fixed.get(name)
+                if expected is not None:
+                    if expected == "null":
+                        return InputFormatError(
+                            f"line {number}: field {name!r} has a value but is null on every "
+                            f"line before it in the first {_BLOCK >> 20} MB, which fixes its "
+                            "type; give it a value in an early line",
+                            row=number,
+                            field=name,
+                        )
+                    if not _fits_fixed(kind, item, expected):
+                        what = _KIND_NAMES[kind]
+                        if kind == "string" and expected == "timestamp":
+                            what = "text that is not a date or time"
+                        return InputFormatError(
+                            f"line {number}: field {name!r} is {what} but "
+                            f"{_KIND_NAMES[expected]} on the lines before it",
+                            row=number,
+                            field=name,
+                        )
+                    continue
+                first = seen.get(name)
+                if first is None:
+                    seen[name] = ("number" if kind in ("integer", "fraction") else kind, number)
+                elif not _fits(kind, first[0]):
+                    return InputFormatError(
+                        f"line {number}: field {name!r} is {_KIND_NAMES[kind]} but "
+                        f"{_KIND_NAMES[first[0]]} on line {first[1]}",
+                        row=number,
+                        field=name,
+                    )
+    return None
+
+
 class NdjsonReader(InputReader):
     def __init__(self, path: Path, limits: InputLimits) -> None:
         self.path = path
@@ -179,21 +330,32 @@ class NdjsonReader(InputReader):
                 parse_options=pajson.ParseOptions(newlines_in_values=False),
             )
         except pa.ArrowInvalid as exc:
-            raise InputFormatError("the body is not newline-delimited JSON objects") from exc
-        self.column_names = list(self._reader.schema.names)
+            found = _locate_ndjson_problem(path, 0, None)
+            raise found or InputFormatError(
+                "the body is not newline-delimited JSON objects"
+            ) from exc
+        schema = self._reader.schema
+        if any(pa.types.is_nested(t) or pa.types.is_binary(t) for t in schema.types):
+            # An object or array seen first fixes a nested type rather than failing; the
+            # first block holds it, so the scan stops there.
+            found = _locate_ndjson_problem(path, 0, None)
+            if found is not None:
+                raise found
+        self.column_names = list(schema.names)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         rows = 0
         try:
             for batch in self._reader:
-                rows += batch.num_rows
-                if rows > self.limits.max_rows:
-                    raise InputFormatError(f"the file has more than {self.limits.max_rows} rows")
                 if list(batch.schema.names) != self.column_names:
                     raise InputFormatError("objects in the file do not share one set of fields")
+                if rows + batch.num_rows > self.limits.max_rows:
+                    raise InputFormatError(f"the file has more than {self.limits.max_rows} rows")
+                rows += batch.num_rows
                 yield _as_strings(batch, self.limits.date_fields)
         except pa.ArrowInvalid as exc:
-            raise InputFormatError(
+            found = _locate_ndjson_problem(self.path, rows, self._reader.schema)
+            raise found or InputFormatError(
                 "the body is not newline-delimited JSON with consistent value types"
             ) from exc
 

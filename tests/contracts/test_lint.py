@@ -26,12 +26,14 @@ fields:
   - name: ref
     type: string
     required: true
+    max_length: 40
     classification: level1
 """
 
 NHS_NUMBER = """\
   - name: nhs_number
     type: string
+    max_length: 10
     classification: level3
     protection: identifier
 """
@@ -39,10 +41,12 @@ NHS_NUMBER = """\
 NAMES = """\
   - name: surname
     type: string
+    max_length: 100
     classification: level3
     protection: direct_identifier
   - name: forename
     type: string
+    max_length: 100
     classification: level3
     protection: direct_identifier
   - name: dob
@@ -109,7 +113,7 @@ def test_level3_in_clear_is_a_warning(tmp_path: Path) -> None:
     text = HEALTH.replace("id: health.things", "id: police.things").replace(
         "sector: health", "sector: police"
     )
-    extra = "  - name: note\n    type: string\n    classification: level3\n"
+    extra = "  - name: note\n    type: string\n    max_length: 2000\n    classification: level3\n"
     messages = lint_path(write(tmp_path, text + extra, "police.things.yaml"))
     assert [m.severity for m in messages] == ["warning"]
     assert "note" in messages[0].message and "protection none" in messages[0].message
@@ -166,3 +170,19 @@ def test_main_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main([str(default_contracts_dir())]) == 0
     assert main([str(write(tmp_path, HEALTH + NHS_NUMBER))]) == 1
     assert "s.16(4)" in capsys.readouterr().out
+
+
+def test_a_string_field_without_max_length_is_an_error(tmp_path: Path) -> None:
+    text = HEALTH.replace("    max_length: 40\n", "") + (
+        "  - name: count\n    type: integer\n    classification: level1\n"
+    )
+    messages = lint_path(write(tmp_path, text))
+    assert [m.severity for m in messages] == ["error"]
+    assert messages[0].message.startswith("fields[0] (ref): a string field needs a max_length")
+
+
+def test_every_repository_string_field_has_a_max_length() -> None:
+    for contract in load_contracts(default_contracts_dir()).values():
+        for spec in contract.fields:
+            if spec.type.value == "string":
+                assert spec.max_length is not None, (contract.id, spec.name)

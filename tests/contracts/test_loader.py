@@ -241,6 +241,7 @@ def test_model_rules(tmp_path: Path, replace: str, by: str, location: str, words
         ("    allowed_values: ['1']\n", "only for string fields"),
         ("    pattern: '^1$'\n", "only for string fields"),
         ("    minimum: 5\n    maximum: 1\n", "below minimum"),
+        ("    max_length: 10\n", "max_length is only for string fields"),
     ],
 )
 def test_field_rules(tmp_path: Path, extra: str, words: str) -> None:
@@ -292,3 +293,23 @@ def test_real_contracts_round_trip_through_yaml() -> None:
         contract = load_contract(path)
         data = yaml.safe_load(path.read_text())
         assert Contract.model_validate(data) == contract
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ("    max_length: 0\n", "greater than or equal to 1"),
+        ("    max_length: '40'\n", "valid integer"),
+        ("    allowed_values: [short, longer]\n    max_length: 5\n", "longest allowed value"),
+    ],
+)
+def test_max_length_rules(tmp_path: Path, extra: str, words: str) -> None:
+    text = MINIMAL.replace("    required: true\n", "    required: true\n" + extra, 1)
+    error = broken(tmp_path, text)
+    assert error.location is not None and error.location.startswith("fields[0]"), str(error)
+    assert words in str(error)
+
+
+def test_max_length_loads(tmp_path: Path) -> None:
+    text = MINIMAL.replace("    required: true\n", "    required: true\n    max_length: 40\n", 1)
+    assert load_contract(write(tmp_path, text)).field("ref").max_length == 40

@@ -230,12 +230,14 @@ def test_float_forms(raw: str) -> None:
         ({"csp": "hart"}, "csp", "allowed_values", "'hart' is not one of"),
         ({"lsoa_code": "E0112345"}, "lsoa_code", "pattern",
          "'E0112345' does not match the pattern ^[EW]01\\d{6}$"),
-        ({"lsoa_code": "XE01123456"}, "lsoa_code", "pattern", "does not match"),
+        ({"lsoa_code": "XE0112345"}, "lsoa_code", "pattern", "does not match"),
         ({"victim_age": "-1"}, "victim_age", "minimum", "'-1' is below the minimum 0"),
         ({"victim_age": "121"}, "victim_age", "maximum", "'121' is above the maximum 120"),
         ({"longitude": "2.5"}, "longitude", "maximum", "is above the maximum 1.8"),
         ({"suspect_dob": "1899-12-31"}, "suspect_dob", "minimum",
          "value is below the minimum 1900-01-01"),
+        ({"suspect_forename": "A" * 101}, "suspect_forename", "max_length",
+         "value is 101 characters long, above the max_length 100"),
     ],
 )  # fmt: skip
 def test_each_rule(changes: dict[str, Any], field: str, rule: str, message: str) -> None:
@@ -251,7 +253,24 @@ def test_each_rule(changes: dict[str, Any], field: str, rule: str, message: str)
 
 def test_long_values_are_truncated_in_messages() -> None:
     _, report = run([police_row(1, csp="x" * 80)])
-    assert "'" + "x" * 50 + "…'" in only(report).message
+    messages = {v.rule: v.message for v in report.violations}
+    assert "'" + "x" * 50 + "…'" in messages["allowed_values"]
+    assert messages["max_length"] == "value is 80 characters long, above the max_length 21"
+
+
+def test_a_huge_value_is_refused_without_being_quoted() -> None:
+    forename = "Bartholomew" * 200_000  # over 2 MB
+    rows = [police_row(1), police_row(2, suspect_forename=forename), police_row(3)]
+    stored, report = run(rows)
+    assert stored is None
+    violation = only(report)
+    assert (violation.row, violation.field, violation.rule) == (2, "suspect_forename", "max_length")
+    assert "Bartholomew" not in str(report.to_dict())
+
+
+def test_max_length_counts_characters_not_bytes() -> None:
+    _, report = run([police_row(1, suspect_surname="Ó" * 100)])
+    assert report.ok
 
 
 def test_a_value_can_break_several_rules() -> None:
@@ -438,8 +457,8 @@ def test_the_report_names_rules_in_plain_text() -> None:
     # reports and audit events hold: they are plain strings, whatever the code calls them.
     assert [rule.value for rule in Rule] == [
         "undeclared_column", "missing_header", "duplicate_column", "missing_column", "required",
-        "type", "allowed_values", "pattern", "minimum", "maximum", "duplicate_key", "format",
-        "empty",
+        "type", "max_length", "allowed_values", "pattern", "minimum", "maximum", "duplicate_key",
+        "format", "empty",
     ]  # fmt: skip
     _stored, report = run([police_row(1, csp="X")])
     data = report.to_dict()
