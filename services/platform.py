@@ -150,6 +150,7 @@ def build_platform(settings: Settings) -> Platform:
     products = ProductDeps(
         sessions=sessions,
         catalogue=load_catalogue(settings.products_dir, contracts, partnership),
+        contracts=contracts,
         policy=policy,
         storage=storage,
         protector=ingestion.protector,

@@ -10,6 +10,7 @@ from gateway.deps import Authenticated, Context, PlatformDep
 from gateway.responses import FastJSONResponse, ProblemResponse
 from gateway.streaming import receive_to_file
 from services.ingestion import service as ingestion_service
+from services.ingestion import uploads
 from services.ingestion.service import UploadRequest
 from services.kit.errors import BadRequest, TogetherError, UnsupportedMediaType
 from services.storage.inputs import SUPPORTED_MEDIA
@@ -92,6 +93,6 @@ async def get_upload(
 ) -> FastJSONResponse:
     """An upload's status and validation report, for the client that sent it."""
     result = await run_in_threadpool(
-        ingestion_service.upload_status, platform.ingestion, principal, ctx, upload_id
+        uploads.upload_status, platform.ingestion, principal, ctx, upload_id
     )
     return FastJSONResponse(result)

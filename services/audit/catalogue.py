@@ -21,6 +21,8 @@ class AuditAction(StrEnum):
     DATASET_REJECTED = "dataset.rejected"
     UPLOAD_REPLAYED = "upload.replayed"
     UPLOAD_VIEWED = "upload.viewed"
+    UPLOADS_LISTED = "upload.listed"  # a client's own uploads, one page
+    DATASET_VIEWED = "dataset.viewed"  # a dataset's contract and current version
     # products
     PRODUCT_READ = "product.read"
     PRODUCT_REFUSED = "product.refused"  # a permitted reader's malformed request: nothing computed

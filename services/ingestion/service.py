@@ -576,39 +576,3 @@ def record_refused_upload(
             parameters=parameters,
         ),
     )
-
-
-def upload_status(
-    deps: IngestionDeps, principal: Principal, ctx: RequestContext, upload_id: str
-) -> dict[str, Any]:
-    with audited(deps.sessions, "the upload status") as uow:
-        upload = repository.get_upload_for_client(uow.session, upload_id, principal.client_id)
-        if upload is None:
-            raise NotFound("no such upload")
-        uow.audit(
-            audit_service.event(
-                ctx,
-                AuditRecord(
-                    action=AuditAction.UPLOAD_VIEWED,
-                    outcome=Outcome.SUCCESS,
-                    resource_type="upload",
-                    resource=upload.id,
-                    resource_org=upload.organisation,
-                    parameters={"dataset": upload.dataset_id},
-                ),
-            )
-        )
-    return {
-        "upload_id": upload.id,
-        "dataset": upload.dataset_id,
-        "status": upload.status,
-        "mode": upload.mode,
-        "media_type": upload.media_type,
-        "rows": upload.rows,
-        "size_bytes": upload.size_bytes,
-        "content_sha256": upload.content_sha256,
-        "contract_version": upload.contract_version,
-        "version": upload.version,
-        "received_at": upload.created_at.isoformat(),
-        "report": upload.report,
-    }

@@ -56,9 +56,12 @@ The format (``services/products/definitions/<id>.yaml``; unknown keys are refuse
                                    # ciphertext; decrypted only after the read is audited
           order: [Mon, Tue, ...]   # sort order of the values (default: natural)
           when: {unit: lsoa}       # present only for these choices
+          domain: SELECT csp FROM csp_areas   # every value of a key (every_group; default:
+                                   # the values found in the rows)
           description: ...
       sort: [rank, area]           # default: the key columns
       limit: top                   # an integer parameter: rows kept after sorting
+      every_group: true            # a row for every combination of key values, 0 if none
     sql: |                         # DuckDB; $name binds a parameter's value
       SELECT count(DISTINCT occurrence_ref) AS count{by} FROM serious_violence ...
 
@@ -245,6 +248,8 @@ class ColumnModel(_Strict):
     reveal: str | None = None  # Level 3: "dataset.field" whose ciphertext the SQL returns
     order: list[StrictStr | StrictInt] | None = None  # the values' natural order, for sorting
     when: dict[str, str] | None = None  # present only when these parameters have these values
+    # A key's every value, as SQL giving one column (``every_group``); none: the values found.
+    domain: str | None = None
 
 
 class NoteModel(_Strict):
@@ -267,6 +272,9 @@ class OutputModel(_Strict):
     columns: dict[str, ColumnModel] = Field(min_length=1)
     sort: list[str] | None = None  # default: the key columns in order
     limit: str | None = None  # an integer parameter: rows kept after sorting
+    # A row for every combination of the key columns' values, a group without events counting
+    # 0: an analyst comparing groups must tell "none" from "not asked" (see engine._every_group).
+    every_group: bool = False
 
 
 class SuppressionModel(_Strict):

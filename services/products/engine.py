@@ -29,8 +29,9 @@ import duckdb
 import h3
 import pyarrow as pa
 
+from services.contracts.model import FieldType
 from services.kit.clock import utcnow
-from services.kit.errors import AreaNotPermitted
+from services.kit.errors import AreaNotPermitted, BadRequest
 from services.products import disclosure, views
 from services.products.definition import (
     ASSESSMENTS_TABLE,
@@ -57,6 +58,8 @@ _H3_SCHEMA = pa.schema(
     ]
 )
 _RELATION_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+# The most groups an ``every_group`` product answers with: every key multiplies them.
+MAX_GROUPS = 100_000
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,9 @@ class ProductResult:
     columns: list[str]
     rows: list[dict[str, Any]]
     notes: dict[str, Any]
-    # "integer", "float", "string", "boolean" per column, for typed exports (Parquet) even
-    # when suppression has left a column without a single value.
+    # "integer", "float", "string", "boolean", "date", "timestamp" per column, for typed
+    # exports (Parquet) even when suppression has left a column without a single value. Rows
+    # hold dates and timestamps as ISO text (the JSON answer); the exports turn them back.
     column_types: dict[str, str] = field(default_factory=dict)
 
 
@@ -394,6 +398,8 @@ def _evaluate(
         previous_from_sql = [name for name in from_sql if not _column(defn, name).comparison]
         previous = _run_sql(con, defn, previous_params, previous_from_sql)
         rows = _merge_comparison(defn, columns, rows, previous)
+    if spec.output.every_group:
+        rows = _every_group(con, defn, params, columns, rows)
     for name, note in spec.notes.items():
         if note.text is not None:
             notes[name] = " ".join(note.text.split())
@@ -407,11 +413,12 @@ def _evaluate(
             clause.name for clause in defn.partnership.serious_violence.any_of
         ]
     sealed = defn.revealed_columns()
+    # Typed before the values become JSON-safe text, so that a date stays a date in Parquet.
+    types = _column_types(defn, columns, rows)
     rows = [
         {name: row.get(name) if name in sealed else _plain(row.get(name)) for name in columns}
         for row in rows
     ]
-    types = _column_types(defn, columns, rows)
     _derive(defn, columns, rows, notes)
     return rows, types
 
@@ -472,6 +479,50 @@ def _merge_comparison(
     return merged
 
 
+def _every_group(
+    con: duckdb.DuckDBPyConnection,
+    defn: ProductDefinition,
+    params: Mapping[str, Any],
+    columns: list[str],
+    rows: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """``rows`` with a row of count 0 for every combination of key values they lack.
+
+    A key's values are its ``domain`` (the visible areas, the 24 hours) or else the values
+    found in the rows of either period. Zero is never withheld (``disclosure``), so a suppressed
+    reader sees the same groups as anyone else: which groups exist depends on the question,
+    not on the reader.
+    """
+    keys = [name for name in columns if _column(defn, name).key or _column(defn, name).by]
+    if not keys:
+        return rows
+    domains: list[list[Any]] = []
+    for name in keys:
+        domain = _column(defn, name).domain
+        if domain is not None:
+            _, found = _query(con, defn, domain, params)
+            values = [value[0] for value in found]
+        else:
+            values = [row.get(name) for row in rows]
+        domains.append(list(dict.fromkeys(values)))
+    size = math.prod(len(values) for values in domains)
+    if size > MAX_GROUPS:
+        raise BadRequest(
+            f"grouping by {', '.join(keys)} makes {size} groups; at most {MAX_GROUPS} "
+            "(group by fewer keys or filter by csp)"
+        )
+    counts = [name for name in columns if _column(defn, name).count]
+    present = {tuple(row.get(name) for name in keys) for row in rows}
+    filled = list(rows)
+    for combination in itertools.product(*domains):
+        if combination in present:
+            continue
+        blank: dict[str, Any] = {name: (0 if name in counts else None) for name in columns}
+        blank.update(zip(keys, combination, strict=True))
+        filled.append(blank)
+    return filled
+
+
 def _joined(
     defn: ProductDefinition,
     columns: list[str],
@@ -498,7 +549,7 @@ def _column_types(
         if column.count:
             types[name] = "integer"
         elif column.reveal is not None:
-            types[name] = "string"
+            types[name] = _revealed_type(defn, column.reveal)
         elif column.derive is not None:
             derive = column.derive
             types[name] = "float" if derive.ratio or derive.change else "integer"
@@ -508,13 +559,26 @@ def _column_types(
     return types
 
 
+def _revealed_type(defn: ProductDefinition, reveal: str) -> str:
+    """A revealed field's type, from its contract: its values are ciphertext until then."""
+    dataset, _, field_name = reveal.rpartition(".")
+    contract = defn.contracts.get(dataset)
+    kind = contract.field(field_name).type if contract is not None else None
+    return kind.value if kind in (FieldType.DATE, FieldType.TIMESTAMP) else "string"
+
+
 def _type_name(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
-    if isinstance(value, int):
-        return "integer"
+    if isinstance(value, int | Decimal):
+        return "integer" if not isinstance(value, Decimal) or value == int(value) else "float"
     if isinstance(value, float):
         return "float"
+    # datetime before date: every datetime is also a date.
+    if isinstance(value, datetime):
+        return "timestamp"
+    if isinstance(value, date):
+        return "date"
     return "string"
 
 

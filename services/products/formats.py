@@ -7,6 +7,7 @@ for a formula are neutralised, and Parquet carries no metadata beyond the produc
 from __future__ import annotations
 
 import json
+from datetime import UTC, date, datetime
 from typing import Any
 
 import h3
@@ -26,6 +27,8 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "float": pa.float64(),
     "boolean": pa.bool_(),
     "string": pa.string(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us"),
 }
 
 
@@ -97,6 +100,10 @@ def _arrow_table(result: ProductResult) -> pa.Table:
             values = [None if v is None else float(v) for v in values]
         elif kind == pa.string():
             values = [None if v is None else str(v) for v in values]
+        elif kind == pa.date32():
+            values = [None if v is None else date.fromisoformat(str(v)[:10]) for v in values]
+        elif kind == pa.timestamp("us"):
+            kind, values = _timestamps(values)
         arrays.append(pa.array(values, type=kind))
         fields.append(pa.field(name, kind))
     if _suppression_applied(result):
@@ -111,6 +118,16 @@ def _arrow_table(result: ProductResult) -> pa.Table:
         b"together.parameters": json.dumps(result.parameters, sort_keys=True).encode(),
     }
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
+
+
+def _timestamps(values: list[Any]) -> tuple[pa.DataType, list[datetime | None]]:
+    """ISO timestamps as datetimes: local wall-clock time stays as it is; a column holding
+    an offset is normalised to UTC and says so, since a bare instant would be misread."""
+    parsed = [None if v is None else datetime.fromisoformat(str(v)) for v in values]
+    if not any(v is not None and v.tzinfo is not None for v in parsed):
+        return pa.timestamp("us"), parsed
+    utc = [None if v is None else v.replace(tzinfo=v.tzinfo or UTC).astimezone(UTC) for v in parsed]
+    return pa.timestamp("us", tz="UTC"), utc
 
 
 def to_parquet(result: ProductResult) -> bytes:

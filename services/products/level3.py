@@ -123,6 +123,9 @@ def refuse_unjustified(
                     parameters=parameters,
                     matched_rule=access.rule,
                     policy_version=access.policy_version,
+                    # No version was read; the datasets show whose data was asked for, so the
+                    # owners' IG leads see the refusal.
+                    details={"sources": {dataset: None for dataset in definition.sources}},
                 ),
             )
         )

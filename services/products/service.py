@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from services.audit.catalogue import AuditAction, Outcome
 from services.audit.service import AuditRecord, RequestContext
 from services.authz.enforcer import PolicyEngine
 from services.authz.service import ProductAccess, product_access
+from services.contracts.model import Contract
 from services.contracts.protection import Protector
 from services.identity.schemas import Principal
 from services.kit.epochs import EpochCache, EpochReader
@@ -67,6 +69,8 @@ class ProductDeps:
     audit_disabled_for_benchmark: bool = False
     cache: OrderedDict[tuple[Any, ...], ProductResult] = field(default_factory=OrderedDict)
     cache_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Every dataset's contract by id, for what a dataset's owner and readers may see of it.
+    contracts: Mapping[str, Contract] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,6 +90,16 @@ def formats_for(definition: ProductDefinition) -> list[str]:
     return [f for f in FORMATS if f != "geojson" or definition.level == 2]
 
 
+def suppression_applies(level: int, access: ProductAccess) -> bool:
+    """Whether a read of a product of ``level`` under ``access`` withholds small numbers.
+
+    Every answer about suppression (a read, its cache key and audit event, the list of
+    products, the access explanation) comes from here, so none can disagree with another.
+    Level 3 rows are facts about one person, never statistics: nothing there is suppressed.
+    """
+    return access.allowed and not access.unsuppressed and level < 3
+
+
 def list_readable(deps: ProductDeps, principal: Principal) -> list[dict[str, Any]]:
     readable = []
     for definition in sorted(deps.catalogue.values(), key=lambda d: (d.level, d.id)):
@@ -99,7 +113,7 @@ def list_readable(deps: ProductDeps, principal: Principal) -> list[dict[str, Any
                     "description": definition.description,
                     "parameters": [p.describe() for p in definition.parameters],
                     "formats": formats_for(definition),
-                    "suppressed": not access.unsuppressed and definition.level < 3,
+                    "suppressed": suppression_applies(definition.level, access),
                     "areas": sorted(access.areas) if access.areas is not None else None,
                 }
             )
@@ -133,7 +147,7 @@ def explain(
         "allowed": access.allowed,
         "rule": access.rule,
         "policy_version": access.policy_version,
-        "suppressed": access.allowed and not access.unsuppressed,
+        "suppressed": suppression_applies(definition.level, access),
         "areas": sorted(access.areas) if access.areas is not None else None,
         "roles": principal.roles,
     }
@@ -147,15 +161,23 @@ def _deny(
     reason: str,
     parameters: dict[str, Any],
 ) -> None:
-    audit_service.record_denial(
+    audit_service.record_committed(
         deps.sessions,
         ctx,
-        access,
-        reason=reason,
-        resource_type="product",
-        resource=definition.id,
-        level=definition.level,
-        parameters=parameters,
+        AuditRecord(
+            action=AuditAction.ACCESS_DENIED,
+            outcome=Outcome.DENIED,
+            reason=reason,
+            resource_type="product",
+            resource=definition.id,
+            level=definition.level,
+            parameters=parameters,
+            matched_rule=access.rule,
+            policy_version=access.policy_version,
+            # No version was read; the datasets show whose data was asked for, so the owners'
+            # IG leads see the refusal.
+            details={"sources": {dataset: None for dataset in definition.sources}},
+        ),
     )
 
 
@@ -276,7 +298,7 @@ def _cache_key(
         definition.id,
         repr(sorted(normalise_parameters(definition, params).items())),
         tuple(sorted((d, v.version) for d, v in versions.items())),
-        not access.unsuppressed,
+        suppression_applies(definition.level, access),
         access.areas,
         deps.k,
     )
@@ -355,7 +377,7 @@ def _computed(
         definition,
         params,
         versions=versions,
-        suppress=not access.unsuppressed,
+        suppress=suppression_applies(definition.level, access),
         k=deps.k,
         areas=access.areas,
         protector=deps.protector,
@@ -381,7 +403,7 @@ def _read_record(
     """The audit event of a successful read."""
     details: dict[str, Any] = {
         "sources": result.sources,
-        "suppressed": not access.unsuppressed and definition.level < 3,
+        "suppressed": suppression_applies(definition.level, access),
         "areas": sorted(access.areas) if access.areas is not None else None,
     }
     district = definition.spec.people.district if definition.spec.people else None

@@ -33,6 +33,7 @@ from services.kit.files import write_durably
 from services.kit.ids import new_id
 from services.kit.uow import transaction
 from services.products import compute, formats
+from services.products import service as product_service
 from services.products.definition import ProductDefinition
 from services.products.parameters import normalise_parameters, parse_parameters
 from services.products.service import ProductDeps
@@ -43,6 +44,9 @@ from services.storage import service as storage_service
 
 log = logging.getLogger(__name__)
 
+# Bumped when the files' layout changes for the same rows (2: dates and timestamps typed).
+EXPORT_FORMAT = 2
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -52,9 +56,9 @@ class Variant:
     areas: tuple[str, ...] | None  # None: not limited to areas (Level 1)
 
     @classmethod
-    def of(cls, access: ProductAccess) -> Variant:
+    def of(cls, access: ProductAccess, level: int) -> Variant:
         areas = tuple(sorted(access.areas)) if access.areas is not None else None
-        return cls(suppressed=not access.unsuppressed, areas=areas)
+        return cls(suppressed=product_service.suppression_applies(level, access), areas=areas)
 
     def describe(self) -> dict[str, Any]:
         return {"suppressed": self.suppressed, "areas": list(self.areas) if self.areas else None}
@@ -100,7 +104,7 @@ def current_snapshot(
         versions = storage_service.current_versions(session, products.storage, used)
     normalised = normalise_parameters(definition, params)
     sources = {dataset: versions[dataset].version for dataset in used if dataset in versions}
-    fingerprint = _fingerprint(table, normalised, sources, variant, products.k)
+    fingerprint = _fingerprint(table, definition, normalised, sources, variant, products.k)
     for _attempt in range(5):
         with products.sessions() as session:
             found = _by_fingerprint(session, folder, table.key, fingerprint)
@@ -134,6 +138,7 @@ def current_snapshot(
 
 def _fingerprint(
     table: PublishedTable,
+    definition: ProductDefinition,
     parameters: dict[str, Any],
     sources: dict[str, int],
     variant: Variant,
@@ -142,6 +147,9 @@ def _fingerprint(
     document = {
         "table": table.key,
         "product": table.product,
+        # A revised definition (or export) is a new version, even over the same sources.
+        "definition": hashlib.sha256(definition.spec.model_dump_json().encode()).hexdigest(),
+        "export": EXPORT_FORMAT,
         "parameters": parameters,
         "sources": sources,
         "variant": variant.describe(),

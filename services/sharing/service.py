@@ -271,7 +271,7 @@ def open_table(
         raise Forbidden(f"you may not read {table.key} (Level {table.level})")
     try:
         snapshot = materialise.current_snapshot(
-            deps.products, deps.folder, table, Variant.of(access)
+            deps.products, deps.folder, table, Variant.of(access, table.level)
         )
     except AreaNotPermitted:
         # The table's fixed csp parameter names an area outside the reader's.
@@ -505,7 +505,7 @@ def _check_grant(
     access = product_access(deps.products.policy, principal, table.product, table.level)
     if not access.allowed:
         raise UrlRefused("access_withdrawn", grant)
-    if Variant.of(access) != snapshot.variant:
+    if Variant.of(access, table.level) != snapshot.variant:
         raise UrlRefused("disclosure_changed", grant)
     if not snapshot.file_path.is_file():
         raise UrlRefused("file_missing", grant)

@@ -23,6 +23,19 @@ def get_version(session: Session, dataset_id: str, version: int) -> DatasetVersi
     ).scalar_one_or_none()
 
 
+def current_version_of(session: Session, dataset_id: str) -> DatasetVersion | None:
+    """The version a dataset's readers see now (none until its first upload)."""
+    return session.execute(
+        select(DatasetVersion)
+        .join(
+            Dataset,
+            (Dataset.id == DatasetVersion.dataset_id)
+            & (Dataset.current_version == DatasetVersion.version),
+        )
+        .where(Dataset.id == dataset_id)
+    ).scalar_one_or_none()
+
+
 def version_files(session: Session, version_pk: str) -> list[VersionFile]:
     return list(
         session.execute(

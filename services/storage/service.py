@@ -163,6 +163,32 @@ def current_version(session: Session, storage: Storage, dataset_id: str) -> Vers
     )
 
 
+@dataclass(frozen=True)
+class VersionRecord:
+    """How the current version of a dataset came to be: for its owner and reviewers."""
+
+    version: int
+    contract_version: str
+    mode: str
+    row_count: int
+    created_at: str
+    upload_id: str
+
+
+def version_record(session: Session, dataset_id: str) -> VersionRecord | None:
+    version = repository.current_version_of(session, dataset_id)
+    if version is None:
+        return None
+    return VersionRecord(
+        version=version.version,
+        contract_version=version.contract_version,
+        mode=version.mode,
+        row_count=version.row_count,
+        created_at=version.created_at.isoformat(),
+        upload_id=version.upload_id,
+    )
+
+
 def current_versions(
     session: Session, storage: Storage, dataset_ids: list[str]
 ) -> dict[str, VersionInfo]:

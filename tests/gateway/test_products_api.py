@@ -141,6 +141,42 @@ def test_tier_truth_table_over_the_api(
             assert explain.json()["rule"].startswith("default deny")
 
 
+# Parameters for the Level 3 products (the others are in PARAMS), and the headers they need.
+LEVEL3_PARAMS = {
+    "repeat-suspects": {"as_of": "2024-01-01"},
+    "habitual-knife-carriers": {"as_of": "2024-01-01"},
+    "person-profile": {"person_id": "0" * 32},
+}
+JUSTIFIED = {"X-Purpose": "high-intensity-programme", "X-Case-Reference": "HIP-2024/0042"}
+
+
+@pytest.mark.parametrize("role", list(READABLE))
+def test_explain_reports_the_suppression_the_read_applies(
+    api: TestClient, platform: Platform, loaded: dict[str, str], role: str
+) -> None:
+    """Explain, the list of products and the read agree, for every role and every product."""
+    headers = {"Authorization": f"Bearer {loaded[role]}"}
+    listed = {
+        p["id"]: p["suppressed"]
+        for p in api.get("/v1/products", headers=headers).json()["products"]
+    }
+    for product in platform.products.catalogue.values():
+        explain = api.get("/v1/access/explain", params={"product": product.id}, headers=headers)
+        assert explain.status_code == 200
+        said = explain.json()["suppressed"]
+        params = PARAMS.get(product.id) or LEVEL3_PARAMS[product.id]
+        extra = JUSTIFIED if product.level == 3 else {}
+        response = api.get(f"/v1/products/{product.id}", params=params, headers=headers | extra)
+        if not explain.json()["allowed"]:
+            assert response.status_code == 403, (role, product.id)
+            assert said is False and product.id not in listed
+            continue
+        assert response.status_code == 200, (role, product.id, response.text)
+        applied = response.json()["notes"]["suppression"]["applied"]
+        assert said is applied, (role, product.id)
+        assert listed[product.id] is applied, (role, product.id)
+
+
 def test_suppression_depends_on_permission(api: TestClient, loaded: dict[str, str]) -> None:
     params = {"from": "2023-01-01", "to": "2024-01-01", "by": "csp,hmic_group"}
     reader = api.get(
@@ -159,6 +195,43 @@ def test_suppression_depends_on_permission(api: TestClient, loaded: dict[str, st
     shown = [r["count"] for r in reader["rows"]]
     assert all(c is None or c == 0 or c >= 5 for c in shown)
     assert any(r.get("suppressed") for r in reader["rows"])
+
+
+@pytest.mark.parametrize("role", ["l1_reader", "l1_analyst"])
+def test_counts_and_rates_show_the_same_groups(
+    api: TestClient, loaded: dict[str, str], role: str
+) -> None:
+    """Every group of the grouping, zero included, in both products and for every reader."""
+    headers = {"Authorization": f"Bearer {loaded[role]}"}
+    period = {"from": "2023-01-01", "to": "2024-01-01"}
+    zeros = 0
+    for by in ("csp", "csp,hmic_group"):
+        keys = by.split(",")
+        counts = api.get("/v1/products/sv-counts", params=period | {"by": by}, headers=headers)
+        rates = api.get(
+            "/v1/products/sv-rates",
+            params=period | ({"by": "hmic_group"} if "hmic_group" in keys else {}),
+            headers=headers,
+        )
+        assert counts.status_code == rates.status_code == 200
+        in_counts = {tuple(r[k] for k in keys): r for r in counts.json()["rows"]}
+        in_rates = {tuple(r[k] for k in keys): r for r in rates.json()["rows"]}
+        assert set(in_counts) == set(in_rates), by
+        assert len(in_counts) == len(counts.json()["rows"])
+        # The same count in both, withheld or not alike; a zero is shown to every reader.
+        for group, row in in_counts.items():
+            assert row["count"] == in_rates[group]["count"], (by, group)
+            withheld = "count" in (row.get("suppressed") or [])
+            assert withheld == ("count" in (in_rates[group].get("suppressed") or [])), group
+        zeros += sum(row["count"] == 0 for row in in_counts.values())
+    assert zeros, "the data should hold groups without offences"
+    # A heat map has every cell, even for one small area.
+    cells = api.get(
+        "/v1/products/sv-counts",
+        params=period | {"by": "weekday,hour", "csp": "Hart"},
+        headers=headers,
+    ).json()["rows"]
+    assert len(cells) == 7 * 24
 
 
 def test_level2_rows_limited_to_areas(api: TestClient, loaded: dict[str, str]) -> None:

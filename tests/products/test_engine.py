@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import h3
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
@@ -27,7 +30,7 @@ from services.demo.generate import POLICE_FIELDS
 from services.kit.errors import Forbidden
 from services.kit.partnership import CSP_AREAS
 from services.platform import Platform
-from services.products import carriers, compute, engine
+from services.products import carriers, compute, engine, formats, people
 from services.products.config import load_partnership
 from services.products.definition import ProductDefinition
 from services.products.engine import ProductResult
@@ -579,6 +582,27 @@ def sort_rows(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any
     return sorted(rows, key=order)
 
 
+# The values every group of sv-counts takes whatever the data (the others: those found).
+EVERY_VALUE: dict[str, list[Any]] = {"weekday": list(WEEKDAYS), "hour": list(range(24))}
+
+
+def every_group(
+    by: list[str], csps: list[str] | None, found: Iterable[tuple[Any, ...]]
+) -> list[tuple[Any, ...]]:
+    """Every combination of the keys' values: the areas asked for, every weekday and hour,
+    and for the other keys the values found in either period."""
+    found = list(found)
+    domains = []
+    for index, key in enumerate(by):
+        if key == "csp":
+            domains.append(list(csps or CSP_AREAS))
+        elif key in EVERY_VALUE:
+            domains.append(EVERY_VALUE[key])
+        else:
+            domains.append(list(dict.fromkeys(values[index] for values in found)))
+    return list(itertools.product(*domains))
+
+
 def expected_counts(
     by: list[str], csps: list[str] | None = None, compare: bool = False
 ) -> list[dict[str, Any]]:
@@ -587,11 +611,11 @@ def expected_counts(
     if not compare:
         if not by:
             return [{"count": current.get((), 0)}]
-        for key, count in current.items():
-            rows.append({**dict(zip(by, key, strict=True)), "count": count})
+        for key in every_group(by, csps, current):
+            rows.append({**dict(zip(by, key, strict=True)), "count": current.get(key, 0)})
         return sort_rows(rows, by)
     previous = grouped(serious(COMPARISON, csps), by)
-    keys = list(current) + [key for key in previous if key not in current]
+    keys = every_group(by, csps, [*current, *previous])
     if not by:
         keys = [()]
     for key in keys:
@@ -894,6 +918,24 @@ def test_habitual_knife_carriers_list(loaded: Env) -> None:
     assert not any("dob" in name or "name" in name for name in table.column_names)
 
 
+def test_parquet_export_keeps_dates_as_dates(loaded: Env) -> None:
+    """A product's date columns, computed and revealed alike, are date32 in its Parquet."""
+    definition = loaded.catalogue["habitual-knife-carriers"]
+    computed = loaded.run("habitual-knife-carriers", [("as_of", AS_OF.isoformat())])
+    assert computed.rows
+    assert computed.column_types["last_offence_date"] == "date"
+    assert computed.column_types["dob"] == "date"
+    revealed = people.reveal(definition, computed, loaded.platform.ingestion.protector)
+    table = pq.read_table(io.BytesIO(formats.to_parquet(revealed)))
+    assert table.schema.field("last_offence_date").type == pa.date32()
+    assert table.schema.field("dob").type == pa.date32()
+    by_row = {row["person_id"]: row for row in revealed.rows}
+    for row in table.to_pylist():
+        shown = by_row[row["person_id"]]
+        assert row["last_offence_date"].isoformat() == shown["last_offence_date"]
+        assert row["dob"] is None or row["dob"].isoformat() == shown["dob"]
+
+
 def test_hkc_summary(loaded: Env) -> None:
     carriers = expected_carriers(AS_OF).values()
 
@@ -1114,11 +1156,12 @@ def test_secondary_suppression_in_one_dimension(env: Env) -> None:
     result = env.run(
         "sv-counts", [("from", PERIOD[0]), ("to", PERIOD[1]), ("by", "csp")], suppress=True
     )
+    # Every area appears; zero is never withheld, so the areas without offences show 0.
+    shown = {"Gosport": None, "Havant": 9, "Portsmouth": None, "Southampton": 7}
     assert result.rows == [
-        {"csp": "Gosport", "count": None, "suppressed": ["count"]},
-        {"csp": "Havant", "count": 9},
-        {"csp": "Portsmouth", "count": None, "suppressed": ["count"]},
-        {"csp": "Southampton", "count": 7},
+        {"csp": csp, "count": shown.get(csp, 0)}
+        | ({"suppressed": ["count"]} if csp in shown and shown[csp] is None else {})
+        for csp in sorted(CSP_AREAS)
     ]
     # The total (the margin of this line) is published; Gosport cannot be recovered from it.
     total = env.run("sv-counts", [("from", PERIOD[0]), ("to", PERIOD[1])], suppress=True)

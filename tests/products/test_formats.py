@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+from datetime import UTC, date, datetime
 from typing import Any
 
 import h3
@@ -137,6 +138,28 @@ def test_parquet_round_trips_with_types_and_clean_metadata() -> None:
         pq.read_table(io.BytesIO(formats.to_parquet(empty))).schema.field("count").type
         == pa.int64()
     )
+
+
+def test_parquet_dates_and_timestamps_are_typed() -> None:
+    """Dates are Arrow date32 and timestamps timestamps, not the JSON answer's text."""
+    rows: list[dict[str, Any]] = [
+        {"day": "2024-03-31", "at": "2024-03-31T01:30:00", "utc": "2024-03-31T01:30:00+01:00"},
+        {"day": None, "at": None, "utc": None},
+    ]
+    types = {"day": "date", "at": "timestamp", "utc": "timestamp"}
+    source = result(rows, ["day", "at", "utc"], types, suppressed=False)
+    table = pq.read_table(io.BytesIO(formats.to_parquet(source)))
+    assert table.schema.field("day").type == pa.date32()
+    assert table.schema.field("at").type == pa.timestamp("us")
+    # A timestamp with an offset becomes the same instant in UTC, and says it is UTC.
+    assert table.schema.field("utc").type == pa.timestamp("us", tz="UTC")
+    got = table.to_pylist()
+    assert got[0]["day"] == date(2024, 3, 31)
+    assert got[0]["at"] == datetime(2024, 3, 31, 1, 30)
+    assert got[0]["utc"] == datetime(2024, 3, 31, 0, 30, tzinfo=UTC)
+    assert got[1] == {"day": None, "at": None, "utc": None}
+    # The JSON answer keeps ISO text.
+    assert formats.to_json_document(source)["rows"][0]["day"] == "2024-03-31"
 
 
 def test_json_document_shape() -> None:
