@@ -7,6 +7,7 @@ every value is escaped by Jinja2's autoescaping; every form carries the session'
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,19 +19,24 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from gateway.deps import PlatformDep, request_context
+from gateway.routes.audit_review import to_csv, to_ndjson
 from gateway.web import auth
 from gateway.web.auth import SignedIn, WebUser
 from services.admin import sign_in as sign_in_service
 from services.audit.alerts import RULE_TITLES, RULES
 from services.audit.catalogue import AuditAction, Outcome
-from services.audit.review import FILTER_NAMES
+from services.audit.review import FILTER_NAMES, MAX_EXPORT_LIMIT
 from services.identity import oidc
-from services.kit.errors import TogetherError
+from services.kit.errors import BadRequest, TogetherError
 from services.kit.partnership import ORGANISATIONS
+from services.platform import Platform
 from services.review import service as review_service
+from services.review.repository import ActorName
 
 HERE = Path(__file__).resolve().parent
 SIGN_IN = "/ig/sign-in"
+EXPORT = "/ig/events/export"
+EXPORT_FORMATS = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
 # Reachable without a session (pinned, with the API's public paths, by a test).
 PUBLIC_PATHS = frozenset({SIGN_IN, "/ig/oidc/start", "/ig/oidc/callback", "/ig/static/style.css"})
 
@@ -172,6 +178,11 @@ async def home(user: SignedIn) -> Response:
     return _to_sign_in() if user is None else RedirectResponse("/ig/events", status_code=303)
 
 
+async def _names(platform: Platform, actors: Iterable[str | None]) -> dict[str, ActorName]:
+    """Registry names of the actors on a page: one look-up for the whole page."""
+    return await run_in_threadpool(review_service.actor_names, platform.review, list(actors))
+
+
 def _query(params: dict[str, str], **changes: str | None) -> str:
     merged = {**params, **changes}
     return urlencode({k: v for k, v in merged.items() if v})
@@ -193,19 +204,60 @@ async def events(request: Request, user: SignedIn, platform: PlatformDep) -> Res
     except TogetherError as exc:
         return _error(user, exc)
     filters = {k: v for k, v in params.items() if k in FILTER_NAMES}
-    export = {fmt: "/v1/audit/events?" + _query(filters, format=fmt) for fmt in ("csv", "ndjson")}
+    # As many events as one export may hold, not one screen's worth; the limit is audited.
+    limit = str(MAX_EXPORT_LIMIT)
+    export = {
+        fmt: EXPORT + "?" + _query(filters, format=fmt, limit=limit) for fmt in EXPORT_FORMATS
+    }
     next_url = "/ig/events?" + _query(params, cursor=page.next_cursor) if page.next_cursor else None
     return _render(
         "events.html",
         user=user,
         events=page.events,
+        names=await _names(platform, (e["actor"] for e in page.events)),
         filters=filters,
         next_url=next_url,
         export=export,
+        export_limit=MAX_EXPORT_LIMIT,
         actions=[a.value for a in AuditAction],
         outcomes=[o.value for o in Outcome],
         organisations=sorted(ORGANISATIONS),
     )
+
+
+@router.get("/events/export")
+async def export_events(request: Request, user: SignedIn, platform: PlatformDep) -> Response:
+    """The events page's filters as a CSV or NDJSON download, for the signed-in lead.
+
+    The same use case, scope and audit event as the API's export (`GET /v1/audit/events` with
+    `format`), so that a lead need not hold a bearer token to take the events away.
+    """
+    if user is None:
+        return _to_sign_in()
+    params = {
+        k: v
+        for k, v in request.query_params.items()
+        if (k in FILTER_NAMES or k in ("cursor", "limit", "format")) and v
+    }
+    fmt = params.pop("format", "csv")
+    if fmt not in EXPORT_FORMATS:
+        return _error(user, BadRequest("format is csv or ndjson"))
+    try:
+        page = await run_in_threadpool(
+            partial(review_service.search_events, fmt=fmt),
+            platform.review,
+            user.principal,
+            user.ctx,
+            params,
+        )
+    except TogetherError as exc:
+        return _error(user, exc)
+    # The same bytes as the API's export of the same page.
+    body = to_csv(page.events) if fmt == "csv" else to_ndjson(page.events)
+    headers = {"Content-Disposition": f'attachment; filename="audit-events.{fmt}"'}
+    if page.next_cursor:
+        headers["X-Next-Cursor"] = page.next_cursor
+    return Response(body, media_type=EXPORT_FORMATS[fmt], headers=headers)
 
 
 @router.get("/events/{event_id}")
@@ -218,7 +270,9 @@ async def event(event_id: str, user: SignedIn, platform: PlatformDep) -> Respons
         )
     except TogetherError as exc:
         return _error(user, exc)
-    return _render("event.html", user=user, event=found)
+    return _render(
+        "event.html", user=user, event=found, names=await _names(platform, [found["actor"]])
+    )
 
 
 @router.get("/people")
@@ -255,7 +309,12 @@ async def person(
             params, cursor=page.next_cursor
         )
     return _render(
-        "person.html", user=user, person_id=person_id, events=page.events, next_url=next_url
+        "person.html",
+        user=user,
+        person_id=person_id,
+        events=page.events,
+        names=await _names(platform, (e["actor"] for e in page.events)),
+        next_url=next_url,
     )
 
 
@@ -279,6 +338,10 @@ async def alerts(request: Request, user: SignedIn, platform: PlatformDep) -> Res
         "alerts.html",
         user=user,
         alerts=found,
+        names=await _names(
+            platform,
+            [a.actor for a in found] + [r.reviewer for a in found for r in a.reviews],
+        ),
         filters=params,
         state=request.query_params.get("state", "open"),
         rules=[(r, RULE_TITLES[r]) for r in RULES],
@@ -319,7 +382,7 @@ async def checkpoints(user: SignedIn, platform: PlatformDep, verify: str | None 
         return _to_sign_in()
     verify_log = verify == "1"
     try:
-        found = await run_in_threadpool(
+        found, coverage = await run_in_threadpool(
             partial(review_service.checkpoints, verify_log=verify_log),
             platform.review,
             user.principal,
@@ -327,4 +390,10 @@ async def checkpoints(user: SignedIn, platform: PlatformDep, verify: str | None 
         )
     except TogetherError as exc:
         return _error(user, exc)
-    return _render("checkpoints.html", user=user, checkpoints=found, verified_log=verify_log)
+    return _render(
+        "checkpoints.html",
+        user=user,
+        checkpoints=found,
+        coverage=coverage,
+        verified_log=verify_log,
+    )

@@ -332,6 +332,20 @@ def _denial_alerts(
     return alerts
 
 
+def _span_words(span: timedelta) -> str:
+    """A burst's span as a reviewer reads it: "within 0 s" would read as no time at all."""
+    seconds = span.total_seconds()
+    if seconds < 0.1:
+        return "in under a second"
+    if seconds < 10:
+        return f"within {seconds:.1f} s".replace(".0 s", " s")
+    whole = round(seconds)
+    if whole < 60:
+        return f"within {whole} s"
+    minutes, rest = divmod(whole, 60)
+    return f"within {minutes} min {rest} s" if rest else f"within {minutes} min"
+
+
 def _denial_alert(key: str, burst: list[tuple[str | None, str | None, datetime, str]]) -> Alert:
     actor, actor_org, first_at, first_id = burst[0]
     span = burst[-1][2] - first_at
@@ -341,7 +355,7 @@ def _denial_alert(key: str, burst: list[tuple[str | None, str | None, datetime, 
         first_at,
         actor,
         actor_org,
-        summary=f"{len(burst)} denials of {key} within {int(span.total_seconds())} s",
+        summary=f"{len(burst)} denials of {key} {_span_words(span)}",
         event_ids=[e[3] for e in burst[:MAX_LINKED_EVENTS]],
     )
 

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from services.audit.catalogue import AuditAction, Outcome
 from services.audit.checkpoints import CheckpointSigner, published, verify_signature
 from services.audit.export import verify_database
-from services.audit.models import AuditCheckpoint, AuditEvent, AuditSubject
+from services.audit.models import AuditChainLink, AuditCheckpoint, AuditEvent, AuditSubject
 from services.kit.errors import BadRequest
 
 DEFAULT_LIMIT = 100
@@ -437,6 +437,42 @@ def list_checkpoints(
             }
         )
     return found
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of the log the latest checkpoint covers, so that a verification claims no more.
+
+    A checkpoint commits to the first `covered` events in the order of record; events after it
+    are either already sealed into the hash chain (awaiting the next checkpoint) or not sealed
+    yet.
+    """
+
+    latest_checkpoint: int | None
+    covered: int
+    sealed_after: int
+    unsealed: int
+
+    @property
+    def newer(self) -> int:
+        return self.sealed_after + self.unsealed
+
+
+def coverage(session: Session) -> Coverage:
+    latest = session.execute(
+        select(AuditCheckpoint.seq, AuditCheckpoint.tree_size)
+        .order_by(AuditCheckpoint.seq.desc())
+        .limit(1)
+    ).one_or_none()
+    events = int(session.execute(select(func.count()).select_from(AuditEvent)).scalar_one())
+    sealed = int(session.execute(select(func.count()).select_from(AuditChainLink)).scalar_one())
+    covered = int(latest.tree_size) if latest else 0
+    return Coverage(
+        latest_checkpoint=int(latest.seq) if latest else None,
+        covered=covered,
+        sealed_after=max(sealed - covered, 0),
+        unsealed=max(events - sealed, 0),
+    )
 
 
 def count_recent(

@@ -312,6 +312,7 @@ def record_denial(
     resource_org: str | None = None,
     level: int | None = None,
     parameters: dict[str, Any] | None = None,
+    details: dict[str, Any] | None = None,
 ) -> None:
     """An access denial, committed on its own before the refusal is returned."""
     record_committed(
@@ -328,5 +329,6 @@ def record_denial(
             parameters=parameters or {},
             matched_rule=decision.rule,
             policy_version=decision.policy_version,
+            details=details or {},
         ),
     )

@@ -161,23 +161,18 @@ def _deny(
     reason: str,
     parameters: dict[str, Any],
 ) -> None:
-    audit_service.record_committed(
+    audit_service.record_denial(
         deps.sessions,
         ctx,
-        AuditRecord(
-            action=AuditAction.ACCESS_DENIED,
-            outcome=Outcome.DENIED,
-            reason=reason,
-            resource_type="product",
-            resource=definition.id,
-            level=definition.level,
-            parameters=parameters,
-            matched_rule=access.rule,
-            policy_version=access.policy_version,
-            # No version was read; the datasets show whose data was asked for, so the owners'
-            # IG leads see the refusal.
-            details={"sources": {dataset: None for dataset in definition.sources}},
-        ),
+        access,
+        reason=reason,
+        resource_type="product",
+        resource=definition.id,
+        level=definition.level,
+        parameters=parameters,
+        # No version was read; the datasets show whose data was asked for, so the owners' IG
+        # leads see the refusal.
+        details={"sources": {dataset: None for dataset in definition.sources}},
     )
 
 

@@ -9,7 +9,7 @@ nothing else. A request refused before any work (bad parameters) is audited as r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
@@ -24,7 +24,7 @@ from services.audit import service as audit_service
 from services.audit.alerts import Alert, AlertRules
 from services.audit.catalogue import AuditAction, Outcome
 from services.audit.checkpoints import CheckpointSigner
-from services.audit.review import Page, Scope
+from services.audit.review import Coverage, Page, Scope
 from services.audit.service import AuditRecord, RequestContext
 from services.authz.enforcer import PolicyEngine
 from services.authz.service import AuditReviewAccess, audit_review_access
@@ -34,6 +34,8 @@ from services.kit.clock import utcnow
 from services.kit.errors import BadRequest, Forbidden, NotFound, TogetherError
 from services.kit.settings import Settings
 from services.kit.uow import audited
+from services.review import repository
+from services.review.repository import ActorName
 
 DEFAULT_ALERT_DAYS = 30
 FORMATS = ("json", "csv", "ndjson")
@@ -315,11 +317,27 @@ def review_alert(
     return reviewed[0]
 
 
+def actor_names(deps: ReviewDeps, actors: Iterable[str | None]) -> dict[str, ActorName]:
+    """The registry's names for the actors a page shows, so that a reviewer reads who, not an id.
+
+    Only the pages use this: the API and its exports keep the ids the events hold. The names
+    are not audited on their own; the page's use case has already recorded what it showed.
+    """
+    wanted = {actor for actor in actors if actor}
+    if not wanted:
+        return {}
+    with deps.sessions() as session:
+        return repository.actor_names(session, wanted)
+
+
 def checkpoints(
     deps: ReviewDeps, principal: Principal, ctx: RequestContext, *, verify_log: bool = False
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], Coverage]:
+    """The checkpoints, each checked, and how much of the log the latest one covers."""
     scope, access = authorise(deps, principal, ctx)
     with audited(deps.sessions, "the checkpoint review") as uow:
+        # Counted before the checks, so that the claim is never wider than what was checked.
+        covered = review.coverage(uow.session)
         found = review.list_checkpoints(uow.session, deps.audit_signer, verify_log=verify_log)
         record = AuditRecord(
             action=AuditAction.AUDIT_QUERIED,
@@ -328,7 +346,10 @@ def checkpoints(
             resource_org=scope.organisation,
             rows=len(found),
             parameters={"verify": verify_log},
-            details={"all_verified": all(c["verified"] for c in found)},
+            details={
+                "all_verified": all(c["verified"] for c in found),
+                "covered": covered.covered,
+            },
         )
         uow.audit(audit_service.event(ctx, _granted(access, record)))
-    return found
+    return found, covered

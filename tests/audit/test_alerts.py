@@ -201,3 +201,33 @@ def test_alerts_and_reviews_over_the_api(
             connection.execute(text(statement))
     with platform.sessions() as session:
         assert [r.comment for r in session.scalars(select(AlertReview))] == ["on call that night"]
+
+
+@pytest.mark.parametrize(
+    ("gaps_ms", "wording"),
+    [
+        ((0, 0, 0, 0, 0), "6 denials of prober in under a second"),
+        ((100, 100, 100, 50, 50), "6 denials of prober within 0.4 s"),
+        ((1000, 1000, 1000, 1000, 1000), "6 denials of prober within 5 s"),
+        ((60000, 30000, 30000, 30000, 15000), "6 denials of prober within 2 min 45 s"),
+    ],
+)
+def test_a_denial_burst_names_its_real_span(
+    platform: Platform,
+    monkeypatch: pytest.MonkeyPatch,
+    gaps_ms: tuple[int, ...],
+    wording: str,
+) -> None:
+    moment = TUESDAY + timedelta(hours=9)
+    for gap in (0, *gaps_ms):
+        moment += timedelta(milliseconds=gap)
+        with clock_at(monkeypatch, moment):
+            make_event(
+                platform,
+                actor="prober",
+                org=POLICE,
+                action=AuditAction.ACCESS_DENIED,
+                outcome=Outcome.DENIED,
+            )
+    [found] = _alerts(platform, "denials")
+    assert found.summary == wording

@@ -345,3 +345,36 @@ def test_no_audit_no_answer(
     assert response.status_code == 503
     assert response.json()["code"] == "AUDIT_UNAVAILABLE"
     assert world["police_user"] not in response.text
+
+
+def test_the_owners_ig_lead_sees_refusals_on_products_made_from_its_data(
+    api: TestClient,
+    platform: Platform,
+    reviewers: dict[str, str],
+    make_client: Callable[..., ClientCredentials],
+    token_for: Tokens,
+) -> None:
+    # A VRU practitioner asks for a Level 3 list built from police data without saying why.
+    practitioner = token_for(
+        make_client(org="vru", roles=("l3_practitioner",), areas=("Portsmouth",), name="vru pr")
+    )
+    for product in ("repeat-suspects", "sv-counts"):
+        refused = api.get(
+            f"/v1/products/{product}", headers={"Authorization": f"Bearer {practitioner}"}
+        )
+        assert refused.status_code == 403, refused.text
+    denied = {
+        e["resource"]: e
+        for e in _get(api, reviewers["police"], "/v1/audit/events", action="access.denied")[
+            "events"
+        ]  # type: ignore[union-attr]
+    }
+    # The police own the list's only source; the refusal is about their data.
+    assert "repeat-suspects" in denied
+    assert denied["repeat-suspects"]["details"]["sources"] == {"police.occurrences": None}
+    assert denied["repeat-suspects"]["reason"].startswith("purpose or case reference")
+    # A refusal by tier, too, names the sources it was refused.
+    assert "police.occurrences" in denied["sv-counts"]["details"]["sources"]
+    # The council owns none of its sources: the refusal is not theirs to see.
+    council = _get(api, reviewers["council"], "/v1/audit/events", action="access.denied")
+    assert "repeat-suspects" not in {e["resource"] for e in council["events"]}  # type: ignore[union-attr]

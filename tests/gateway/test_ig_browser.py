@@ -6,6 +6,7 @@ with a message, except under CI (CI=true), where a missing browser is a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -16,11 +17,16 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
+from services.admin import accounts as people_admin
+from services.audit import chain as audit_chain
+from services.audit import checkpoints
+from services.audit.catalogue import AuditAction, Outcome
 from services.audit.models import AlertReview, AuditEvent
 from services.kit.clock import utcnow
 from services.kit.settings import Settings
 from services.platform import Platform
-from tests.fixtures.audit_events import COUNCIL, POLICE, clock_at, level3_read
+from tests.fixtures.app import MakeClient, cli_context
+from tests.fixtures.audit_events import COUNCIL, POLICE, clock_at, level3_read, make_event
 from tests.live import LiveServer, settings_env, together_bin
 
 pytestmark = pytest.mark.slow
@@ -129,7 +135,7 @@ def test_an_ig_lead_signs_in_finds_a_person_and_reviews_an_alert(
         alert.locator("textarea").fill("Checked with the duty inspector: authorised call-out.")
         alert.locator("button:has-text('Mark reviewed')").click()
         reviewed = page.locator(f"section.alert[id='alert-out_of_hours.{ours}']")
-        expect(reviewed).to_contain_text("Reviewed by user:alice")
+        expect(reviewed).to_contain_text("Reviewed by alice (hampshire-constabulary) user:alice")
         expect(reviewed.locator(".state")).to_have_text("reviewed")
         page.click("button:has-text('Sign out')")
         expect(page).to_have_url(server.url + "/ig/sign-in")
@@ -154,3 +160,131 @@ def test_an_ig_lead_signs_in_finds_a_person_and_reviews_an_alert(
     assert ("audit.person_history", "success", None) in actions
     assert ("audit.alert_reviewed", "success", None) in actions
     assert actions[-1] == ("ig.signed_out", "success", None)
+
+
+ARTEFACTS = Path(__file__).resolve().parents[2] / "var" / "test-artifacts" / "ig-pages"
+LONG = "HIP2024" + "0042" * 23  # the longest case reference stored, unbroken
+
+
+def _fits(page: object, name: str) -> None:
+    """The page does not scroll sideways at its viewport; a screenshot is kept for review."""
+    from playwright.sync_api import Page
+
+    assert isinstance(page, Page)
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTEFACTS / f"{name}.png"), full_page=True)
+    width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert width[0] <= width[1], (name, width)
+
+
+def test_pages_name_actors_fit_1280_px_and_export_with_the_session(
+    settings: Settings,
+    platform: Platform,
+    tmp_path: Path,
+    browser_page: object,
+    make_client: MakeClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from playwright.sync_api import Page, expect
+
+    page: Page = browser_page  # type: ignore[assignment]
+    people_admin.create_user(
+        platform.admin,
+        cli_context(),
+        username="lena",
+        organisation=POLICE,
+        role="ig_lead",
+        password=PASSWORD,
+    )
+    terminal = make_client(org=POLICE, name="Custody suite terminal", roles=("l1_reader",))
+    night = (utcnow().astimezone(ZoneInfo("Europe/London")) - timedelta(days=2)).replace(
+        hour=23, minute=0, second=0, microsecond=0
+    )
+    with clock_at(monkeypatch, night):
+        read = level3_read(
+            platform,
+            actor=terminal.client_id,
+            org=POLICE,
+            subjects=["p-5" * 20],
+            case_reference=LONG,
+            details={"note": "x" * 300},
+        )
+    for n in range(6):  # six refusals within the same second
+        with clock_at(monkeypatch, night + timedelta(minutes=5, milliseconds=50 * n)):
+            make_event(
+                platform,
+                actor=terminal.client_id,
+                org=POLICE,
+                action=AuditAction.ACCESS_DENIED,
+                outcome=Outcome.DENIED,
+            )
+    audit_chain.seal_all(platform.sessions)
+    with platform.sessions() as session:
+        checkpoints.write_checkpoint(session, platform.audit_signer)
+        session.commit()
+
+    server = LiveServer(settings, tmp_path / "server.log")
+    try:
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.goto(server.url + "/ig/sign-in")
+        page.fill("#username", "lena")
+        page.fill("#password", PASSWORD)
+        page.click("button:has-text('Sign in')")
+        expect(page).to_have_url(server.url + "/ig/events")
+
+        row = page.locator("table.events tbody tr", has_text=LONG)
+        # The organisation has its own column here; the actor cell names the client by its id.
+        expect(row.locator("td.actor")).to_have_text(f"Custody suite terminal {terminal.client_id}")
+        expect(row).to_contain_text("hampshire-constabulary")
+        since = page.locator("input[name=since]")
+        expect(since).to_have_value("")
+        expect(since).to_have_attribute("placeholder", "YYYY-MM-DD")
+        faint, text = since.evaluate(
+            "el => [getComputedStyle(el, '::placeholder').color, getComputedStyle(el).color]"
+        )
+        assert faint != text, (faint, text)
+        _fits(page, "events")
+
+        with page.expect_download() as csv_download:
+            page.click("p.exports >> text=CSV")
+        exported = Path(csv_download.value.path()).read_text()
+        assert exported.startswith("occurred_at,event_id,action"), exported[:200]
+        assert read in exported and terminal.client_id in exported
+        assert "Custody suite terminal" not in exported  # exports keep the ids
+        with page.expect_download() as ndjson_download:
+            page.click("p.exports >> text=NDJSON")
+        lines = Path(ndjson_download.value.path()).read_text().splitlines()
+        assert read in {json.loads(line)["event_id"] for line in lines}
+
+        page.goto(server.url + f"/ig/events/{read}")
+        expect(page.locator("dl.detail")).to_contain_text("Custody suite terminal")
+        _fits(page, "event")
+
+        page.goto(server.url + "/ig/people/" + "p-5" * 20)
+        expect(page.locator("table.events td.actor")).to_contain_text("Custody suite terminal")
+        _fits(page, "person")
+
+        page.goto(server.url + "/ig/alerts?state=all&since=" + night.date().isoformat())
+        burst = page.locator("section.alert[data-rule=denials]")
+        expect(burst).to_contain_text("6 denials")
+        expect(burst).to_contain_text("within 0.2 s")
+        expect(burst).to_contain_text("Custody suite terminal (hampshire-constabulary)")
+        _fits(page, "alerts")
+
+        page.goto(server.url + "/ig/checkpoints?verify=1")
+        expect(page.locator("main")).to_contain_text("verify against the latest checkpoint")
+        _fits(page, "checkpoints")
+    finally:
+        server.stop()
+
+    with platform.sessions() as session:
+        exports = [
+            e.parameters
+            for e in session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.action == "audit.queried", AuditEvent.actor == "user:lena")
+                .order_by(AuditEvent.seq)
+            )
+            if e.parameters.get("format") in ("csv", "ndjson")
+        ]
+    assert [p["format"] for p in exports] == ["csv", "ndjson"]

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy import func, select
 
 from gateway.web import session as web_session
 from services.admin import accounts as people_admin
-from services.audit.models import AlertReview, AuditEvent
+from services.audit.models import AlertReview, AuditCheckpoint, AuditEvent
 from services.kit.settings import Environment, Settings
 from services.platform import Platform
-from tests.fixtures.app import cli_context
+from tests.fixtures.app import MakeClient, cli_context
 from tests.fixtures.audit_events import COUNCIL, POLICE, clock_at, level3_read
 
 PASSWORD = "correct horse battery"
@@ -231,7 +233,7 @@ def test_checkpoints_page_verifies_signatures_and_the_log(
     assert page.status_code == 200
     assert page.text.count(">verified<") == 2 and "FAILED" not in page.text
     checked = api.get("/ig/checkpoints", params={"verify": "1"})
-    assert "The whole log verifies against every checkpoint." in checked.text
+    assert "verify against the latest checkpoint (#1)." in checked.text
     assert "events verified" in checked.text
     viewed = _events_of(platform, "audit.queried")[-1]
     assert viewed.resource_type == "audit_checkpoints" and viewed.parameters == {"verify": True}
@@ -246,3 +248,124 @@ def test_checkpoints_page_verifies_signatures_and_the_log(
         )
     tampered = api.get("/ig/checkpoints", params={"verify": "1"})
     assert "The log does NOT verify" in tampered.text and "FAILED" in tampered.text
+
+
+def test_checkpoints_page_says_which_events_a_checkpoint_covers(
+    api: TestClient, platform: Platform
+) -> None:
+    from services.audit import chain as audit_chain
+
+    _user(platform, "cleo", POLICE)
+    assert _sign_in(api, "cleo") == 303
+    _checkpoint(platform)
+    with platform.sessions() as session:
+        covered = session.scalars(select(AuditCheckpoint.tree_size)).one()
+    # Two events sealed into the chain after the checkpoint, one not sealed yet.
+    level3_read(platform, actor="pc-1", org=POLICE, subjects=["p-1"])
+    level3_read(platform, actor="pc-2", org=POLICE, subjects=["p-2"])
+    audit_chain.seal_all(platform.sessions)
+    level3_read(platform, actor="pc-3", org=POLICE, subjects=["p-3"])
+    with platform.sessions() as session:
+        total = session.scalar(select(func.count()).select_from(AuditEvent))
+    assert total is not None
+    newer = total - covered
+    checked = api.get("/ig/checkpoints", params={"verify": "1"}).text
+    assert "The whole log verifies" not in checked
+    assert f"Events 1 to {covered} verify against the latest checkpoint (#0)." in checked, checked
+    assert (
+        f"{newer} newer events are not covered by a checkpoint yet: "
+        f"{newer - 1} sealed into the hash chain, 1 awaiting the sealer." in checked
+    )
+
+
+def test_pages_name_the_actors_in_one_query_per_page(
+    api: TestClient,
+    platform: Platform,
+    make_client: MakeClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _user(platform, "nina", POLICE)
+    readers = [
+        make_client(org=POLICE, name=f"Custody suite terminal {n}", roles=("l1_reader",))
+        for n in range(3)
+    ]
+    with clock_at(monkeypatch, datetime(2026, 3, 7, 23, 0, tzinfo=UTC)):
+        reads = [
+            level3_read(platform, actor=r.client_id, org=POLICE, subjects=["p-5"]) for r in readers
+        ]
+    assert _sign_in(api, "nina") == 303
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    sqlalchemy_event.listen(platform.engine, "before_cursor_execute", seen)
+    try:
+        pages = {
+            "events": api.get("/ig/events").text,
+            "person": api.get("/ig/people/p-5").text,
+            "alerts": api.get("/ig/alerts", params={"since": "2026-03-01"}).text,
+        }
+        lookups = sum(1 for s in statements if re.search(r"\bFROM clients\b", s))
+        pages["event"] = api.get(f"/ig/events/{reads[0]}").text
+    finally:
+        sqlalchemy_event.remove(platform.engine, "before_cursor_execute", seen)
+    # One look-up per page, however many actors it shows.
+    assert lookups == 3, statements
+    for name, html in pages.items():
+        assert "Custody suite terminal 0" in html, name
+        assert readers[0].client_id in html, name
+    for html in (pages["events"], pages["person"], pages["alerts"]):
+        assert all(f"Custody suite terminal {n}" in html for n in range(3))
+    # The signed-in lead, as a review account, is named by the account too.
+    assert "nina" in api.get("/ig/events", params={"action": "ig.signed_in"}).text
+
+
+def test_date_fields_show_a_faint_format_hint_not_a_value(
+    api: TestClient, platform: Platform
+) -> None:
+    _user(platform, "hana", POLICE)
+    assert _sign_in(api, "hana") == 303
+    for path in ("/ig/events", "/ig/alerts"):
+        html = api.get(path).text
+        placeholders = re.findall(r'placeholder="([^"]*)"', html)
+        assert placeholders, path
+        # A placeholder reads as a format, never as a date or a period that might be set.
+        assert not any(re.search(r"\d", p) for p in placeholders), placeholders
+        assert 'placeholder="YYYY-MM-DD"' in html, path
+    assert "empty: the last 30 days" in api.get("/ig/alerts").text
+    css = api.get("/ig/static/style.css").text
+    assert "::placeholder" in css
+
+
+def test_export_links_work_with_the_session_and_are_audited_like_the_api(
+    api: TestClient, platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _user(platform, "ivy", POLICE)
+    with clock_at(monkeypatch, datetime(2026, 3, 7, 23, 0, tzinfo=UTC)):
+        ours = level3_read(platform, actor="pc-1", org=POLICE, subjects=["p-7"])
+        theirs = level3_read(platform, actor="cc-1", org=COUNCIL, subjects=["p-7"])
+    # Without a session: to the sign-in page, as every other page.
+    anonymous = api.get("/ig/events/export", params={"format": "csv"}, follow_redirects=False)
+    assert anonymous.status_code == 303
+    assert _sign_in(api, "ivy") == 303
+    page = api.get("/ig/events", params={"level": "3"}).text
+    links = re.findall(r'href="(/ig/events/export\?[^"]+)"', page)
+    assert len(links) == 2, page
+    csv_link = next(link for link in links if "format=csv" in link).replace("&amp;", "&")
+    ndjson_link = next(link for link in links if "format=ndjson" in link).replace("&amp;", "&")
+    assert "level=3" in csv_link
+    exported = api.get(csv_link)
+    assert exported.status_code == 200, exported.text
+    assert exported.headers["content-type"].startswith("text/csv")
+    assert "attachment" in exported.headers["content-disposition"]
+    assert exported.text.startswith("occurred_at,event_id,action")
+    assert ours in exported.text and theirs not in exported.text
+    lines = api.get(ndjson_link).text.splitlines()
+    assert [json.loads(line)["event_id"] for line in lines] == [ours]
+    # Audited exactly as the API's export: a search, with the format and the filters.
+    queried = _events_of(platform, "audit.queried")[-2:]
+    assert [e.parameters["format"] for e in queried] == ["csv", "ndjson"]
+    assert all(e.parameters["level"] == 3 and e.actor == "user:ivy" for e in queried)
+    assert all(e.rows == 1 and e.resource_org == POLICE for e in queried)
+    assert api.get("/ig/events/export", params={"format": "xml"}).status_code == 400
