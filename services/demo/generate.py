@@ -17,12 +17,14 @@ import itertools
 import math
 import random
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cache
 from pathlib import Path
 from typing import TypeVar
+
+from services.kit.clock import london_today
 
 __all__ = [
     "CSPS",
@@ -34,7 +36,9 @@ __all__ = [
     "IMD_FIELDS",
     "POLICE_FIELDS",
     "POPULATION_FIELDS",
+    "SHAPE_ANCHOR",
     "YOUTH_JUSTICE_FIELDS",
+    "demo_period",
     "generate_police",
     "write_dataset_csv",
     "write_demo_set",
@@ -53,8 +57,24 @@ DATASETS: tuple[str, ...] = (
     "la.imd",
 )
 
-DEMO_START = date(2022, 4, 1)
-DEMO_END = date(2025, 4, 1)
+# A fixed load day for the tests that pin figures of the demo's shape (population years, counts
+# of people), which would otherwise move with the calendar.
+SHAPE_ANCHOR = date(2025, 3, 31)
+# A fixed police period for callers (benchmarks) that do not ask for one.
+DEMO_START, DEMO_END = date(2022, 4, 1), date(2025, 4, 1)
+
+
+def demo_period(as_of: date) -> tuple[date, date]:
+    """The demo's days, `[start, end)`, for data loaded on `as_of`.
+
+    The data run up to and including `as_of`, so that every default and published table
+    relative to today ("this calendar year to date" on 1 January too) finds offences. They
+    start three whole financial years before the one `as_of` falls in, so that the published
+    "last three financial years" table is complete whatever the day.
+    """
+    current = as_of.year if as_of.month >= 4 else as_of.year - 1
+    return date(current - 3, 4, 1), as_of + timedelta(days=1)
+
 
 TRUE = "true"
 FALSE = "false"
@@ -618,7 +638,9 @@ DEFAULT_ROWS: dict[str, int] = {
     "education.exclusions": 1_500,
     "youth_justice.first_time_entrants": 400,
 }
-POPULATION_YEARS = range(2019, 2026)
+# Estimates from this year up to the year of the anchor: rates find one for any period of the
+# demo, and for the fixed periods of older data sets made with it.
+POPULATION_FIRST_YEAR = 2019
 
 # Deliberate fires: spring grass fires, the summer holidays and bonfire night; after school and
 # into the evening.
@@ -714,11 +736,11 @@ def _point(rng: random.Random, lsoa: _Lsoa) -> tuple[str, str]:
     return f"{latitude:.5f}", f"{longitude:.5f}"
 
 
-def _fire_rows(rows: int, seed: int) -> Iterator[list[str]]:
+def _fire_rows(rows: int, seed: int, start: date, end: date) -> Iterator[list[str]]:
     rng = random.Random(f"fire:{seed}")
     lsoas = _geography()
     places, _ = _place_tables()
-    days = _weighted_days(DEMO_START, DEMO_END, lambda d: _FIRE_MONTH_WEIGHTS[d.month - 1])
+    days = _weighted_days(start, end, lambda d: _FIRE_MONTH_WEIGHTS[d.month - 1])
     hours = _table(enumerate(_FIRE_HOURS))
     for number in range(1, rows + 1):
         day = _pick(rng, days)
@@ -735,11 +757,11 @@ def _fire_rows(rows: int, seed: int) -> Iterator[list[str]]:
         ]
 
 
-def _health_rows(rows: int, seed: int) -> Iterator[list[str]]:
+def _health_rows(rows: int, seed: int, start: date, end: date) -> Iterator[list[str]]:
     rng = random.Random(f"health:{seed}")
     lsoas = _geography()
     places, _ = _place_tables()
-    days = _weighted_days(DEMO_START, DEMO_END, lambda d: _WEEKDAY_WEIGHTS[d.weekday()])
+    days = _weighted_days(start, end, lambda d: _WEEKDAY_WEIGHTS[d.weekday()])
     weekday_hours = _table(enumerate(_HOUR_WEEKDAY))
     weekend_hours = _table(enumerate(_HOUR_WEEKEND))
     weapons = _table(_WEAPONS)
@@ -761,11 +783,11 @@ def _health_rows(rows: int, seed: int) -> Iterator[list[str]]:
         ]
 
 
-def _population_rows() -> Iterator[list[str]]:
+def _population_rows(as_of: date) -> Iterator[list[str]]:
     for index, (csp, population, *_) in enumerate(_CSP_TABLE):
         # Mid-2021 figures moved by a steady growth rate of 0.3% to 1.2% a year, fixed per CSP.
         growth = 0.003 + 0.001 * ((index * 7) % 10)
-        for year in POPULATION_YEARS:
+        for year in range(POPULATION_FIRST_YEAR, max(as_of.year, POPULATION_FIRST_YEAR) + 1):
             yield [csp, "csp", str(year), str(round(population * (1 + growth) ** (year - 2021)))]
 
 
@@ -784,10 +806,12 @@ def _add_years(day: date, years: int) -> date:
         return day.replace(year=day.year + years, day=28)
 
 
-def _age_window(dob: date, youngest: int, oldest: int) -> tuple[date, date] | None:
-    """Days within the demo period on which someone is aged `youngest` up to `oldest`."""
-    low = max(DEMO_START, _add_years(dob, youngest))
-    high = min(DEMO_END, _add_years(dob, oldest + 1))
+def _age_window(
+    dob: date, youngest: int, oldest: int, period: tuple[date, date]
+) -> tuple[date, date] | None:
+    """Days within `period` on which someone is aged `youngest` up to `oldest`."""
+    low = max(period[0], _add_years(dob, youngest))
+    high = min(period[1], _add_years(dob, oldest + 1))
     return (low, high) if low < high else None
 
 
@@ -820,27 +844,31 @@ def _variant(rng: random.Random, name: str) -> str:
 
 
 @cache
-def _young_suspects(seed: int) -> tuple[_Person, ...]:
+def _young_suspects(seed: int, period: tuple[date, date]) -> tuple[_Person, ...]:
     """Suspects in the demo-size police file who were under 18 at some point of the period.
 
     Ordered by a seeded shuffle; education and youth justice both draw from the front of the
     list, so some children turn up with all three partners (what the person profile shows).
     """
     rows = DEFAULT_ROWS["police.occurrences"]
-    people = {p.nominal_ref: p for p in _persons(seed, _person_count(rows), DEMO_START)}
+    start, end = period
+    people = {p.nominal_ref: p for p in _persons(seed, _person_count(rows), start)}
     column = POLICE_FIELDS.index("suspect_nominal_ref")
-    seen = {row[column] for row in _police_rows(rows, seed, DEMO_START, DEMO_END) if row[column]}
-    young = [people[ref] for ref in sorted(seen) if _age_window(people[ref].dob, 10, 17)]
+    seen = {row[column] for row in _police_rows(rows, seed, start, end) if row[column]}
+    young = [people[ref] for ref in sorted(seen) if _age_window(people[ref].dob, 10, 17, period)]
     rng = random.Random(f"linkage:{seed}")
     keys = {person.nominal_ref: rng.random() for person in young}
     return tuple(sorted(young, key=lambda person: keys[person.nominal_ref]))
 
 
-def _invented_child(rng: random.Random, youngest: int, oldest: int) -> _Person:
+def _invented_child(
+    rng: random.Random, youngest: int, oldest: int, period: tuple[date, date]
+) -> _Person:
     """A child known only to this partner, of an age to be seen in the period."""
     gender = _pick(rng, _child_genders())
     forename, surname = _name(rng, gender)
-    seen_on = DEMO_START + timedelta(days=int(rng.random() * (DEMO_END - DEMO_START).days))
+    start, end = period
+    seen_on = start + timedelta(days=int(rng.random() * (end - start).days))
     age_days = int((youngest + rng.random() * (oldest + 1 - youngest)) * 365.25)
     return _Person(
         nominal_ref="",
@@ -888,9 +916,9 @@ def _schools() -> tuple[tuple[tuple[str, str], ...], ...]:
     return tuple(schools)
 
 
-def _education_rows(rows: int, seed: int) -> Iterator[list[str]]:
+def _education_rows(rows: int, seed: int, period: tuple[date, date]) -> Iterator[list[str]]:
     rng = random.Random(f"education:{seed}")
-    linked = [p for p in _young_suspects(seed) if _age_window(p.dob, 11, 15)]
+    linked = [p for p in _young_suspects(seed, period) if _age_window(p.dob, 11, 15, period)]
     exclusions_per_pupil = _table(
         ((1, 55.0), (2, 20.0), (3, 10.0), (4, 6.0), (5, 4.0), (6, 3.0), (8, 2.0))
     )
@@ -903,8 +931,8 @@ def _education_rows(rows: int, seed: int) -> Iterator[list[str]]:
             pupil = linked[next_linked]
             next_linked += 1
         else:
-            pupil = _invented_child(rng, 11, 15)
-        window = _age_window(pupil.dob, 11, 15)
+            pupil = _invented_child(rng, 11, 15, period)
+        window = _age_window(pupil.dob, 11, 15, period)
         if window is None:
             continue
         csp = CSPS[pupil.home_csp]
@@ -940,9 +968,9 @@ def _education_rows(rows: int, seed: int) -> Iterator[list[str]]:
             ]
 
 
-def _youth_justice_rows(rows: int, seed: int) -> Iterator[list[str]]:
+def _youth_justice_rows(rows: int, seed: int, period: tuple[date, date]) -> Iterator[list[str]]:
     rng = random.Random(f"youth_justice:{seed}")
-    linked = list(_young_suspects(seed))
+    linked = list(_young_suspects(seed, period))
     outcomes = _table(_OUTCOMES)
     groups = _table(_FTE_OFFENCE_GROUPS)
     written = 0
@@ -952,8 +980,8 @@ def _youth_justice_rows(rows: int, seed: int) -> Iterator[list[str]]:
             child = linked[next_linked]
             next_linked += 1
         else:
-            child = _invented_child(rng, 10, 17)
-        window = _age_window(child.dob, 10, 17)
+            child = _invented_child(rng, 10, 17, period)
+        window = _age_window(child.dob, 10, 17, period)
         if window is None:
             continue
         low, high = window
@@ -987,12 +1015,19 @@ _HEADERS: dict[str, tuple[str, ...]] = {
 
 
 def write_dataset_csv(
-    dataset_id: str, path: Path, *, seed: int = 1, rows: int | None = None
+    dataset_id: str,
+    path: Path,
+    *,
+    seed: int = 1,
+    rows: int | None = None,
+    as_of: date | None = None,
 ) -> int:
     """Write one dataset's CSV; returns the number of data rows written.
 
-    `rows` defaults to the demo size. The reference datasets (`reference.population`, `la.imd`)
-    have a natural size (every CSP and year, every LSOA); `rows` only truncates them.
+    The data end on `as_of` (see `demo_period`), by default today where the partnership works;
+    the same seed and anchor give the same bytes. `rows` defaults to the demo size. The
+    reference datasets (`reference.population`, `la.imd`) have a natural size (every CSP and
+    year, every LSOA); `rows` only truncates them.
     Education and youth justice link to the suspects of the demo-size police file made with
     the same seed, whatever `rows` is.
     """
@@ -1001,30 +1036,45 @@ def write_dataset_csv(
     if rows is not None and rows < 0:
         raise ValueError("rows must not be negative")
     count = DEFAULT_ROWS.get(dataset_id, 0) if rows is None else rows
+    anchor = london_today() if as_of is None else as_of
+    period = demo_period(anchor)
     produced: Iterable[list[str]]
     if dataset_id == "police.occurrences":
-        produced = _police_rows(count, seed, DEMO_START, DEMO_END)
+        produced = _police_rows(count, seed, *period)
     elif dataset_id == "fire.deliberate_fires":
-        produced = _fire_rows(count, seed)
+        produced = _fire_rows(count, seed, *period)
     elif dataset_id == "health.ed_assaults":
-        produced = _health_rows(count, seed)
+        produced = _health_rows(count, seed, *period)
     elif dataset_id == "education.exclusions":
-        produced = _education_rows(count, seed)
+        produced = _education_rows(count, seed, period)
     elif dataset_id == "youth_justice.first_time_entrants":
-        produced = _youth_justice_rows(count, seed)
+        produced = _youth_justice_rows(count, seed, period)
     else:
-        natural = _population_rows() if dataset_id == "reference.population" else _imd_rows()
+        natural = _population_rows(anchor) if dataset_id == "reference.population" else _imd_rows()
         produced = natural if rows is None else itertools.islice(natural, rows)
     return _write_csv(path, _HEADERS[dataset_id], produced)
 
 
-def write_demo_set(directory: Path, *, seed: int = 1) -> dict[str, Path]:
-    """One CSV per dataset, `<dataset id>.csv`, in `directory`; returns dataset id -> path."""
+def write_demo_set(
+    directory: Path,
+    *,
+    seed: int = 1,
+    as_of: date | None = None,
+    rows: Mapping[str, int] | None = None,
+) -> dict[str, Path]:
+    """One CSV per dataset, `<dataset id>.csv`, in `directory`; returns dataset id -> path.
+
+    The set ends on `as_of` (default today where the partnership works), so that products'
+    relative defaults and the published tables find data on whatever day it is loaded; `rows`
+    overrides the demo size of some datasets.
+    """
+    anchor = london_today() if as_of is None else as_of
     directory.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     for dataset_id in DATASETS:
         path = directory / f"{dataset_id}.csv"
-        write_dataset_csv(dataset_id, path, seed=seed)
+        count = None if rows is None else rows.get(dataset_id)
+        write_dataset_csv(dataset_id, path, seed=seed, rows=count, as_of=anchor)
         written[dataset_id] = path
     return written
 

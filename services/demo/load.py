@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import date
 from pathlib import Path
 
 from services.admin import principals
@@ -63,9 +64,15 @@ def load_demo(
     data_dir: Path,
     *,
     echo: Callable[[str], object],
+    as_of: date | None = None,
+    rows: Mapping[str, int] | None = None,
 ) -> Path:
     """Create the demo clients, upload the generated data set as its owners, and write the
-    clients' credentials (mode 0600) to `credentials_path`, which is returned."""
+    clients' credentials (mode 0600) to `credentials_path`, which is returned.
+
+    The data end on `as_of`, by default today where the partnership works: the products'
+    defaults and the published tables are relative to today, so a demo of fixed dates would
+    answer with nothing a few months later. `rows` shrinks the data sets (tests)."""
     contracts = ingestion.contracts
     clients: list[dict[str, str]] = []
     owners: dict[str, dict[str, str]] = {}
@@ -80,7 +87,7 @@ def load_demo(
             clients.append(owners[contract.owner])
     for name, org, grants in DEMO_READERS:
         clients.append(_create(admin, name, org, grants))
-    files = write_demo_set(data_dir / "demo", seed=1)
+    files = write_demo_set(data_dir / "demo", seed=1, as_of=as_of, rows=rows)
     for dataset_id, path in sorted(files.items()):
         contract = contracts[dataset_id]
         owner = owners[contract.owner]

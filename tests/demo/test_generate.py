@@ -12,7 +12,7 @@ import time
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ import yaml
 from services.demo.generate import (
     DATASETS,
     POLICE_FIELDS,
+    SHAPE_ANCHOR,
+    demo_period,
     generate_police,
     write_dataset_csv,
     write_demo_set,
@@ -128,9 +130,11 @@ def _fold(text: str) -> str:
     return "".join(c for c in decomposed if c.isalnum() and not unicodedata.combining(c))
 
 
+# The shape tests pin figures (population years 2019 to 2025) of the demo loaded on a fixed
+# day; the tests at the end try other days.
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return write_demo_set(tmp_path_factory.mktemp("demo"), seed=1)
+    return write_demo_set(tmp_path_factory.mktemp("demo"), seed=1, as_of=SHAPE_ANCHOR)
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +202,7 @@ def test_unknown_dataset_is_refused(tmp_path: Path) -> None:
 
 
 def test_same_seed_gives_the_same_bytes(tmp_path: Path, demo: dict[str, Path]) -> None:
-    again = write_demo_set(tmp_path / "again", seed=1)
+    again = write_demo_set(tmp_path / "again", seed=1, as_of=SHAPE_ANCHOR)
     for dataset_id, path in demo.items():
         assert again[dataset_id].read_bytes() == path.read_bytes(), dataset_id
 
@@ -414,3 +418,70 @@ def test_csv_is_plain_utf8_with_lf_line_ends(demo: dict[str, Path]) -> None:
         assert not raw.startswith(b"\xef\xbb\xbf")
         assert b"\r" not in raw
         assert all(line.endswith("\n") for line in _lines(path))
+
+
+# --- the day the demo is loaded
+
+ANCHORS = [
+    date(2027, 1, 1),
+    date(2028, 2, 29),
+    date(2026, 3, 31),
+    date(2026, 4, 1),
+    date(2025, 9, 30),
+    date(2024, 12, 31),
+]
+# Each dataset's date of the event, which must fall within the demo period.
+EVENT_DATES = {
+    "police.occurrences": "committed_at",
+    "fire.deliberate_fires": "occurred_at",
+    "health.ed_assaults": "assault_at",
+    "education.exclusions": "start_date",
+    "youth_justice.first_time_entrants": "entry_date",
+}
+SMALL = {
+    "police.occurrences": 3_000,
+    "fire.deliberate_fires": 400,
+    "health.ed_assaults": 400,
+    "education.exclusions": 200,
+    "youth_justice.first_time_entrants": 100,
+}
+
+
+@pytest.mark.parametrize("anchor", ANCHORS, ids=str)
+def test_the_period_is_three_whole_financial_years_and_the_current_one(anchor: date) -> None:
+    start, end = demo_period(anchor)
+    assert end == anchor + timedelta(days=1)
+    assert (start.month, start.day) == (4, 1)
+    current = date(anchor.year if anchor.month >= 4 else anchor.year - 1, 4, 1)
+    assert start == current.replace(year=current.year - 3)
+
+
+@pytest.mark.parametrize("anchor", ANCHORS, ids=str)
+def test_data_reach_the_day_they_are_loaded(tmp_path: Path, anchor: date) -> None:
+    written = write_demo_set(tmp_path, seed=1, as_of=anchor, rows=SMALL)
+    start, end = demo_period(anchor)
+    for dataset_id, path in written.items():
+        header, rows = _read(path)
+        assert rows, dataset_id
+        assert _problems(CONTRACTS[dataset_id], header, rows) == [], dataset_id
+        field = EVENT_DATES.get(dataset_id)
+        if field is not None:
+            days = {date.fromisoformat(r[field][:10]) for r in rows}
+            assert start <= min(days) and max(days) < end, dataset_id
+    police = _read(written["police.occurrences"])[1]
+    latest = max(date.fromisoformat(r["committed_at"][:10]) for r in police)
+    # About three offences a day at this size: the last week always has some.
+    assert latest > anchor - timedelta(days=7)
+    years = {int(r["year"]) for r in _read(written["reference.population"])[1]}
+    assert years == set(range(2019, anchor.year + 1))
+
+
+def test_the_same_anchor_gives_the_same_bytes_and_another_other_data(tmp_path: Path) -> None:
+    anchor = date(2028, 2, 29)
+    first = write_demo_set(tmp_path / "a", seed=1, as_of=anchor, rows=SMALL)
+    again = write_demo_set(tmp_path / "b", seed=1, as_of=anchor, rows=SMALL)
+    later = write_demo_set(tmp_path / "c", seed=1, as_of=date(2028, 3, 1), rows=SMALL)
+    for dataset_id, path in first.items():
+        assert again[dataset_id].read_bytes() == path.read_bytes(), dataset_id
+    police = "police.occurrences"
+    assert later[police].read_bytes() != first[police].read_bytes()

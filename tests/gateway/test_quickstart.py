@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from services.demo.load import credentials_path
 from services.platform import Platform
 from services.storage import service as storage_service
-from tests.live import LiveServer, settings_env, together_bin
+from tests.live import LiveServer, live_token, settings_env, together_bin
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +29,14 @@ def quickstart_commands() -> str:
     commands = block.group(1)
     assert len([line for line in commands.splitlines() if line.strip()]) <= 4
     return commands
+
+
+def consumer_commands() -> str:
+    """The README's first product examples: the period's lines and the curl commands."""
+    text = README.read_text()
+    block = re.search(r"To read a product, .*?```sh\n(.*?)```", text, re.S)
+    assert block, "the README must keep its product examples after the quick start"
+    return block.group(1)
 
 
 def test_readme_quickstart_works(platform: Platform, tmp_path: Path) -> None:
@@ -56,9 +65,33 @@ def test_readme_quickstart_works(platform: Platform, tmp_path: Path) -> None:
             text=True,
             timeout=300,
         )
+        # The consumer examples, as the demo's analyst, answer on whatever day this runs.
+        clients = json.loads(credentials_path(platform.settings.data_dir).read_text())
+        analyst = next(c for c in clients if c["name"] == "demo-l1-analyst")
+        token = live_token(server, analyst["client_id"], analyst["client_secret"])
+        consumer = subprocess.run(
+            [
+                "bash",
+                "-euo",
+                "pipefail",
+                "-c",
+                consumer_commands().replace("127.0.0.1:8000", f"127.0.0.1:{server.port}"),
+            ],
+            cwd=workdir,
+            env={**env, "TOKEN": token},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         server.stop()
     assert result.returncode == 0, result.stderr
+    assert consumer.returncode == 0, consumer.stderr
+    by_csp, end = json.JSONDecoder().raw_decode(consumer.stdout)
+    assert sum(row["count"] for row in by_csp["rows"]) > 0
+    heat_map = consumer.stdout[end:].strip().splitlines()
+    assert heat_map[0].replace('"', "").startswith("weekday,hour,count")
+    assert len(heat_map) > 1
     decoder = json.JSONDecoder()
     upload, end = decoder.raw_decode(result.stdout)
     assert upload["status"] == "accepted"
