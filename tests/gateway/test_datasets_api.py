@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fastapi.testclient import TestClient
-from sqlalchemy import select
 
-from services.audit.models import AuditEvent
 from services.platform import Platform
 from tests.fixtures.app import ClientCredentials
+from tests.fixtures.audit_events import events
 from tests.ingestion.helpers import police_rows, to_csv
 
 POLICE = "police.occurrences"
@@ -31,15 +30,6 @@ def push(api: TestClient, token: str, body: bytes, dataset: str = POLICE) -> str
     assert response.status_code in (201, 422), response.text
     upload_id: str = response.json()["upload_id"]
     return upload_id
-
-
-def events(platform: Platform, action: str) -> list[AuditEvent]:
-    with platform.sessions() as session:
-        return list(
-            session.execute(
-                select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq)
-            ).scalars()
-        )
 
 
 def test_a_client_lists_its_own_uploads_newest_first(

@@ -13,13 +13,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, text
+from sqlalchemy import text
 
-from services.audit.models import AuditEvent
 from services.identity import service as identity_service
 from services.platform import Platform
 from services.storage import service as storage_service
 from tests.fixtures.app import ClientCredentials
+from tests.fixtures.audit_events import events
 from tests.ingestion.helpers import police_rows, to_csv, with_suspect
 
 URL = "/v1/datasets/police.occurrences/uploads"
@@ -47,15 +47,6 @@ def current_version(platform: Platform, dataset: str = "police.occurrences") -> 
     with platform.sessions() as session:
         info = storage_service.current_version(session, platform.storage, dataset)
     return None if info is None else info.version
-
-
-def events(platform: Platform, action: str) -> list[AuditEvent]:
-    with platform.sessions() as session:
-        return list(
-            session.execute(
-                select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq)
-            ).scalars()
-        )
 
 
 def test_police_csv_accepted_and_stored(
