@@ -21,7 +21,7 @@ from services.identity.secrets import hash_secret, verify_secret
 from services.kit.clock import utcnow
 from services.kit.errors import BadRequest, NotFound
 from services.kit.ids import new_id
-from services.kit.partnership import ORGANISATIONS
+from services.kit.partnership import require_organisation
 
 # Roles a person may hold on the review pages.
 PERSON_ROLES = ("ig_lead", "admin")
@@ -65,8 +65,7 @@ def create_user(
     the organisation's OpenID Connect provider."""
     if not USERNAME.match(username):
         raise BadRequest("a username is 2 to 100 letters, digits, '.', '_', '@' or '-'")
-    if organisation not in ORGANISATIONS:
-        raise BadRequest(f"unknown organisation {organisation!r}")
+    require_organisation(organisation)
     if role not in PERSON_ROLES:
         raise BadRequest(f"role must be one of {', '.join(PERSON_ROLES)}")
     if password is not None and len(password) < MIN_PASSWORD_LENGTH:

@@ -14,7 +14,7 @@ from services.identity.secrets import hash_secret, verify_secret
 from services.kit.clock import utcnow
 from services.kit.errors import BadRequest, NotFound
 from services.kit.ids import new_client_id, new_id, new_secret
-from services.kit.partnership import CSP_AREAS, ORGANISATIONS
+from services.kit.partnership import CSP_AREAS, require_organisation
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,7 @@ def create_client(
     known_roles: Iterable[str],
     area_scoped_roles: Iterable[str] = (),
 ) -> CreatedClient:
-    if organisation not in ORGANISATIONS:
-        raise BadRequest(f"unknown organisation {organisation!r}")
+    require_organisation(organisation)
     name = name.strip()
     if not name or len(name) > 200:
         raise BadRequest("name must be 1 to 200 characters")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+
+from services.kit.errors import BadRequest
+
 ORGANISATIONS: dict[str, str] = {
     "vru": "Violence Reduction Unit",
     "hampshire-constabulary": "Hampshire & Isle of Wight Constabulary",
@@ -45,3 +49,15 @@ CSP_AREAS: tuple[str, ...] = (
     "Test Valley",
     "Winchester",
 )
+
+
+def require_organisation(organisation: str) -> None:
+    """Refuse an organisation the partnership does not have, saying which ones it has."""
+    if organisation in ORGANISATIONS:
+        return
+    close = difflib.get_close_matches(organisation, list(ORGANISATIONS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise BadRequest(
+        f"unknown organisation {organisation!r}{hint}; the known organisations are: "
+        + ", ".join(sorted(ORGANISATIONS))
+    )

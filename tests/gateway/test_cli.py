@@ -56,6 +56,28 @@ def test_clients_create_list_roles_disable(platform: Platform) -> None:
     assert actions == ["client.created", "client.roles_changed", "client.disabled"]
 
 
+def test_an_unknown_organisation_is_answered_with_the_known_ones(platform: Platform) -> None:
+    for command in (
+        ("clients", "create", "rms", "--org", "nope", "--role", "partner_system"),
+        ("users", "create", "alice", "--org", "nope", "--role", "ig_lead", "--oidc"),
+    ):
+        refused = run(platform, *command)
+        assert refused.returncode != 0
+        assert "unknown organisation 'nope'" in refused.stderr
+        assert "hampshire-constabulary" in refused.stderr and "vru" in refused.stderr
+    near = run(
+        platform,
+        "clients",
+        "create",
+        "rms",
+        "--org",
+        "hampshire-constabulary-x",
+        "--role",
+        "partner_system",
+    )
+    assert "did you mean 'hampshire-constabulary'" in near.stderr
+
+
 def test_contracts_lint(platform: Platform, tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert run(platform, "contracts", "lint").returncode == 0
     bad = tmp_path / "health.bad.yaml"
