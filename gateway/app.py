@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import errors
+from gateway import errors, openapi
 from gateway.routes import (
     admin,
     audit_checkpoints,
@@ -130,6 +130,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     if platform is not None:
         app.state.platform = platform
     errors.install(app)
+    openapi.install(app, settings)
     for router in ROUTERS:
         app.include_router(router)
     app.add_middleware(WebSessionMiddleware)
