@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import errors, openapi
@@ -27,6 +30,7 @@ from gateway.routes import (
 )
 from gateway.web import pages as ig_pages
 from gateway.web.session import WebSessionMiddleware
+from services.kit.outages import classify
 from services.kit.settings import Settings, get_settings
 from services.platform import Platform, build_platform
 
@@ -56,17 +60,93 @@ SWITCH_INTERVAL_SECONDS = 0.0005
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
+# A Host header is a name or an address and an optional port, nothing else: a value such as
+# `x/v1/products/...` is refused before routing, and no URL is ever built from one.
+_HOST = re.compile(
+    r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(?::\d{1,5})?$"
+)
+
+# One JSON object per line, non-ASCII escaped: no value can forge a line (CR, LF, U+2028, ANSI).
+access_log = logging.getLogger("together.access")
+
+
+def _configure_access_log() -> None:
+    if not access_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access_log.addHandler(handler)
+        access_log.setLevel(logging.INFO)
+        access_log.propagate = False
+
+
+def _route_template(scope: Scope) -> str | None:
+    """The matched route's template (`/v1/products/{product_id}`), never the path as sent: paths
+    may carry identifiers, and a log must not be a copy of what a client chose to write."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else None
+
+
+def _bad_host(scope: Scope) -> bool:
+    hosts = [value for name, value in scope.get("headers", []) if name == b"host"]
+    if len(hosts) > 1:
+        return True
+    if not hosts:
+        return scope.get("http_version") == "1.1"  # RFC 9112 3.2: a 1.1 request names its host
+    return _HOST.match(hosts[0].decode("latin-1")) is None
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _bad_target(scope: Scope) -> bool:
+    """A path with a control character (after percent-decoding) names no route, and a NUL in the
+    query is no parameter's value: both are refused before they reach a handler, a log or a
+    database (PostgreSQL refuses NUL in text, which would otherwise surface as a 5xx)."""
+    path = scope.get("path", "")
+    if _CONTROL.search(path):
+        return True
+    query = scope.get("query_string", b"")
+    return b"\x00" in query or b"%00" in query
+
+
+async def _refuse(request_id: str, detail: str, send: Send) -> None:
+    body = json.dumps(
+        {
+            "type": "about:blank",
+            "status": 400,
+            "code": "BAD_REQUEST",
+            "title": "Bad request",
+            "detail": detail,
+            "request_id": request_id,
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 400,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
 
 class EdgeMiddleware:
-    """Request ids and the headers every response carries (no caching of data, no sniffing)."""
+    """Request ids, the headers every response carries (no caching of data, no sniffing), the
+    Host check, and the access log line."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, log_requests: bool = False) -> None:
         self.app = app
+        self.log_requests = log_requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         supplied = None
         for name, value in scope.get("headers", []):
             if name == b"x-request-id":
@@ -74,9 +154,14 @@ class EdgeMiddleware:
                 break
         request_id = supplied if supplied and _REQUEST_ID.match(supplied) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        started_response = False
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
+                status = message["status"]
+                started_response = True
                 headers = [h for h in message.get("headers", []) if h[0] != b"cache-control"]
                 headers += [
                     (b"x-request-id", request_id.encode()),
@@ -88,7 +173,42 @@ class EdgeMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            if _bad_host(scope):
+                await _refuse(
+                    request_id, "The Host header is missing or malformed", send_with_headers
+                )
+            elif _bad_target(scope):
+                await _refuse(
+                    request_id, "The path or query contains a control character", send_with_headers
+                )
+            else:
+                await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            # Answered here, so that a failure carries the request id and the headers every
+            # response carries. An outage is handled; anything else goes on to be logged with
+            # its stack by the server (the catch-all handler sees a response already sent).
+            if started_response:
+                raise
+            response = errors.unexpected(Request(scope), exc, log_error=False)
+            await response(scope, receive, send_with_headers)
+            if classify(exc) is None:
+                raise
+        finally:
+            if self.log_requests:
+                self._log(scope, status, request_id, started)
+
+    @staticmethod
+    def _log(scope: Scope, status: int, request_id: str, started: float) -> None:
+        event = {
+            "event": "http.request",
+            "method": scope.get("method"),
+            "route": _route_template(scope),
+            "status": status,
+            "ms": round((time.perf_counter() - started) * 1000, 1),
+            "request_id": request_id,
+        }
+        access_log.info(json.dumps(event, ensure_ascii=True))
 
 
 def create_app(settings: Settings | None = None, platform: Platform | None = None) -> FastAPI:
@@ -125,6 +245,8 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         version="0.1.0",
         description="Governed, audited data sharing for the Violence Reduction Partnership.",
         lifespan=lifespan,
+        # No redirect from `/x/` to `/x`: Starlette builds its Location from the Host header.
+        redirect_slashes=False,
         **docs,
     )
     if platform is not None:
@@ -134,5 +256,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     for router in ROUTERS:
         app.include_router(router)
     app.add_middleware(WebSessionMiddleware)
-    app.add_middleware(EdgeMiddleware)
+    if settings.http_access_log:
+        _configure_access_log()
+    app.add_middleware(EdgeMiddleware, log_requests=settings.http_access_log)
     return app

@@ -8,9 +8,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from gateway.responses import ProblemResponse
 from services.kit.errors import QuotaExceeded, TogetherError
+from services.kit.outages import Outage, classify
 
 log = logging.getLogger("together.errors")
 
@@ -24,6 +26,30 @@ _HTTP_CODES = {
     415: "UNSUPPORTED_MEDIA_TYPE",
     431: "HEADERS_TOO_LARGE",
 }
+
+# An outage answers 503 and asks the client to come back: the request itself was fine.
+OUTAGE_RETRY_AFTER_SECONDS = 5
+_OUTAGES = {
+    Outage.DATABASE: ("DATABASE_UNAVAILABLE", "The database is unavailable; try again shortly"),
+    Outage.STORAGE_FULL: ("STORAGE_FULL", "The server's storage is full; try again later"),
+}
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers at this path (Starlette names only the first route's).
+    The routers are included without a prefix, so their routes match the path as they are."""
+    methods: set[str] = set()
+    pending = list(request.app.routes)
+    while pending:
+        route = pending.pop()
+        included = getattr(route, "original_router", None)  # FastAPI's wrapper of a router
+        if included is not None:
+            pending.extend(included.routes)
+            continue
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= set(route_methods)
+    return sorted(methods)
 
 
 def problem(
@@ -70,16 +96,36 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> ProblemResponse:
         code = _HTTP_CODES.get(exc.status_code, "HTTP_ERROR")
         detail = exc.detail if isinstance(exc.detail, str) else code
-        return problem(request, exc.status_code, code, detail, detail)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return problem(request, exc.status_code, code, detail, detail, headers=headers or None)
 
     @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> ProblemResponse:
-        # Library messages may carry SQL, paths or values: log the type, send nothing of it.
+    async def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
+        return unexpected(request, exc)
+
+
+def unexpected(request: Request, exc: BaseException, log_error: bool = True) -> ProblemResponse:
+    """503 with Retry-After for an outage, else 500; neither says anything of the exception.
+    An outage is logged as one line (it is expected in operation: a restart, a full disk)."""
+    request_id = getattr(request.state, "request_id", None)
+    outage = classify(exc)
+    if outage is not None:
         log.error(
-            "unhandled error",
-            extra={"request_id": getattr(request.state, "request_id", None)},
-            exc_info=exc,
+            "outage",
+            extra={"request_id": request_id, "outage": outage.value, "error": type(exc).__name__},
         )
+        code, detail = _OUTAGES[outage]
         return problem(
-            request, 500, "INTERNAL_ERROR", "Internal error", "An internal error occurred"
+            request,
+            503,
+            code,
+            "Service unavailable",
+            detail,
+            headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)},
         )
+    # Library messages may carry SQL, paths or values: log the type, send nothing of it.
+    if log_error:
+        log.error("unhandled error", extra={"request_id": request_id}, exc_info=exc)
+    return problem(request, 500, "INTERNAL_ERROR", "Internal error", "An internal error occurred")

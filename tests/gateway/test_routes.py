@@ -89,3 +89,46 @@ def test_placeholder_secrets_refused_outside_development() -> None:
     with pytest.raises(ValueError, match="placeholder"):
         Settings(env="production", hmac_key="changeme")
     Settings(env="development", hmac_key="changeme")
+
+
+def test_no_redirect_builds_a_url_from_the_host_header(api: TestClient) -> None:
+    """A trailing slash is not redirected (Starlette would build the Location from Host)."""
+    response = api.get("/v1/contracts/", headers={"Host": "evil.example"}, follow_redirects=False)
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert "evil.example" not in response.text
+
+
+def test_a_malformed_host_is_400(api: TestClient) -> None:
+    for host in ("x/v1/products", "a b", "evil.example:99999999", "[zz]"):
+        response = api.get("/healthz", headers={"Host": host})
+        assert response.status_code == 400, host
+        assert response.headers["content-type"].startswith("application/problem+json")
+    for host in ("together.example.org", "127.0.0.1:8000", "[::1]:8000", "localhost"):
+        assert api.get("/healthz", headers={"Host": host}).status_code == 200, host
+
+
+def test_405_names_the_allowed_methods(api: TestClient) -> None:
+    response = api.post("/healthz")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET"
+    assert response.json()["code"] == "METHOD_NOT_ALLOWED"
+
+
+def test_server_limits_come_from_the_settings() -> None:
+    from gateway.server import EdgeHttpProtocol, build_config
+
+    settings = Settings(env="development", http_header_max_bytes=4096, http_max_connections=7)
+    config = build_config(settings, "127.0.0.1", 0, 1)
+    assert config.http is EdgeHttpProtocol
+    assert config.limit_concurrency is None  # in-flight requests are counted by the protocol
+    assert config.edge_limits.header_max_bytes == 4096
+    assert config.edge_limits.max_connections == 7
+
+
+def test_control_characters_in_the_target_are_400(api: TestClient) -> None:
+    for target in ("/v1/products/x%00", "/v1/products/x%0d%0a", "/healthz?x=%00"):
+        response = api.get(target)
+        assert response.status_code == 400, target
+        assert response.json()["detail"] == "The path or query contains a control character"
+    assert api.get("/healthz?x=%2000").status_code == 200
