@@ -9,9 +9,9 @@ the loader turns into readable messages.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from services.kit.clock import LONDON, utcnow
 
 CONTRACT_RULE = "contract_rule"
 
@@ -138,6 +140,28 @@ def _parse_timestamp_bound(value: str) -> datetime | None:
         return None
 
 
+# Dates and times that cannot be in the future (``not_after: today``) are compared by their day
+# with the day in Europe/London, one hour ahead: a clock a little fast, or a record made in the
+# last minutes of the day, is not a whole refused upload; a date in 2099 is.
+FUTURE_TOLERANCE = timedelta(hours=1)
+_DATED = frozenset({"date", "timestamp"})
+
+
+def latest_day(now: datetime | None = None) -> date:
+    """The last day a ``not_after: today`` value may fall on, for an upload made at ``now``."""
+    moment = (now or utcnow()).astimezone(LONDON) + FUTURE_TOLERANCE
+    return moment.date()
+
+
+def main_code(value: str, separator: str) -> str:
+    """The main code of a code written ``MAIN`` or ``MAIN<separator>SUB`` (``64/1`` -> ``64``).
+
+    The rule of every field with a ``subcode_separator``: the platform compares, groups and
+    shows the main code; the dataset keeps the value as the partner recorded it.
+    """
+    return value.split(separator, 1)[0]
+
+
 class PersonSpec(BaseModel):
     """Which fields identify a person; the platform derives a ``person_key`` column from them."""
 
@@ -165,6 +189,13 @@ class ContractField(BaseModel):
     classification: Classification
     protection: Protection = Protection.NONE
     reveal_at_level3: bool = False
+    # A code with optional sub-codes after this character (Home Office offence codes: "1/1",
+    # "64/1"); what the platform compares is the main code before it (``main_code``).
+    subcode_separator: Annotated[str, Field(min_length=1, max_length=1)] | None = None
+    # Plausibility rules of dates and times, checked on every row of an upload.
+    not_after: Literal["today"] | None = None
+    on_or_after: str | None = None  # the name of another date or timestamp field
+    on_or_before: str | None = None
 
     @field_validator("minimum", "maximum", mode="before")
     @classmethod
@@ -242,6 +273,37 @@ class ContractField(BaseModel):
             problems.append(
                 (("maximum",), f"maximum {self.maximum} is below minimum {self.minimum}")
             )
+        if self.subcode_separator is not None:
+            if not is_string:
+                problems.append(
+                    (
+                        ("subcode_separator",),
+                        f"subcode_separator is only for string fields, not {self.type}",
+                    )
+                )
+            elif self.subcode_separator.isalnum() or self.subcode_separator.isspace():
+                problems.append(
+                    (
+                        ("subcode_separator",),
+                        "subcode_separator must be a punctuation character such as '/'",
+                    )
+                )
+            elif self.protected:
+                problems.append(
+                    (
+                        ("subcode_separator",),
+                        "a protected field is stored as a pseudonym or ciphertext; its sub-codes "
+                        "cannot be compared",
+                    )
+                )
+        for key in ("not_after", "on_or_after", "on_or_before"):
+            if getattr(self, key) is not None and self.type.value not in _DATED:
+                problems.append(
+                    ((key,), f"{key} is only for date and timestamp fields, not {self.type}")
+                )
+        for key in ("on_or_after", "on_or_before"):
+            if getattr(self, key) == self.name:
+                problems.append(((key,), f"{key} names the field itself"))
         if self.protected and self.classification is not Classification.LEVEL3:
             problems.append(
                 (
@@ -343,6 +405,24 @@ class Contract(BaseModel):
                         "joinable value, so use an identifier (pseudonymised) or a plain reference",
                     )
                 )
+        for index, spec in enumerate(self.fields):
+            for key in ("on_or_after", "on_or_before"):
+                other_name = getattr(spec, key)
+                if other_name is None or other_name == spec.name:
+                    continue
+                other = by_name.get(other_name)
+                if other is None:
+                    problems.append(
+                        (("fields", index, key), f"{key}: {other_name!r} is not a declared field")
+                    )
+                elif other.type.value not in _DATED:
+                    problems.append(
+                        (
+                            ("fields", index, key),
+                            f"{key}: {other_name!r} is a {other.type} field, not a date or "
+                            "timestamp",
+                        )
+                    )
         if self.person is not None:
             expected = {
                 "surname": FieldType.STRING,

@@ -31,6 +31,7 @@ from services.contracts.model import (
     ContractField,
     FieldType,
     Protection,
+    latest_day,
 )
 from services.contracts.protection import DistinctMemo, Protector
 
@@ -56,6 +57,9 @@ class Rule(StrEnum):
     PATTERN = "pattern"
     MINIMUM = "minimum"
     MAXIMUM = "maximum"
+    NOT_AFTER = "not_after"
+    ON_OR_AFTER = "on_or_after"
+    ON_OR_BEFORE = "on_or_before"
     DUPLICATE_KEY = "duplicate_key"
     # Found while reading the file rather than by a field's checks.
     FORMAT = "format"
@@ -423,9 +427,13 @@ class BatchValidator:
     keys are found across batches too.
     """
 
-    def __init__(self, contract: Contract, protector: Protector) -> None:
+    def __init__(
+        self, contract: Contract, protector: Protector, *, latest: date | None = None
+    ) -> None:
         self.contract = contract
         self.protector = protector
+        # The last day a ``not_after: today`` value may fall on; fixed for the whole upload.
+        self.latest = latest if latest is not None else latest_day()
         self._order = {spec.name: index for index, spec in enumerate(contract.fields)}
         self._header_checked = False
         self._header_usable = True
@@ -594,6 +602,7 @@ class BatchValidator:
                 stored[name] = run(partial(_decode_all, get_protected))
             columns = {name: get() for name, get in checks.items()}
             findings = [finding for column in columns.values() for finding in column.findings]
+            findings.extend(self._field_order_findings(columns))
             findings.extend(duplicates())
             self._report(findings, first_row, report)
             if not report.ok:
@@ -761,6 +770,17 @@ class BatchValidator:
             if _any(outside):
                 add(rule, outside, out_of_bounds(f"{words} {bound_text}"))
 
+        if spec.not_after is not None:
+            latest = self.latest
+            day = typed if spec.type is FieldType.DATE else pc.cast(typed, pa.date32())
+            future = _only_true(pc.greater(day, pa.scalar(latest, pa.date32())))
+            if _any(future):
+                add(
+                    Rule.NOT_AFTER,
+                    future,
+                    out_of_bounds(f"is in the future (after {latest.isoformat()})"),
+                )
+
         encoded = None
         if spec.protected:
             assert indices is not None
@@ -774,6 +794,59 @@ class BatchValidator:
             # spreading the distinct values back over a million rows is saved.
             return _Column(raw, bad_rows, findings, encoded)
         return _Column(lambda: rows_of(typed), bad_rows, findings, encoded)
+
+    # Rules between two fields
+
+    def _field_order_findings(self, columns: dict[str, _Column]) -> list[_Finding]:
+        """Rows where a date or time is before (``on_or_after``) or after (``on_or_before``)
+        the other field it names; a row with either value empty or invalid is left alone.
+
+        A date compared with a timestamp is compared by day: a crime recorded on the day it
+        was committed is on or after its time of day.
+        """
+        findings: list[_Finding] = []
+        for spec in self.contract.fields:
+            for rule, other_name in (
+                (Rule.ON_OR_AFTER, spec.on_or_after),
+                (Rule.ON_OR_BEFORE, spec.on_or_before),
+            ):
+                if other_name is None or other_name not in columns or spec.name not in columns:
+                    continue
+                other = self.contract.field(other_name)
+                left, right = columns[spec.name].typed, columns[other_name].typed
+                left_day, right_day = left, right
+                if FieldType.DATE in (spec.type, other.type):
+                    left_day, right_day = pc.cast(left, pa.date32()), pc.cast(right, pa.date32())
+                compare = pc.less if rule is Rule.ON_OR_AFTER else pc.greater
+                mask = _only_true(compare(left_day, right_day))
+                if not _any(mask):
+                    continue
+                words = "before" if rule is Rule.ON_OR_AFTER else "after"
+                findings.append(
+                    _Finding(
+                        rule,
+                        spec.name,
+                        self._order[spec.name],
+                        mask,
+                        self._describe_order(spec, other, words, left, right),
+                    )
+                )
+        return findings
+
+    @staticmethod
+    def _describe_order(
+        spec: ContractField, other: ContractField, words: str, left: pa.Array, right: pa.Array
+    ) -> Callable[[int], str]:
+        sensitive = any(
+            field.protected or field.classification is Classification.LEVEL3
+            for field in (spec, other)
+        )
+        if sensitive:
+            return lambda _r: f"{spec.name} is {words} {other.name}"
+        return lambda r: (
+            f"{spec.name} {_quote(left[r].as_py())} is {words} {other.name} "
+            f"{_quote(right[r].as_py())}"
+        )
 
     # Duplicate keys
 

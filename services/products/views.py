@@ -19,7 +19,7 @@ from pathlib import Path
 from services.contracts.columns import StoredColumn, StoredKind, query_column, stored_columns
 from services.contracts.model import Contract, FieldType
 from services.kit.partnership import CSP_AREAS
-from services.products.config import POLICE_DATASET, sql_string
+from services.products.config import POLICE_DATASET, quote_identifier, sql_string
 from services.products.definition import (
     CSP_AREAS_VIEW,
     SERIOUS_VIOLENCE_VIEW,
@@ -50,10 +50,38 @@ def files_relation(files: tuple[Path, ...]) -> str:
     return f"read_parquet([{paths}], union_by_name = true)"
 
 
+def main_code_sql(column: str, separator: str) -> str:
+    """The main code of a coded column (``contracts.model.main_code``), in DuckDB's SQL."""
+    return f"split_part({quote_identifier(column)}, {sql_string(separator)}, 1)"
+
+
+def coded_relation(contract: Contract, source: str) -> str:
+    """``source`` with every field that has sub-codes reduced to its main code.
+
+    The one place the rule is applied: every view of a dataset and every predicate over it
+    reads the main code ("64/1" is 64, as "64" is), so no product can count "64/1" and "64"
+    apart; the stored dataset keeps the code as the partner recorded it.
+    """
+    coded = [
+        spec
+        for spec in contract.fields
+        if spec.subcode_separator is not None and not spec.protected
+    ]
+    if not coded:
+        return source
+    replaced = ", ".join(
+        f"{main_code_sql(spec.name, spec.subcode_separator)} AS {quote_identifier(spec.name)}"
+        for spec in coded
+        if spec.subcode_separator is not None
+    )
+    return f"(SELECT * REPLACE ({replaced}) FROM {source})"  # noqa: S608
+
+
 def relation(contract: Contract, files: tuple[Path, ...] | None) -> str:
-    """Every stored column of a dataset version, or an empty relation of that shape."""
+    """Every stored column of a dataset version (coded fields as their main code), or an empty
+    relation of that shape."""
     if files:
-        return files_relation(files)
+        return coded_relation(contract, files_relation(files))
     nulls = ", ".join(
         f'NULL::{_sql_type(column)} AS "{column.name}"' for column in stored_columns(contract)
     )

@@ -457,8 +457,8 @@ def test_the_report_names_rules_in_plain_text() -> None:
     # reports and audit events hold: they are plain strings, whatever the code calls them.
     assert [rule.value for rule in Rule] == [
         "undeclared_column", "missing_header", "duplicate_column", "missing_column", "required",
-        "type", "max_length", "allowed_values", "pattern", "minimum", "maximum", "duplicate_key",
-        "format", "empty",
+        "type", "max_length", "allowed_values", "pattern", "minimum", "maximum", "not_after",
+        "on_or_after", "on_or_before", "duplicate_key", "format", "empty",
     ]  # fmt: skip
     _stored, report = run([police_row(1, csp="X")])
     data = report.to_dict()
