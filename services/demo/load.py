@@ -17,6 +17,7 @@ from services.identity import service as identity_service
 from services.identity.schemas import RoleGrant
 from services.ingestion import service as ingestion_service
 from services.ingestion.service import IngestionDeps, UploadRequest
+from services.kit.ids import new_id
 from services.storage.inputs import MEDIA_CSV
 from services.storage.models import UploadMode
 
@@ -110,7 +111,8 @@ def load_demo(
                 body_path=path,
                 body_sha256=_sha256(path),
                 size_bytes=path.stat().st_size,
-                idempotency_key=None,
+                # A fresh key per file, as a partner system sends one per new upload.
+                idempotency_key=f"demo-{dataset_id}-{new_id()}",
             ),
         )
         if outcome.status_code != 201:

@@ -13,15 +13,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,9 +28,9 @@ from services.authz.enforcer import PolicyEngine, Resource
 from services.authz.vocabulary import Action, ResourceType
 from services.contracts.model import Contract, Status
 from services.contracts.protection import Protector
-from services.contracts.validation import BatchValidator, Rule, ValidationReport, Violation
+from services.contracts.validation import ValidationReport
 from services.identity.schemas import Principal
-from services.ingestion import repository
+from services.ingestion import repository, worker
 from services.ingestion.models import IdempotencyRecord, IdempotencyState, Upload
 from services.kit.clock import utcnow
 from services.kit.errors import (
@@ -44,18 +40,28 @@ from services.kit.errors import (
     IdempotencyConflict,
     IdempotencyMismatch,
     NotFound,
+    TogetherError,
 )
 from services.kit.ids import new_id
 from services.kit.uow import audited, transaction
 from services.storage import service as storage_service
-from services.storage.inputs import InputFormatError, InputLimits, open_input
+from services.storage.inputs import InputLimits
 from services.storage.models import UploadMode
-from services.storage.service import ParquetVersionWriter, Storage
+from services.storage.service import Storage
+from services.storage.staging import StagedBody, is_storage_full
 
 log = logging.getLogger(__name__)
 
 _MODES = frozenset(UploadMode)
 _HEARTBEAT_SECONDS = 2.0
+
+
+class StorageFull(TogetherError):
+    """The data folder is full: the server's condition, retryable once space is freed."""
+
+    code = "INSUFFICIENT_STORAGE"
+    status = 507
+    title = "The server has no room to store this upload now; retry later"
 
 
 @dataclass
@@ -67,6 +73,10 @@ class IngestionDeps:
     policy: PolicyEngine
     limits: InputLimits
     lease_seconds: int
+    # The parsing child's address space beyond what it inherits, and how long it may go
+    # without reporting progress (services/ingestion/worker.py).
+    parse_memory_bytes: int = 4 << 30
+    parse_silence_seconds: float = 120.0
 
 
 @dataclass
@@ -78,6 +88,11 @@ class UploadRequest:
     body_sha256: str
     size_bytes: int
     idempotency_key: str | None
+    # The codec of a charset declared in the Content-Type (services/storage/inputs.py); None: UTF-8.
+    charset: str | None = None
+    # The encrypted staging file and its key (services/storage/staging.py); None when
+    # `body_path` is a plain file of the server's own (the demo loader's generated data).
+    staged: StagedBody | None = None
 
 
 @dataclass
@@ -125,7 +140,7 @@ def authorize_upload(
 
 def _fingerprint(req: UploadRequest) -> str:
     """What makes two requests "the same" for an Idempotency-Key: body, dataset and mode."""
-    material = f"{req.body_sha256}\n{req.dataset_id}\n{req.mode}".encode()
+    material = f"{req.body_sha256}\n{req.dataset_id}\n{req.mode}\n{req.charset or ''}".encode()
     return hashlib.sha256(material).hexdigest()
 
 
@@ -251,19 +266,6 @@ def _key_reused(
     )
 
 
-def _prefetched(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Read the next batch on another thread while this one is validated (pyarrow releases the
-    GIL while parsing, so the two overlap on separate cores)."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-read") as pool:
-        pending = pool.submit(next, batches, None)
-        while True:
-            batch = pending.result()
-            if batch is None:
-                return
-            pending = pool.submit(next, batches, None)
-            yield batch
-
-
 def _heartbeat(deps: IngestionDeps, principal: Principal, key: str) -> None:
     """Extend the key's lease while the body is processed, so no retry takes the key over."""
     with transaction(deps.sessions) as session:
@@ -272,47 +274,15 @@ def _heartbeat(deps: IngestionDeps, principal: Principal, key: str) -> None:
             record.lease_until = utcnow() + timedelta(seconds=deps.lease_seconds)
 
 
-def _clashes_with_current(
-    contract: Contract,
-    key_columns: list[str],
-    upload_keys: pa.Table,
-    existing_keys: pa.Table,
-    report: ValidationReport,
-) -> None:
-    """On append, no row may repeat a key of the current version.
-
-    Uniqueness within the upload is the validator's (it sees every batch); this adds the
-    comparison with what is already stored.
-    """
-
-    def normalised(table: pa.Table, with_rows: bool) -> pa.Table:
-        arrays = {}
-        for name in key_columns:
-            # Null is a value for key purposes: two rows with the same occurrence and no
-            # suspect are the same key. A NUL sentinel cannot collide with real text.
-            arrays[name] = pc.fill_null(table.column(name).cast(pa.string()), "\x00")
-        if with_rows:
-            arrays["_row"] = pa.array(range(1, table.num_rows + 1), pa.int64())
-        return pa.table(arrays)
-
-    upload = normalised(upload_keys, True)
-    existing = normalised(existing_keys, False)
-    hits = upload.join(existing, keys=key_columns, join_type="left semi").sort_by("_row")
-    keys_label = ", ".join(contract.key)
-    for row in hits.column("_row").to_pylist():
-        report.add(
-            Violation(
-                row=row,
-                field=keys_label,
-                rule=Rule.DUPLICATE_KEY,
-                message=f"the key ({keys_label}) already occurs in the current version",
-            )
-        )
-
-
 def ingest(
     deps: IngestionDeps, principal: Principal, ctx: RequestContext, req: UploadRequest
 ) -> UploadOutcome:
+    """Claim the key, parse in a child process (services/ingestion/worker.py), then commit the
+    version, the upload, the settled key and the event in one transaction.
+
+    Failures after the claim release it (when the database can still be reached), so that a
+    retry with the same key runs again rather than waiting for the lease to lapse.
+    """
     contract = get_contract(deps, req.dataset_id)
     upload_id = new_id()
     if req.idempotency_key is not None:
@@ -320,66 +290,99 @@ def ingest(
         if replay is not None:
             return replay
     started = time.monotonic()
-    report = ValidationReport()
-    validator = BatchValidator(contract, deps.protector)
-    writer: ParquetVersionWriter | None = None
-    rows = 0
+    output_name = new_id()
     try:
-        date_fields = frozenset(f.name for f in contract.fields if f.type.value == "date")
-        limits = replace(deps.limits, date_fields=date_fields)
-        reader = open_input(req.body_path, req.media_type, limits)
-        usable = validator.check_header(list(reader.column_names), report)
-        key_columns = validator.key_columns()
-        key_parts: list[pa.Table] = []
-        if usable:
-            writer = deps.storage.new_writer(contract.id, validator.stored_schema())
-            keep_keys = req.mode == UploadMode.APPEND
-            last_beat = time.monotonic()
-            for batch in _prefetched(reader.batches()):
-                stored = validator.process(batch, rows + 1, report)
-                rows += batch.num_rows
-                if report.ok and stored is not None:
-                    writer.write(stored)
-                    if keep_keys:
-                        key_parts.append(pa.Table.from_batches([stored]).select(key_columns))
-                elif key_parts:
-                    key_parts = []  # the upload is rejected; stop holding keys
-                if req.idempotency_key and time.monotonic() - last_beat > _HEARTBEAT_SECONDS:
-                    _heartbeat(deps, principal, req.idempotency_key)
-                    last_beat = time.monotonic()
-            writer.flush()
-        if report.ok and rows == 0:
-            report.add(Violation(None, None, Rule.EMPTY, "the file has a header but no data rows"))
-        if report.ok and req.mode == UploadMode.APPEND and key_parts:
-            with deps.sessions() as session:
-                current = storage_service.current_version(session, deps.storage, contract.id)
-            if current is not None:
-                existing = deps.storage.read_columns(current.files, key_columns)
-                _clashes_with_current(
-                    contract, key_columns, pa.concat_tables(key_parts), existing, report
-                )
-                del existing
-        del key_parts
-    except InputFormatError as exc:
-        report.add(Violation(exc.row, exc.field, Rule.FORMAT, exc.message))
+        result = _parse_isolated(deps, principal, req, contract, output_name)
+    except worker.ParserFailed as exc:
+        deps.storage.discard(contract.id, output_name)
+        return _finish_unreadable(deps, principal, ctx, req, contract, upload_id, exc.reason)
+    except OSError as exc:
+        deps.storage.discard(contract.id, output_name)
+        _release_key(deps, principal, req, upload_id)
+        if not is_storage_full(exc):
+            raise
+        record_refused_upload(
+            deps,
+            ctx,
+            contract.id,
+            contract.owner,
+            "insufficient_storage",
+            {"mode": req.mode, "media_type": req.media_type[:100]},
+        )
+        raise StorageFull() from exc
     except BaseException:
-        if writer is not None:
-            writer.abort()
+        deps.storage.discard(contract.id, output_name)
+        _release_key(deps, principal, req, upload_id)
         raise
-    if not report.ok:
-        if writer is not None:
-            writer.abort()
-        return _finish_rejected(deps, principal, ctx, req, contract, upload_id, rows, report)
-    assert writer is not None
-    stored_file = writer.finish()
+    if not result.report.ok:
+        return _finish_rejected(
+            deps, principal, ctx, req, contract, upload_id, result.rows, result.report
+        )
+    assert result.stored is not None
     try:
         return _finish_accepted(
-            deps, principal, ctx, req, contract, upload_id, rows, stored_file, started
+            deps, principal, ctx, req, contract, upload_id, result.rows, result.stored, started
         )
     except BaseException:
         # Not published: the file is an orphan nobody can see. Remove it now if we can.
-        deps.storage.absolute(stored_file.relative_path).unlink(missing_ok=True)
+        deps.storage.discard(contract.id, output_name)
+        _release_key(deps, principal, req, upload_id)
         raise
+
+
+def _parse_isolated(
+    deps: IngestionDeps,
+    principal: Principal,
+    req: UploadRequest,
+    contract: Contract,
+    output_name: str,
+) -> worker.ParseResult:
+    existing: tuple[Path, ...] = ()
+    if req.mode == UploadMode.APPEND:
+        with deps.sessions() as session:
+            current = storage_service.current_version(session, deps.storage, contract.id)
+        if current is not None:
+            existing = current.files
+    job = worker.ParseJob(
+        contract=contract,
+        protector=deps.protector,
+        limits=deps.limits,
+        storage=deps.storage,
+        media_type=req.media_type,
+        charset=req.charset,
+        mode=req.mode,
+        body_path=req.body_path,
+        staged=req.staged,
+        existing_files=existing,
+        output_name=output_name,
+    )
+    key = req.idempotency_key
+
+    def beat() -> None:
+        if key is not None:
+            _heartbeat(deps, principal, key)
+
+    return worker.run_isolated(
+        job,
+        beat=beat,
+        beat_every=_HEARTBEAT_SECONDS,
+        memory_budget=deps.parse_memory_bytes,
+        silence_seconds=deps.parse_silence_seconds,
+    )
+
+
+def _release_key(
+    deps: IngestionDeps, principal: Principal, req: UploadRequest, upload_id: str
+) -> None:
+    """Give up this attempt's claim, so that a retry runs at once. Best effort: when the
+    database is what failed, the claim lapses with its lease instead."""
+    if req.idempotency_key is None:
+        return
+    try:
+        with transaction(deps.sessions) as session:
+            _drop_claim(session, principal, req, upload_id)
+    except Exception:
+        log.warning("could not release an Idempotency-Key claim", exc_info=True)
 
 
 def _settle_key(
@@ -551,6 +554,88 @@ def _finish_rejected(
                 ),
             )
         )
+    return UploadOutcome(422, body)
+
+
+def _drop_claim(session: Session, principal: Principal, req: UploadRequest, upload_id: str) -> None:
+    """Delete this attempt's unsettled claim of the key (not one another attempt took over)."""
+    if req.idempotency_key is None:
+        return
+    record = repository.get_idempotency(
+        session, principal.client_id, req.idempotency_key, for_update=True
+    )
+    if (
+        record is not None
+        and record.state == IdempotencyState.IN_FLIGHT
+        and record.upload_id == upload_id
+    ):
+        session.delete(record)
+
+
+def _finish_unreadable(
+    deps: IngestionDeps,
+    principal: Principal,
+    ctx: RequestContext,
+    req: UploadRequest,
+    contract: Contract,
+    upload_id: str,
+    reason: str,
+) -> UploadOutcome:
+    """The parser died on the file (or stopped answering): a 422, audited, nothing stored.
+
+    The key is released rather than settled: the failure may not be the file's (memory
+    pressure, an operator's kill), so a retry with the same key runs again.
+    """
+    now = utcnow()
+    detail = f"the file could not be read: {reason}; nothing was stored"
+    body = {
+        "type": "about:blank",
+        "status": 422,
+        "code": "UNREADABLE_FILE",
+        "title": "The file could not be read",
+        "detail": detail,
+        "upload_id": upload_id,
+        "dataset": contract.id,
+        "contract_version": contract.version,
+    }
+    with audited(deps.sessions, "the unreadable upload") as uow:
+        session = uow.session
+        session.add(
+            Upload(
+                id=upload_id,
+                dataset_id=contract.id,
+                contract_version=contract.version,
+                client_id=principal.client_id,
+                organisation=principal.organisation,
+                mode=req.mode,
+                media_type=req.media_type,
+                status="rejected",
+                rows=0,
+                size_bytes=req.size_bytes,
+                content_sha256=req.body_sha256,
+                version=None,
+                report={"unreadable": detail},
+                created_at=now,
+                finished_at=now,
+            )
+        )
+        _drop_claim(session, principal, req, upload_id)
+        uow.audit(
+            audit_service.event(
+                ctx,
+                AuditRecord(
+                    action=AuditAction.DATASET_REJECTED,
+                    outcome=Outcome.REJECTED,
+                    reason="unreadable file",
+                    resource_type="dataset",
+                    resource=contract.id,
+                    resource_org=contract.owner,
+                    parameters={"mode": req.mode, "media_type": req.media_type},
+                    details={"upload_id": upload_id, "parser": reason},
+                ),
+            )
+        )
+    log.warning("upload parser failed", extra={"upload_id": upload_id, "reason": reason})
     return UploadOutcome(422, body)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.kit import files as durable
@@ -57,10 +58,20 @@ class Storage:
     def absolute(self, relative_path: str) -> Path:
         return self.root / relative_path
 
-    def new_writer(self, dataset_id: str, schema: pa.Schema) -> ParquetVersionWriter:
+    def new_writer(
+        self, dataset_id: str, schema: pa.Schema, *, name: str | None = None
+    ) -> ParquetVersionWriter:
+        """A writer of one new file, named `name` (a server id) or a fresh id."""
         directory = self.dataset_dir(dataset_id)
         directory.mkdir(parents=True, exist_ok=True)
-        return ParquetVersionWriter(self.root, directory, schema)
+        return ParquetVersionWriter(self.root, directory, schema, name=name)
+
+    def discard(self, dataset_id: str, name: str) -> None:
+        """Remove what a writer of `name` left (its partial or finished file), if anything:
+        for a writer in a process that died, or a file whose version was never committed."""
+        directory = self.dataset_dir(dataset_id)
+        (directory / f".{name}.parquet.partial").unlink(missing_ok=True)
+        (directory / f"{name}.parquet").unlink(missing_ok=True)
 
     def read_columns(self, files: tuple[Path, ...], columns: list[str]) -> pa.Table:
         tables = [pq.read_table(path, columns=columns) for path in files]
@@ -89,10 +100,12 @@ class Storage:
 class ParquetVersionWriter:
     """Writes one new immutable file; `finish` makes it durable and returns its description."""
 
-    def __init__(self, root: Path, directory: Path, schema: pa.Schema) -> None:
+    def __init__(
+        self, root: Path, directory: Path, schema: pa.Schema, *, name: str | None = None
+    ) -> None:
         self._root = root
         self._directory = directory
-        self._final = directory / f"{new_id()}.parquet"
+        self._final = directory / f"{name or new_id()}.parquet"
         self._temp = directory / f".{self._final.name}.partial"
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
             self._temp, schema, compression=PARQUET_COMPRESSION
@@ -226,9 +239,16 @@ def publish(
     dataset = repository.get_dataset(session, dataset_id, for_update=True)
     now = utcnow()
     if dataset is None:
-        dataset = Dataset(id=dataset_id, current_version=None, updated_at=now)
-        session.add(dataset)
-        session.flush()
+        # Two first uploads of a dataset can both find no row: the second INSERT waits for the
+        # first to commit and then fails on the key. Its savepoint goes, and it takes the row the
+        # first made (locked, as above), instead of answering a 500.
+        try:
+            with session.begin_nested():
+                session.add(Dataset(id=dataset_id, current_version=None, updated_at=now))
+        except IntegrityError:
+            pass
+        dataset = repository.get_dataset(session, dataset_id, for_update=True)
+        assert dataset is not None
     previous_files: list[VersionFile] = []
     previous_rows = 0
     if mode == UploadMode.APPEND and dataset.current_version is not None:

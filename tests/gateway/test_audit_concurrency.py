@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +53,7 @@ def test_audit_events_equal_reads_plus_denials(
                 headers={
                     "Authorization": f"Bearer {token(server, who)}",
                     "Content-Type": "text/csv",
+                    "Idempotency-Key": str(uuid.uuid4()),
                 },
                 timeout=60,
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 from fastapi.testclient import TestClient
@@ -25,7 +26,7 @@ def push(api: TestClient, token: str, body: bytes, dataset: str = POLICE) -> str
         f"/v1/datasets/{dataset}/uploads",
         params={"mode": "replace"},
         content=body,
-        headers=bearer(token) | {"Content-Type": "text/csv"},
+        headers=bearer(token) | {"Content-Type": "text/csv", "Idempotency-Key": str(uuid.uuid4())},
     )
     assert response.status_code in (201, 422), response.text
     upload_id: str = response.json()["upload_id"]

@@ -7,6 +7,7 @@ request.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 from fastapi.testclient import TestClient
@@ -71,7 +72,7 @@ def test_a_new_version_is_read_by_the_next_request(
             "/v1/datasets/police.occurrences/uploads",
             params={"mode": "replace"},
             content=to_csv(police_rows(300, seed=seed)),
-            headers=police,
+            headers={**police, "Idempotency-Key": str(uuid.uuid4())},
         )
         assert uploaded.status_code == 201, uploaded.text
         for _ in range(2):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,7 +40,12 @@ def test_kill_during_upload_then_retry(
             "Authorization": f"Bearer {token(server, credentials)}",
             "Content-Type": "text/csv",
         }
-        response = httpx.post(url, content=first, headers=headers, timeout=60)
+        response = httpx.post(
+            url,
+            content=first,
+            headers={**headers, "Idempotency-Key": str(uuid.uuid4())},
+            timeout=60,
+        )
         assert response.status_code == 201, response.text
 
         big = to_csv(police_rows(60_000, seed=4))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,9 +37,12 @@ def push(
     headers: dict[str, str] | None = None,
     url: str = URL,
 ):  # type: ignore[no-untyped-def]
-    all_headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type}
-    if key:
-        all_headers["Idempotency-Key"] = key
+    """POST a body; without `key`, a fresh Idempotency-Key (the header is mandatory)."""
+    all_headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": content_type,
+        "Idempotency-Key": key or str(uuid.uuid4()),
+    }
     all_headers.update(headers or {})
     return api.post(url, params={"mode": mode}, content=body, headers=all_headers)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,7 @@ def _push(loading: Loading, client: ClientCredentials, dataset: str, body: bytes
         headers={
             "Authorization": f"Bearer {loading.token_for(client)}",
             "Content-Type": "text/csv",
+            "Idempotency-Key": str(uuid.uuid4()),
         },
     )
     assert response.status_code == 201, response.text
