@@ -10,12 +10,14 @@ definition at start-up) goes through this module, so none can miss a table.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 from typing import Any
 
 import pyarrow as pa
 
 from services.contracts.protection import Protector
 from services.kit.clock import london_today
+from services.kit.errors import BadRequest
 from services.products import carriers, engine, people
 from services.products.definition import (
     ASSESSMENTS_TABLE,
@@ -47,8 +49,12 @@ def run(
     """One product over the given dataset versions (see ``engine.run``).
 
     ``assessments`` reads the latest gradings when the product shows them (none: no gradings).
+    A suppressed reader's dates are taken as the first of their month (``on_month_grid``).
     """
-    return engine.run(
+    gridded = suppress and definition.level < 3
+    if gridded:
+        params = on_month_grid(definition, params)
+    result = engine.run(
         definition,
         params,
         versions=versions,
@@ -57,6 +63,42 @@ def run(
         areas=areas,
         tables=_tables(protector, assessments),
     )
+    if gridded:
+        result.notes["month_grid"] = MONTH_GRID_NOTE
+    return result
+
+
+MONTH_GRID_NOTE = (
+    "Figures withheld or rounded for disclosure control are given for whole calendar months: "
+    "every date is taken as the first of its month."
+)
+
+
+def on_month_grid(definition: ProductDefinition, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with every date moved back to the first of its month.
+
+    Rounding protects one figure from another only while the periods asked about are few and
+    coarse: two periods a day apart differ by that day's events, and many overlapping periods
+    pin each other down (tests/security/test_authorization_disclosure.py). Readers of
+    suppressed figures therefore get whole months, the published tables' own grid; a period
+    that then ends where it starts is a ``BadRequest``.
+    """
+    gridded = dict(params)
+    for parameter in definition.parameters:
+        value = params.get(parameter.name)
+        if parameter.type == "date" and isinstance(value, date):
+            gridded[parameter.name] = value.replace(day=1)
+    for pair in (definition.spec.period, definition.spec.comparison):
+        if pair is None:
+            continue
+        start, end = (gridded.get(name) for name in pair)
+        if isinstance(start, date) and isinstance(end, date) and start >= end:
+            raise BadRequest(
+                f"{pair[0]} and {pair[1]} fall in the same month: figures withheld or rounded "
+                "for disclosure control are given for whole calendar months (from the first "
+                "of a month to the first of a later one)"
+            )
+    return gridded
 
 
 def check_definition(definition: ProductDefinition) -> None:

@@ -39,7 +39,7 @@ The format (``services/products/definitions/<id>.yaml``; unknown keys are refuse
     h3: {when: {unit: h3}, resolution: resolution, points: "SELECT DISTINCT latitude, ..."}
     notes:                         # name -> one value from sql (or a text), in the notes
       total: {description: ..., count: true, compare: true, sql: "SELECT count(...) ..."}
-    suppression: {secondary: true, k: 5}
+    suppression: {secondary: true, k: 8, rounding: 5}
     output:
       columns:                     # in output order
         weekday:
@@ -280,6 +280,8 @@ class OutputModel(_Strict):
 class SuppressionModel(_Strict):
     secondary: bool = True
     k: int | None = Field(default=None, ge=2, le=100)
+    # Published counts are rounded to the nearest multiple of this (1: exact; see disclosure).
+    rounding: int = Field(default=5, ge=1, le=100)
 
 
 class H3Model(_Strict):

@@ -735,7 +735,8 @@ def _finish(
             for name in (base, f"previous_{base}")
             if name in notes
         ]
-        withheld_notes = disclosure.suppress_notes(notes, count_notes, k)
+        base = defn.spec.suppression.rounding
+        withheld_notes = disclosure.suppress_notes(notes, count_notes, k, base)
         disclosure.suppress_rows(
             rows,
             columns=columns,
@@ -745,6 +746,9 @@ def _finish(
             k=k,
             secondary_suppression=defn.spec.suppression.secondary,
             withheld_notes=withheld_notes,
+            base=base,
+            # Derived values come from the published (rounded) counts, never the exact ones.
+            rederive=lambda: _derive(defn, columns, rows, notes),
         )
         # Withheld ranks sort last, so that the order of rows does not give them away.
         _sort(defn, columns, rows)
@@ -762,7 +766,11 @@ def _result(
     suppress: bool,
     k: int,
 ) -> ProductResult:
-    notes["suppression"] = {"applied": suppress, "k": k} if suppress else {"applied": False}
+    notes["suppression"] = (
+        {"applied": True, "k": k, "rounding": defn.spec.suppression.rounding}
+        if suppress
+        else {"applied": False}
+    )
     return ProductResult(
         product=defn.id,
         level=defn.level,

@@ -32,7 +32,7 @@ from services.kit.errors import TogetherError
 from services.kit.files import write_durably
 from services.kit.ids import new_id
 from services.kit.uow import transaction
-from services.products import compute, formats
+from services.products import compute, disclosure, formats
 from services.products import service as product_service
 from services.products.definition import ProductDefinition
 from services.products.parameters import normalise_parameters, parse_parameters
@@ -154,6 +154,8 @@ def _fingerprint(
         "sources": sources,
         "variant": variant.describe(),
         "k": k,
+        # A revised disclosure rule is a new version too: no file made under the old one stays.
+        "disclosure": disclosure.RULE_VERSION,
     }
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()

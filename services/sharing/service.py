@@ -53,6 +53,8 @@ class SharingDeps:
     url_key: bytes
     folder: Path
     endpoint: str | None
+    # How long a file URL stays valid (short: it opens the file without a bearer token).
+    url_lifetime_seconds: int = urls.URL_LIFETIME_SECONDS
 
 
 def build_sharing(
@@ -74,6 +76,7 @@ def build_sharing(
         url_key=urls.derive_key(keys.hmac_key),
         folder=materialise.files_dir(settings.data_dir),
         endpoint=settings.sharing_endpoint,
+        url_lifetime_seconds=settings.sharing_url_lifetime_seconds,
     )
 
 
@@ -360,7 +363,7 @@ def query_lines(
 ) -> list[dict[str, Any]]:
     """The query's answer; its audit event is committed before this returns."""
     snapshot = read.snapshot
-    expires = int(utcnow().timestamp()) + urls.URL_LIFETIME_SECONDS
+    expires = int(utcnow().timestamp()) + deps.url_lifetime_seconds
     token = urls.seal(deps.url_key, FileGrant(snapshot.file_id, principal.client_id, expires))
     url = f"{endpoint}/files/{token}"
     stats = f'{{"numRecords":{snapshot.row_count}}}'
@@ -468,6 +471,9 @@ def read_file(
                     "product": table.product,
                     "version": snapshot.version,
                     "file": snapshot.file_id,
+                    # The principal the URL was issued to (the actor too): a URL is no
+                    # anonymous capability, each fetch is on its recipient's record.
+                    "recipient": grant.recipient,
                     "range": (byte_range or "")[:100] or None,
                     **snapshot.variant.describe(),
                 },

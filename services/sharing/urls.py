@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-URL_LIFETIME_SECONDS = 15 * 60
+# The default lifetime of a file URL (settings: TOGETHER_SHARING_URL_LIFETIME_SECONDS).
+URL_LIFETIME_SECONDS = 5 * 60
 _PURPOSE = b"together/sharing/file-url/v1"
 _AAD = b"together-sharing-file-url"
 _MAX_TOKEN_LENGTH = 400

@@ -252,7 +252,7 @@ def test_the_definition_compiles_to_sql(partnership: PartnershipConfig) -> None:
     )
     assert partnership.hkc_exclude_where is not None
     assert partnership.hkc_exclude_where.sql == '(("domestic" = true))'
-    assert partnership.k == 5
+    assert partnership.k == 8
 
 
 @pytest.mark.parametrize(

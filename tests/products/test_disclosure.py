@@ -173,3 +173,91 @@ def test_secondary_can_be_switched_off() -> None:
     rows = [{"m": "total", "v": 7}, {"m": "male", "v": 3}]
     suppress(rows, ["m"], counts=("v",), secondary=False)
     assert rows == [{"m": "total", "v": 7}, {"m": "male", "v": None, "suppressed": ["v"]}]
+
+
+# The partnership's rule: 1 to 7 withheld, the rest rounded to the nearest 5
+
+
+def test_counts_below_eight_withheld_others_rounded_zero_shown() -> None:
+    rows = [{"m": f"m{v}", "count": v} for v in (0, 1, 7, 8, 12, 13, 17, 18, 102)]
+    disclosure.suppress_rows(
+        rows,
+        columns=["m", "count"],
+        key_columns=["m"],
+        count_columns=["count"],
+        derived={},
+        k=disclosure.DEFAULT_K,
+        secondary_suppression=False,
+        base=disclosure.DEFAULT_ROUNDING,
+    )
+    assert [row["count"] for row in rows] == [0, None, None, 10, 10, 15, 15, 20, 100]
+    assert disclosure.rounded(12, 5) == 10 and disclosure.rounded(13, 5) == 15
+    assert disclosure.rounded(7, 1) == 7
+    assert disclosure.published_interval(0, 8, 5) == (0, 0)
+    assert disclosure.published_interval(3, 8, 5) == (1, 7)
+    assert disclosure.published_interval(9, 8, 5) == (8, 12)
+    assert disclosure.published_interval(24, 8, 5) == (23, 27)
+
+
+def test_derived_values_come_from_the_rounded_counts() -> None:
+    rows: list[dict[str, Any]] = [
+        {"g": "a", "count": 12, "previous_count": 9, "change_n": 3},
+        {"g": "b", "count": 33, "previous_count": 21, "change_n": 12},
+        {"g": "c", "count": 4, "previous_count": 30, "change_n": -26},
+    ]
+
+    def rederive() -> None:
+        for row in rows:
+            both = row["count"] is not None and row["previous_count"] is not None
+            row["change_n"] = row["count"] - row["previous_count"] if both else None
+
+    disclosure.suppress_rows(
+        rows,
+        columns=["g", "count", "previous_count", "change_n"],
+        key_columns=["g"],
+        count_columns=["count", "previous_count"],
+        derived={"change_n": ["count", "previous_count"]},
+        k=8,
+        secondary_suppression=False,
+        base=5,
+        rederive=rederive,
+    )
+    # 12 - 9 = 3 exactly; published, 10 - 10 = 0: the exact difference is never shown.
+    assert rows[0] == {"g": "a", "count": 10, "previous_count": 10, "change_n": 0}
+    assert rows[1]["change_n"] == 35 - 20
+    assert rows[2]["change_n"] is None and rows[2]["suppressed"] == ["count", "change_n"]
+
+
+def test_propagation_pins_what_the_bounds_allow() -> None:
+    # Two cells in [1, 7] under a margin of at most 2: each is 1.
+    cells = [(1, 7), (1, 7), (0, 0)]
+    assert disclosure.propagate(cells, [[0, 1, 2]], [(1, 2)])[:2] == [(1, 1), (1, 1)]
+    # A withheld 1 beside two visible 8s (published 10, 10) under a total of 17 (published 15):
+    # 17 - 8 - 8 = 1 is the only value the bounds leave.
+    values = [1, 8, 8]
+    assert disclosure.determined([[0, 1, 2]], values, {0}, 8, 5) == [0]
+    # Under a margin published as 20 (a total of 18) it is not.
+    assert disclosure.determined([[0, 1, 2]], [2, 8, 8], {0}, 8, 5) == []
+
+
+def test_random_tables_leave_no_withheld_cell_determined_where_it_can_be_helped() -> None:
+    import random
+
+    generator = random.Random(8)
+    for _ in range(150):
+        width, height = generator.randint(2, 6), generator.randint(2, 12)
+        table = {
+            (a, b): generator.choice([0, 1, 2, 3, 5, 7, 8, 9, 11, 13, 20, 40])
+            for a, b in itertools.product(range(width), range(height))
+        }
+        keys = sorted(table)
+        values: list[int | None] = [table[key] for key in keys]
+        withheld = disclosure.withheld_cells(keys, values, 8, secondary_suppression=True, base=5)
+        assert {i for i, v in enumerate(values) if v is not None and 1 <= v <= 7} <= withheld
+        lines = disclosure.lines_of(keys)
+        for cell in disclosure.determined(lines, values, withheld, 8, 5):
+            # Only where no line through it has a visible non-zero cell left to withhold.
+            through = [line for line in lines if cell in line]
+            assert all(
+                (values[other] or 0) == 0 or other in withheld for line in through for other in line
+            ), (table, cell)

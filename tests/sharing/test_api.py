@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,11 @@ def _upload(api: TestClient, token: str, dataset: str, body: bytes) -> None:
         f"/v1/datasets/{dataset}/uploads",
         params={"mode": "replace"},
         content=body,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "text/csv"},
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "text/csv",
+            "Idempotency-Key": str(uuid.uuid4()),
+        },
     )
     assert response.status_code == 201, response.text
 
