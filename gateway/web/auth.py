@@ -53,7 +53,10 @@ async def signed_in(request: Request) -> WebUser | None:
     once); None when nobody is, and the page redirects to the sign-in form."""
     platform = get_platform(request)
     person = await run_in_threadpool(
-        sign_in_service.signed_in_person, platform.admin, request.session.get("user")
+        sign_in_service.signed_in_person,
+        platform.admin,
+        request.session.get("user"),
+        request.session.get("sid"),
     )
     if person is None:
         request.session.clear()
@@ -96,9 +99,17 @@ def check_csrf(platform: Platform, request: Request, form: dict[str, str], what:
     raise Forbidden("the form has expired or did not come from this site; reload and try again")
 
 
-def start_session(request: Request, person: Person) -> None:
-    """A fresh session for the person: a new CSRF token and a new start time."""
+async def start_session(request: Request, platform: Platform, person: Person) -> None:
+    """A fresh session for the person: opened on the server (the cookie names it, and is only
+    good while it is open), a new CSRF token and a new start time."""
+    session_id = await run_in_threadpool(
+        sign_in_service.open_page_session,
+        platform.admin,
+        person,
+        platform.settings.ig_session_max_seconds,
+    )
     request.session.clear()
     request.session["user"] = person.username
+    request.session["sid"] = session_id
     request.session["started"] = int(time.time())
     request.session["csrf"] = secrets.token_urlsafe(24)

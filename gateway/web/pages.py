@@ -121,7 +121,7 @@ async def sign_in(request: Request, platform: PlatformDep) -> Response:
             oidc=oidc.configured(platform.settings),
             failed=True,
         )
-    auth.start_session(request, person)
+    await auth.start_session(request, platform, person)
     return RedirectResponse("/ig/events", status_code=303)
 
 
@@ -152,7 +152,7 @@ async def oidc_callback(request: Request, platform: PlatformDep) -> Response:
     )
     if person is None:
         return _render("sign_in.html", 401, csrf=auth.csrf_token(request), oidc=True, failed=True)
-    auth.start_session(request, person)
+    await auth.start_session(request, platform, person)
     return RedirectResponse("/ig/events", status_code=303)
 
 
@@ -165,7 +165,13 @@ async def sign_out(request: Request, user: SignedIn, platform: PlatformDep) -> R
         await run_in_threadpool(auth.check_csrf, platform, request, form, "/ig/sign-out")
     except TogetherError as exc:
         return _error(user, exc)
-    await run_in_threadpool(sign_in_service.record_sign_out, platform.admin, user.ctx, user.person)
+    await run_in_threadpool(
+        sign_in_service.record_sign_out,
+        platform.admin,
+        user.ctx,
+        user.person,
+        request.session.get("sid"),
+    )
     request.session.clear()
     return _to_sign_in()
 

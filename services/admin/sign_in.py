@@ -13,10 +13,10 @@ from services.audit import review
 from services.audit import service as audit_service
 from services.audit.catalogue import AuditAction, Outcome
 from services.audit.service import AuditRecord, RequestContext
-from services.identity import accounts, oauth
+from services.identity import accounts, counters, oauth, web_sessions
 from services.identity.accounts import Person
 from services.kit.clock import utcnow
-from services.kit.uow import audited
+from services.kit.uow import UnitOfWork, audited, transaction
 
 
 def issue_token(
@@ -26,40 +26,182 @@ def issue_token(
     content_type: str,
     body: bytes,
     authorization: str | None,
+    policy: oauth.TokenPolicy | None = None,
+    rejection_window_seconds: int = 60,
 ) -> oauth.TokenResponse:
-    """OAuth 2.0 client credentials: a signed token, or the RFC's error; either way audited
-    before the answer is returned."""
+    """OAuth 2.0 client credentials: a signed token, or the RFC's error (429 when limited);
+    either way accounted for in the audit trail before the answer is returned.
+
+    The limits are checked first, the costly check (Argon2 or a signature) runs outside any
+    transaction, and the outcome commits with its event and the failure counters. A malformed
+    or limited request costs nothing: it is audited in aggregate (first of its kind from the
+    address in a window, the others counted), so a flood cannot fill the audit table."""
+    policy = policy or oauth.TokenPolicy()
+    address = ctx.client_address or "-"
+    parsed = oauth.parse_request(content_type, body, authorization, policy)
+    if isinstance(parsed, oauth.TokenResponse):
+        _note_refusal(deps, ctx, AuditAction.TOKEN_REFUSED, parsed, rejection_window_seconds)
+        return parsed
+    now = utcnow()
+    with deps.sessions() as session:
+        limit = oauth.limited(session, policy, parsed, address, now)
+    if limit is not None:
+        _note_refusal(deps, ctx, AuditAction.TOKEN_REFUSED, limit, rejection_window_seconds)
+        return limit
+    checked = oauth.check_credentials(deps.sessions, parsed, policy, now)
     with audited(deps.sessions, "the token request") as uow:
-        result = oauth.client_credentials(
-            uow.session,
-            deps.tokens,
-            content_type=content_type,
-            body=body,
-            authorization=authorization,
-        )
-        if result.principal is not None:
-            ctx.actor = result.principal.client_id
-            ctx.actor_org = result.principal.organisation
-            ctx.actor_roles = result.principal.roles
-            record = AuditRecord(action=AuditAction.TOKEN_ISSUED, outcome=Outcome.SUCCESS)
+        result: oauth.TokenResponse
+        if checked.principal is not None and (
+            checked.jti is None
+            or oauth.claim_jti(
+                uow.session, parsed.client_id, checked.jti, checked.jti_expires or 0, now
+            )
+        ):
+            result = oauth.issued(deps.tokens, parsed, checked.principal)
+            ctx.actor = checked.principal.client_id
+            ctx.actor_org = checked.principal.organisation
+            ctx.actor_roles = checked.principal.roles
+            record = AuditRecord(
+                action=AuditAction.TOKEN_ISSUED,
+                outcome=Outcome.SUCCESS,
+                details={"method": parsed.method},
+            )
         else:
+            result = checked.refusal or oauth.replayed(parsed)
+            details: dict[str, object] = {
+                # The id a caller claims is recorded as claimed, never as the actor.
+                "claimed_client_id": parsed.client_id[:64],
+                "method": parsed.method,
+            }
+            locked = oauth.count_failure(uow.session, policy, parsed, address, now)
+            if locked is not None:
+                # The failure that locks the client out: an event of its own kind of reason,
+                # which the `denials` alert rule also sees.
+                details["lockout"] = {
+                    "failures": locked,
+                    "seconds": policy.lockout_seconds,
+                }
             record = AuditRecord(
                 action=AuditAction.TOKEN_REFUSED,
                 outcome=Outcome.DENIED,
-                reason=result.reason,
-                # The id a caller claims is recorded as claimed, never as the actor.
-                details={"claimed_client_id": (result.client_id or "")[:64]},
+                reason="client_locked_out_now" if locked is not None else result.reason,
+                details=details,
             )
         uow.audit(audit_service.event(ctx, record))
     return result
 
 
-def signed_in_person(deps: AdminDeps, username: object) -> Person | None:
-    """The person a page session names, looked up afresh so a disabled account is out at once."""
+def _note_refusal(
+    deps: AdminDeps,
+    ctx: RequestContext,
+    action: AuditAction,
+    refusal: oauth.TokenResponse,
+    window_seconds: int,
+) -> None:
+    details: dict[str, object] = {"claimed_client_id": (refusal.client_id or "")[:64]}
+    note_rejection(deps, ctx, action, refusal.reason or "refused", details, window_seconds)
+
+
+def note_rejection(
+    deps: AdminDeps,
+    ctx: RequestContext,
+    action: AuditAction,
+    reason: str,
+    details: dict[str, object],
+    window_seconds: int,
+) -> None:
+    """Account for a refused request without an audit row per request (attacker finding 9).
+
+    Every refusal is counted (in the database, whichever replica answered) under its action,
+    address and reason in a fixed window. The first of a window is an audit event of its own;
+    the others are only counted, and when a later window opens, the counts of the windows that
+    closed are written in one summary event (reason ``refusals_summarised``). So the number of
+    events per address is bounded by the kinds of refusal and the window, and every refusal is
+    still in the trail, as an event or in a count."""
+    now = utcnow()
+    window = counters.window_start(now, window_seconds)
+    key = f"{action.value}|{ctx.client_address or '-'}|{reason}"
+    with transaction(deps.sessions) as session:
+        count = counters.increment(session, counters.REJECTION, key, window)
+    if count > 1:
+        return
+    with audited(deps.sessions, "the refused request") as uow:
+        closed = counters.take_unsummarised(uow.session, counters.REJECTION, window)
+        counters.forget_old(uow.session, now)
+        uow.audit(
+            audit_service.event(
+                ctx,
+                AuditRecord(
+                    action=action,
+                    outcome=Outcome.DENIED,
+                    reason=reason,
+                    details={
+                        **details,
+                        "aggregation": {
+                            "window_start": window.isoformat(),
+                            "window_seconds": window_seconds,
+                            "note": "further refusals of this kind from this address in the "
+                            "window are counted, and summarised when it closes",
+                        },
+                    },
+                ),
+            )
+        )
+        _summarise(uow, closed)
+
+
+def _summarise(uow: UnitOfWork, closed: list[counters.Unsummarised]) -> None:
+    """One event per action for the closed windows that counted more than their first event."""
+    by_action: dict[str, list[counters.Unsummarised]] = {}
+    for row in closed:
+        if row.count > 1:
+            by_action.setdefault(row.key.split("|", 1)[0], []).append(row)
+    for action_name, rows in by_action.items():
+        windows = []
+        for row in rows:
+            _, address, reason = row.key.split("|", 2)
+            windows.append(
+                {
+                    "client_address": address,
+                    "reason": reason,
+                    "window_start": row.window_start.isoformat(),
+                    "refusals": row.count,
+                    "audited_individually": 1,
+                }
+            )
+        uow.audit(
+            audit_service.event(
+                RequestContext(),
+                AuditRecord(
+                    action=AuditAction(action_name),
+                    outcome=Outcome.DENIED,
+                    reason="refusals_summarised",
+                    details={
+                        "refusals_not_audited_individually": sum(r.count - 1 for r in rows),
+                        "windows": windows,
+                    },
+                ),
+            )
+        )
+
+
+def signed_in_person(deps: AdminDeps, username: object, session_id: object) -> Person | None:
+    """The person a page session names, while that session is open on the server (not signed
+    out, not ended by disabling the account), looked up afresh so a disabled account is out at
+    once."""
     if not isinstance(username, str):
         return None
     with deps.sessions() as session:
+        if web_sessions.session_username(session, session_id) != username:
+            return None
         return accounts.active_person(session, username)
+
+
+def open_page_session(deps: AdminDeps, person: Person, lifetime_seconds: int) -> str:
+    """The server side of a new page session (its sign-in is audited already); the id goes
+    into the signed cookie."""
+    with transaction(deps.sessions) as session:
+        return web_sessions.open_session(session, person.username, lifetime_seconds)
 
 
 def refuse_page_request(
@@ -166,15 +308,21 @@ def oidc_sign_in(
     return person
 
 
-def record_sign_out(deps: AdminDeps, ctx: RequestContext, person: Person) -> None:
-    audit_service.record_committed(
-        deps.sessions,
-        ctx,
-        AuditRecord(
-            action=AuditAction.IG_SIGNED_OUT,
-            outcome=Outcome.SUCCESS,
-            resource_type="user",
-            resource=person.username,
-            resource_org=person.organisation,
-        ),
-    )
+def record_sign_out(
+    deps: AdminDeps, ctx: RequestContext, person: Person, session_id: object = None
+) -> None:
+    """End the page session on the server, with its event: the cookie is worthless after."""
+    with audited(deps.sessions, "the sign-out") as uow:
+        web_sessions.end_session(uow.session, session_id)
+        uow.audit(
+            audit_service.event(
+                ctx,
+                AuditRecord(
+                    action=AuditAction.IG_SIGNED_OUT,
+                    outcome=Outcome.SUCCESS,
+                    resource_type="user",
+                    resource=person.username,
+                    resource_org=person.organisation,
+                ),
+            )
+        )

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.identity import web_sessions
 from services.identity.models import User
 from services.identity.schemas import Principal, RoleGrant
 from services.identity.secrets import hash_secret, verify_secret
@@ -109,6 +110,8 @@ def disable_user(session: Session, username: str) -> Person:
         raise NotFound(f"no user {username!r}")
     user.disabled = True
     user.disabled_at = utcnow()
+    # Its page sessions end in the same transaction: a copied cookie is worthless at once.
+    web_sessions.end_sessions_of(session, username)
     session.flush()
     return _person(user)
 

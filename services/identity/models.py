@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, String, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from services.kit.db import Base, UTCDateTime
@@ -21,6 +21,9 @@ class Client(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # A client that authenticates with signed assertions (RFC 7523 `private_key_jwt`) has its
+    # public JWK here, and `secret_hash` holds NO_SECRET: no secret can ever match it.
+    public_jwk: Mapped[str | None] = mapped_column(Text(), nullable=True)
 
     roles: Mapped[list[ClientRole]] = relationship(
         back_populates="client", cascade="all, delete-orphan", lazy="selectin"
@@ -54,3 +57,46 @@ class User(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ClientAssertionJti(Base):
+    """The `jti` of every client assertion accepted, kept until the assertion expires, so that
+    a captured assertion cannot be replayed (RFC 7523 s.3, item 7)."""
+
+    __tablename__ = "client_assertion_jtis"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(200), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class AuthCounter(Base):
+    """Failed or refused authentication attempts, counted per key in fixed windows.
+
+    In the database rather than in a process, so that limits and lockouts hold across every
+    replica: scope `client_failure` and `address_failure` feed the token endpoint's limits and
+    lockout, scope `rejection` the aggregation of refused bearer tokens (only the first of a
+    window is an audit event; `summarised` is set once the window's count is in a summary event).
+    """
+
+    __tablename__ = "auth_counters"
+
+    scope: Mapped[str] = mapped_column(String(20), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    summarised: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class WebSession(Base):
+    """A signed-in session of the review pages: the cookie carries its id, and a session is
+    only as good as its row (signing out or disabling the account revokes it at once)."""
+
+    __tablename__ = "web_sessions"
+
+    # SHA-256 of the id in the cookie: the table alone cannot be replayed as cookies.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

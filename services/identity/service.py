@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.identity import repository
+from services.identity import assertions, repository
 from services.identity.models import Client, ClientRole
 from services.identity.schemas import Principal, RoleGrant
 from services.identity.secrets import hash_secret, verify_secret
@@ -16,10 +16,15 @@ from services.kit.errors import BadRequest, NotFound
 from services.kit.ids import new_client_id, new_id, new_secret
 from services.kit.partnership import CSP_AREAS, require_organisation
 
+# The secret hash of a client that authenticates with a key (private_key_jwt): not an Argon2
+# hash, so no secret can ever match it.
+NO_SECRET = "!private_key_jwt"  # noqa: S105 (a marker, not a secret)
+
 
 @dataclass(frozen=True)
 class CreatedClient:
     client_id: str
+    # Empty for a client registered with a public key: it has no secret.
     client_secret: str
     principal: Principal
 
@@ -46,26 +51,37 @@ def create_client(
     grants: Iterable[RoleGrant],
     known_roles: Iterable[str],
     area_scoped_roles: Iterable[str] = (),
+    public_jwk: str | None = None,
 ) -> CreatedClient:
+    """A new client with a generated secret, or, given a public JWK (checked and stored
+    canonical), one that authenticates with signed assertions and has no secret at all."""
     require_organisation(organisation)
     name = name.strip()
     if not name or len(name) > 200:
         raise BadRequest("name must be 1 to 200 characters")
     grant_list = check_grants(grants, known_roles, area_scoped_roles)
-    secret = new_secret()
+    secret: str | None = None
+    if public_jwk is not None:
+        try:
+            public_jwk = assertions.public_jwk(public_jwk)
+        except assertions.KeyRejected as exc:
+            raise BadRequest(str(exc)) from exc
+    else:
+        secret = new_secret()
     client = Client(
         id=new_id(),
         client_id=new_client_id(),
         name=name,
         organisation=organisation,
-        secret_hash=hash_secret(secret),
+        secret_hash=hash_secret(secret) if secret is not None else NO_SECRET,
+        public_jwk=public_jwk,
         disabled=False,
         created_at=utcnow(),
     )
     client.roles = [ClientRole(role=g.role, area=g.area) for g in grant_list]
     session.add(client)
     session.flush()
-    return CreatedClient(client.client_id, secret, to_principal(client))
+    return CreatedClient(client.client_id, secret or "", to_principal(client))
 
 
 def expand_areas(areas: Iterable[str]) -> list[str | None]:
@@ -123,6 +139,25 @@ def authenticate(session: Session, client_id: str, secret: str) -> Principal | N
     return to_principal(client)
 
 
+@dataclass(frozen=True)
+class ClientCredentialsOnFile:
+    """What the token endpoint checks a client's credentials against."""
+
+    secret_hash: str
+    public_jwk: str | None
+    # None when the client is disabled.
+    principal: Principal | None
+
+
+def client_for_authentication(session: Session, client_id: str) -> ClientCredentialsOnFile | None:
+    client = repository.get_by_client_id(session, client_id)
+    if client is None:
+        return None
+    return ClientCredentialsOnFile(
+        client.secret_hash, client.public_jwk, None if client.disabled else to_principal(client)
+    )
+
+
 def active_principal(session: Session, client_id: str) -> Principal | None:
     """Looked up on every request so that disabling a client takes effect at once."""
     rows = repository.principal_rows(session, client_id)
@@ -149,6 +184,22 @@ def disable_client(session: Session, client_id: str) -> Principal:
         client.disabled_at = utcnow()
         session.flush()
     return to_principal(client)
+
+
+def register_public_key(session: Session, client_id: str, jwk_text: str) -> tuple[Principal, str]:
+    """The client authenticates with assertions signed by this key from now on; its secret
+    hash is replaced by NO_SECRET, so the old secret stops working at once."""
+    client = repository.get_by_client_id(session, client_id)
+    if client is None:
+        raise NotFound(f"no client {client_id!r}")
+    try:
+        stored = assertions.public_jwk(jwk_text)
+    except assertions.KeyRejected as exc:
+        raise BadRequest(str(exc)) from exc
+    client.public_jwk = stored
+    client.secret_hash = NO_SECRET
+    session.flush()
+    return to_principal(client), stored
 
 
 def list_clients(session: Session, organisation: str | None = None) -> list[Client]:

@@ -44,6 +44,10 @@ class TokenClaims:
 
 # Verified tokens remembered per process (a token is about 600 bytes).
 _VERIFIED_MAX = 10_000
+# A token this platform issues is about 600 characters, its header segment about 100: anything
+# longer is refused by its length, before any decoding, JSON parsing or signature check (T6).
+MAX_TOKEN_CHARS = 4096
+MAX_HEADER_CHARS = 1024
 
 
 class TokenService:
@@ -106,8 +110,10 @@ class TokenService:
         return claims
 
     def _verify(self, token: str) -> tuple[TokenClaims, int]:
-        if len(token) > 4096:
+        if len(token) > MAX_TOKEN_CHARS:
             raise TokenInvalid("token_too_large")
+        if len(token.partition(".")[0]) > MAX_HEADER_CHARS:
+            raise TokenInvalid("header_too_large")
         header = _read_header(token)
         if header.get("alg") != ALGORITHM:
             raise TokenInvalid("algorithm_not_allowed")

@@ -8,23 +8,39 @@ process, as if nothing were cached.
 
 Always read the epoch *before* the data it guards: data read afterwards is at least as new as
 the epoch it is stored under, never older.
+
+A server process also watches the counters from a thread (``EpochReader.start``), so most
+requests need no query at all; a reading is trusted for at most ``max_age`` (0.25 s). A change
+committed by *this* process forgets the reading at once (``invalidate``, wired to the engine's
+and the sessions' commits), so on the replica that made a change the next request reads the
+counters afresh: a client disabled or a version uploaded here is seen here by the very next
+request, and by every other process within ``max_age`` plus one query.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
+from sqlalchemy.orm import Session
 
 from services.kit.background import PeriodicThread
 from services.kit.models import CacheEpoch
 
 PRINCIPALS = "principals"
 DATASETS = "datasets"
+
+# Writes to the tables whose triggers bump an epoch (migration 0003).
+_GUARDED_WRITE = re.compile(
+    r"^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+[\"`]?"
+    r"(?:clients|client_roles|datasets|dataset_versions|version_files)\b",
+    re.IGNORECASE,
+)
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -51,6 +67,26 @@ class EpochReader:
         self._latest: tuple[Epochs, float] | None = None
         self._watcher: PeriodicThread | None = None
         self.max_age = 0.25
+        # Bumped by `invalidate`: a watcher reading begun before it is not kept.
+        self._generation = 0
+        self._lock = threading.Lock()
+        event.listen(engine, "after_cursor_execute", self._on_execute)
+        event.listen(engine, "commit", self._on_commit)
+
+    def invalidate(self) -> None:
+        """Forget the watcher's reading: the next request reads the counters itself."""
+        with self._lock:
+            self._generation += 1
+            self._latest = None
+
+    def _on_execute(self, _conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if _GUARDED_WRITE.match(statement):
+            _pending_readers().add(self)
+
+    def _on_commit(self, _conn: object) -> None:
+        # Before the database commits: a reading begun from now on is not kept.
+        if self in _pending_readers():
+            self.invalidate()
 
     def read(self) -> Epochs:
         with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -82,13 +118,44 @@ class EpochReader:
         self._latest = None
 
     def _refresh(self) -> None:
+        generation = self._generation
         started = time.monotonic()
-        # Stamped with the time the query started: the reading is at least that fresh.
-        self._latest = (self.read(), started)
+        reading = self.read()
+        # Stamped with the time the query started: the reading is at least that fresh. Not
+        # kept when a commit of this process invalidated the readings meanwhile.
+        with self._lock:
+            if generation == self._generation:
+                self._latest = (reading, started)
 
     def _forget(self, _exc: BaseException) -> None:
         # Requests fall back to reading the epochs themselves (and fail if they cannot).
         self._latest = None
+
+
+# The readers whose guarded tables this thread wrote to since its session last committed or
+# rolled back (a session's statements and its commit run in one thread).
+_writes = threading.local()
+
+
+def _pending_readers() -> set[EpochReader]:
+    pending: set[EpochReader] | None = getattr(_writes, "readers", None)
+    if pending is None:
+        pending = _writes.readers = set()
+    return pending
+
+
+@event.listens_for(Session, "after_commit")
+def _after_session_commit(_session: Session) -> None:
+    # After the database committed: forget again whatever a watcher read while the commit was
+    # under way, so the change's own replica never trusts a reading older than the change.
+    pending = _pending_readers()
+    while pending:
+        pending.pop().invalidate()
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_session_rollback(_session: Session) -> None:
+    _pending_readers().clear()
 
 
 class EpochCache(Generic[K, V]):
