@@ -3,6 +3,7 @@ from __future__ import annotations
 from alembic import context
 
 import services.audit.models
+import services.authz.models
 import services.identity.models
 import services.ingestion.models
 import services.kit.models

@@ -4,6 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from gateway import schemas
 from gateway.deps import Authenticated, PlatformDep
 from gateway.responses import FastJSONResponse
 from services.contracts.model import Contract
@@ -23,13 +24,13 @@ def _summary(contract: Contract) -> dict[str, Any]:
     }
 
 
-@router.get("")
+@router.get("", response_model=schemas.ContractList)
 async def list_contracts(_principal: Authenticated, platform: PlatformDep) -> FastJSONResponse:
     contracts = sorted(platform.contracts.values(), key=lambda c: c.id)
     return FastJSONResponse({"contracts": [_summary(c) for c in contracts]})
 
 
-@router.get("/{dataset}")
+@router.get("/{dataset}", response_model=schemas.ContractDocument, responses=schemas.problems(404))
 async def get_contract(
     dataset: str, _principal: Authenticated, platform: PlatformDep
 ) -> FastJSONResponse:

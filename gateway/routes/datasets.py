@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
+from gateway import schemas
 from gateway.deps import Authenticated, Context, PlatformDep
 from gateway.responses import FastJSONResponse
 from services.ingestion import uploads as upload_listing
@@ -15,7 +16,7 @@ from services.products import datasets as dataset_service
 router = APIRouter(tags=["ingestion"])
 
 
-@router.get("/v1/uploads")
+@router.get("/v1/uploads", response_model=schemas.UploadPage, responses=schemas.problems(404))
 async def list_uploads(
     principal: Authenticated,
     ctx: Context,
@@ -39,7 +40,9 @@ async def list_uploads(
     return FastJSONResponse(result)
 
 
-@router.get("/v1/datasets/{dataset}")
+@router.get(
+    "/v1/datasets/{dataset}", response_model=schemas.Dataset, responses=schemas.problems(403, 404)
+)
 async def get_dataset(
     dataset: str, principal: Authenticated, ctx: Context, platform: PlatformDep
 ) -> FastJSONResponse:

@@ -5,6 +5,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from gateway import schemas
 from gateway.deps import Authenticated, Context, PlatformDep
 from gateway.responses import FastJSONResponse
 from services.kit.errors import BadRequest
@@ -21,14 +22,19 @@ _MEDIA = {
 }
 
 
-@router.get("/v1/products")
+@router.get("/v1/products", response_model=schemas.ProductList)
 async def list_products(principal: Authenticated, platform: PlatformDep) -> FastJSONResponse:
     """The products the caller may read, with their parameters."""
     readable = await run_in_threadpool(product_service.list_readable, platform.products, principal)
     return FastJSONResponse({"products": readable})
 
 
-@router.get("/v1/products/{product_id}")
+@router.get(
+    "/v1/products/{product_id}",
+    response_model=schemas.ProductDocument,
+    responses=schemas.PRODUCT_RESPONSES,
+    openapi_extra=schemas.PRODUCT_REQUEST,
+)
 async def read_product(
     product_id: str,
     request: Request,
@@ -70,28 +76,36 @@ async def read_product(
     return Response(body, media_type=_MEDIA[read.format], headers=headers)
 
 
-@router.put("/v1/products/habitual-knife-carriers/assessments/{person_id}")
+@router.put(
+    "/v1/products/habitual-knife-carriers/assessments",
+    response_model=schemas.Assessment,
+    responses=schemas.problems(403, 404, 429),
+    openapi_extra=schemas.ASSESSMENT_REQUEST,
+)
 async def assess_carrier(
-    person_id: str,
     request: Request,
     principal: Authenticated,
     ctx: Context,
     platform: PlatformDep,
 ) -> FastJSONResponse:
-    """Grade a habitual knife carrier: `{"rag": "red|amber|green", "lead_agency": ORG}`.
+    """Grade a habitual knife carrier:
+    `{"person_id": ID, "rag": "red|amber|green", "lead_agency": ORG}`.
 
-    Level 3: needs `X-Purpose` and `X-Case-Reference`, like a read. Every grading is kept.
+    The person id is in the body, never in the URL: paths end up in proxy and access logs
+    (security-tests T45). Level 3: needs `X-Purpose` and `X-Case-Reference`, like a read.
+    Every grading is kept.
     """
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError:
-        raise BadRequest('the body must be JSON: {"rag": ..., "lead_agency": ...}') from None
+        raise BadRequest(
+            'the body must be JSON: {"person_id": ..., "rag": ..., "lead_agency": ...}'
+        ) from None
     graded = await run_in_threadpool(
         product_service.assess_carrier,
         platform.products,
         principal,
         ctx,
-        person_id,
         body,
         _justification(request),
     )
@@ -104,7 +118,9 @@ def _justification(request: Request) -> Justification:
     )
 
 
-@router.get("/v1/access/explain")
+@router.get(
+    "/v1/access/explain", response_model=schemas.AccessExplanation, responses=schemas.problems(404)
+)
 async def explain(
     principal: Authenticated,
     ctx: Context,

@@ -2,7 +2,9 @@
 API, the command line and the demo.
 
 Each change commits with its audit event in one unit of work. The command line runs as the
-operator at the shell, already trusted; an API caller is first checked by `require_admin`.
+operator at the shell, already trusted: the installation itself, whose role changes take
+effect at once. An API caller is first checked by `require_admin`, and its grants of roles
+that need a second person go through `services.admin.grants` instead (an IG lead approves).
 """
 
 from __future__ import annotations

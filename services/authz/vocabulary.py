@@ -22,6 +22,8 @@ class Action(StrEnum):
     PRODUCT_READ_UNSUPPRESSED = "product:read_unsuppressed"
     AUDIT_REVIEW = "audit:review"
     ASSESSMENT_WRITE = "assessment:write"
+    # Approving a pending grant of a role that needs a second person (SECOND_PERSON_ROLES).
+    GRANT_APPROVE = "grant:approve"
 
 
 class ResourceType(StrEnum):
@@ -31,12 +33,21 @@ class ResourceType(StrEnum):
     LEVEL2 = "level2"
     LEVEL3 = "level3"
     AUDIT = "audit"
+    # A pending grant request; its owner is the organisation of the client it would change.
+    GRANTS = "grants"
 
 
 ROLES: tuple[str, ...] = tuple(role.value for role in Role)
 
 # Roles whose grants are limited to CSP areas: a grant of one of these must name its areas.
 AREA_SCOPED_ROLES: frozenset[str] = frozenset({Role.L2_READER.value, Role.L3_PRACTITIONER.value})
+
+# Roles an administrator may only request: the grant takes effect when an IG lead of the
+# grantee's organisation, who is neither the requester nor the grantee, approves it. Level 3
+# names people; admin could grant anything; ig_lead approves grants (security-tests T11).
+SECOND_PERSON_ROLES: frozenset[str] = frozenset(
+    {Role.L3_PRACTITIONER.value, Role.ADMIN.value, Role.IG_LEAD.value}
+)
 
 LEVEL_RESOURCE: dict[int, ResourceType] = {
     1: ResourceType.LEVEL1,

@@ -77,6 +77,8 @@ class Level3Config(BaseModel):
 
     purposes: list[str] = Field(default_factory=list)
     daily_quota: int | None = None
+    # Level 3 reads a principal may make in one clock hour (security-tests T16: 50/h, 200/day).
+    hourly_quota: int | None = None
 
 
 class _Document(BaseModel):

@@ -3,8 +3,10 @@
 Every Level 3 request names a purpose the partnership's configuration lists (`X-Purpose`) and a
 case reference (`X-Case-Reference`); without either, or with an unknown purpose, it is refused
 (and the refusal audited) before anything is computed. Each principal may make a limited number
-of Level 3 reads a day (Europe/London), counted atomically in the database so that concurrent
-requests cannot overrun it; the refusal beyond it is audited too (security-tests T16).
+of Level 3 reads a day (Europe/London) and an hour (a clock hour, UTC), counted atomically in
+the database so that concurrent requests cannot overrun them; the refusal beyond either is
+audited too (security-tests T16). A read that fails after its count was taken (nothing
+computed, the audit trail unavailable) gives the count back: only answered reads use the quota.
 
 Habitual knife carriers are graded by the partnership (RAG and lead agency). Each grading is a
 new append-only row with the previous values, written with its audit event in one transaction.
@@ -12,6 +14,7 @@ new append-only row with the previous values, written with its audit event in on
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -35,12 +38,13 @@ from services.kit.errors import BadRequest, Forbidden, NotFound, QuotaExceeded
 from services.kit.partnership import ORGANISATIONS
 from services.kit.uow import UnitOfWork, audited, transaction
 from services.products.definition import ProductDefinition
-from services.products.models import HkcAssessment, Level3QuotaUsage
+from services.products.models import HkcAssessment, Level3HourlyUsage, Level3QuotaUsage
 from services.products.people import ASSESSMENTS_SCHEMA
 
 PURPOSE_HEADER = "X-Purpose"
 CASE_REFERENCE_HEADER = "X-Case-Reference"
 DEFAULT_DAILY_QUOTA = 200
+DEFAULT_HOURLY_QUOTA = 50
 RAG_VALUES = ("red", "amber", "green")
 HKC_PRODUCT = "habitual-knife-carriers"
 
@@ -75,6 +79,25 @@ def daily_quota(definition: ProductDefinition) -> int:
     if level3 is not None and level3.daily_quota is not None:
         return level3.daily_quota
     return DEFAULT_DAILY_QUOTA
+
+
+def hourly_quota(definition: ProductDefinition) -> int:
+    level3 = definition.partnership.level3
+    if level3 is not None and level3.hourly_quota is not None:
+        return level3.hourly_quota
+    return DEFAULT_HOURLY_QUOTA
+
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QuotaTaken:
+    """One read counted against a principal's day and hour, to give back if it fails."""
+
+    client_id: str
+    day: date
+    hour: datetime
 
 
 def check_justification(definition: ProductDefinition, why: Justification) -> str | None:
@@ -139,32 +162,68 @@ def take_quota(
     definition: ProductDefinition,
     why: Justification,
     limit: int,
-) -> None:
-    """Count one Level 3 read against today's quota, or refuse it (audited) with 429."""
+    hourly_limit: int | None = None,
+) -> QuotaTaken:
+    """Count one Level 3 read against today's and this hour's quota, or refuse it (audited)
+    with 429 and the seconds until the exhausted quota resets."""
+    hourly_limit = hourly_limit if hourly_limit is not None else DEFAULT_HOURLY_QUOTA
     day = london_today()
+    now = utcnow()
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    daily_taken = hourly_taken = False
     # The count is bookkeeping with no event of its own: the read it allows is audited when it
     # is made, and the count must be committed before that, so that concurrent reads see it.
     with transaction(sessions) as session:
-        usage = Level3QuotaUsage
         dialect = session.get_bind().dialect.name
         make_insert = pg_insert if dialect == "postgresql" else sqlite_insert
         session.execute(
-            make_insert(usage)
+            make_insert(Level3QuotaUsage)
             .values(client_id=principal.client_id, day=day, used=0)
             .on_conflict_do_nothing()
         )
-        counted = session.execute(
-            update(usage)
-            .where(
-                usage.client_id == principal.client_id,
-                usage.day == day,
-                usage.used < limit,
-            )
-            .values(used=usage.used + 1)
+        session.execute(
+            make_insert(Level3HourlyUsage)
+            .values(client_id=principal.client_id, hour=hour, used=0)
+            .on_conflict_do_nothing()
         )
-        taken = getattr(counted, "rowcount", 0) == 1
-    if taken:
-        return
+        daily = session.execute(
+            update(Level3QuotaUsage)
+            .where(
+                Level3QuotaUsage.client_id == principal.client_id,
+                Level3QuotaUsage.day == day,
+                Level3QuotaUsage.used < limit,
+            )
+            .values(used=Level3QuotaUsage.used + 1)
+        )
+        daily_taken = getattr(daily, "rowcount", 0) == 1
+        if daily_taken:
+            hourly = session.execute(
+                update(Level3HourlyUsage)
+                .where(
+                    Level3HourlyUsage.client_id == principal.client_id,
+                    Level3HourlyUsage.hour == hour,
+                    Level3HourlyUsage.used < hourly_limit,
+                )
+                .values(used=Level3HourlyUsage.used + 1)
+            )
+            hourly_taken = getattr(hourly, "rowcount", 0) == 1
+        if not (daily_taken and hourly_taken):
+            # Neither count moves unless both can.
+            session.rollback()
+    if daily_taken and hourly_taken:
+        return QuotaTaken(principal.client_id, day, hour)
+    if not daily_taken:
+        period, quota = "daily", limit
+        midnight = datetime.combine(day + timedelta(days=1), datetime.min.time(), LONDON)
+        retry_after = max(1, int((midnight - utcnow()).total_seconds()))
+        message = f"you have made {limit} Level 3 reads today; the quota resets at midnight"
+    else:
+        period, quota = "hourly", hourly_limit
+        retry_after = max(1, int((hour + timedelta(hours=1) - utcnow()).total_seconds()))
+        message = (
+            f"you have made {hourly_limit} Level 3 reads this hour; "
+            f"the hourly quota resets in {retry_after} seconds"
+        )
     purpose, case = why.recordable()
     with audited(sessions, "the quota refusal") as uow:
         uow.audit(
@@ -173,22 +232,52 @@ def take_quota(
                 AuditRecord(
                     action=AuditAction.QUOTA_EXCEEDED,
                     outcome=Outcome.DENIED,
-                    reason=f"daily quota of {limit} Level 3 reads reached",
+                    reason=f"{period} quota of {quota} Level 3 reads reached",
                     resource_type="product",
                     resource=definition.id,
                     level=3,
                     purpose=purpose,
                     case_reference=case,
-                    details={"quota": limit, "day": day.isoformat()},
+                    details={
+                        "quota": quota,
+                        "period": period,
+                        "day": day.isoformat(),
+                        "hour": hour.isoformat(),
+                        "daily_quota": limit,
+                        "hourly_quota": hourly_limit,
+                    },
                 ),
             )
         )
-    midnight = datetime.combine(day + timedelta(days=1), datetime.min.time(), LONDON)
-    retry_after = max(1, int((midnight - utcnow()).total_seconds()))
-    raise QuotaExceeded(
-        f"you have made {limit} Level 3 reads today; the quota resets at midnight",
-        extra={"retry_after": retry_after},
-    )
+    raise QuotaExceeded(message, extra={"retry_after": retry_after})
+
+
+def give_back(sessions: sessionmaker[Session], taken: QuotaTaken) -> None:
+    """Return a count taken for a read that was never answered (refused, failed, or not
+    audited). Best effort: if the database is gone, the count stays used, which errs on the
+    side of fewer Level 3 reads."""
+    try:
+        with transaction(sessions) as session:
+            session.execute(
+                update(Level3QuotaUsage)
+                .where(
+                    Level3QuotaUsage.client_id == taken.client_id,
+                    Level3QuotaUsage.day == taken.day,
+                    Level3QuotaUsage.used > 0,
+                )
+                .values(used=Level3QuotaUsage.used - 1)
+            )
+            session.execute(
+                update(Level3HourlyUsage)
+                .where(
+                    Level3HourlyUsage.client_id == taken.client_id,
+                    Level3HourlyUsage.hour == taken.hour,
+                    Level3HourlyUsage.used > 0,
+                )
+                .values(used=Level3HourlyUsage.used - 1)
+            )
+    except Exception:
+        log.warning("a Level 3 quota count could not be given back", exc_info=True)
 
 
 def latest_assessments(sessions: sessionmaker[Session]) -> pa.Table:
@@ -224,6 +313,17 @@ def may_assess(policy: PolicyEngine, principal: Principal) -> tuple[bool, str, s
         principal, Action.ASSESSMENT_WRITE, Resource(ResourceType.LEVEL3, HKC_PRODUCT, None)
     )
     return decision.allowed, decision.rule, decision.policy_version
+
+
+def person_of(body: Any) -> tuple[str, dict[str, Any]]:
+    """The `person_id` a grading names, and the rest of its body."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body is a JSON object with person_id, rag and lead_agency")
+    rest = dict(body)
+    person_id = rest.pop("person_id", None)
+    if not isinstance(person_id, str) or not 1 <= len(person_id) <= 64:
+        raise BadRequest("person_id must be the person's id from a Level 3 list")
+    return person_id, rest
 
 
 def parse_assessment(body: Any) -> tuple[str, str, date]:

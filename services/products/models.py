@@ -36,3 +36,13 @@ class Level3QuotaUsage(Base):
     client_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     used: Mapped[int] = mapped_column(Integer)
+
+
+class Level3HourlyUsage(Base):
+    """Level 3 reads per principal per clock hour (UTC): the hourly limit beside the daily one."""
+
+    __tablename__ = "l3_quota_hourly"
+
+    client_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    used: Mapped[int] = mapped_column(Integer)

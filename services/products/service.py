@@ -58,6 +58,8 @@ class ProductDeps:
     k: int
     # Level 3 reads a principal may make a day (None: the partnership's configuration).
     level3_daily_quota: int | None = None
+    # ... and an hour (None: the partnership's configuration, else 50).
+    level3_hourly_quota: int | None = None
     # Current dataset versions by product sources, valid while the datasets epoch is unchanged.
     epochs: EpochReader | None = None
     versions_cache: EpochCache[tuple[str, ...], dict[str, VersionInfo]] = field(
@@ -84,6 +86,31 @@ def get_definition(deps: ProductDeps, product_id: str) -> ProductDefinition:
     if definition is None:
         raise NotFound(f"no product {product_id!r}")
     return definition
+
+
+def _definition_or_refuse(
+    deps: ProductDeps, ctx: RequestContext, product_id: str, parameters: dict[str, Any]
+) -> ProductDefinition:
+    """The product asked for; an unknown id is refused with 404 and the refusal audited, like
+    every other rejected request (security-tests, rule b)."""
+    definition = deps.catalogue.get(product_id)
+    if definition is not None:
+        return definition
+    with audited(deps.sessions, "the refusal") as uow:
+        uow.audit(
+            audit_service.event(
+                ctx,
+                AuditRecord(
+                    action=AuditAction.PRODUCT_REFUSED,
+                    outcome=Outcome.REJECTED,
+                    reason="not_found",
+                    resource_type="product",
+                    resource=product_id[:100],
+                    parameters=parameters,
+                ),
+            )
+        )
+    raise NotFound(f"no product {product_id[:100]!r}")
 
 
 def formats_for(definition: ProductDefinition) -> list[str]:
@@ -123,7 +150,7 @@ def list_readable(deps: ProductDeps, principal: Principal) -> list[dict[str, Any
 def explain(
     deps: ProductDeps, principal: Principal, ctx: RequestContext, product_id: str
 ) -> dict[str, Any]:
-    definition = get_definition(deps, product_id)
+    definition = _definition_or_refuse(deps, ctx, product_id, {})
     access = product_access(deps.policy, principal, definition.id, definition.level)
     with audited(deps.sessions, "the access explanation") as uow:
         uow.audit(
@@ -211,9 +238,9 @@ def read_product(
 
     ``why`` is the request's purpose and case reference, required at Level 3.
     """
-    definition = get_definition(deps, product_id)
-    access = product_access(deps.policy, principal, definition.id, definition.level)
     raw = _raw_parameters(pairs)
+    definition = _definition_or_refuse(deps, ctx, product_id, raw)
+    access = product_access(deps.policy, principal, definition.id, definition.level)
     why = why or Justification(None, None)
     if not access.allowed:
         _deny(deps, ctx, definition, access, "tier not permitted", raw)
@@ -222,19 +249,24 @@ def read_product(
     if is_level3:
         level3.refuse_unjustified(deps.sessions, ctx, definition, access, why, raw)
     purpose, case_reference = why.recordable() if is_level3 else (None, None)
+    # A Level 3 read's quota count, given back if the read is not answered after all.
+    taken: level3.QuotaTaken | None = None
     try:
         fmt, params = _format_and_parameters(definition, pairs)
         if is_level3:
-            quota = deps.level3_daily_quota or level3.daily_quota(definition)
-            level3.take_quota(deps.sessions, ctx, principal, definition, why, quota)
+            daily = deps.level3_daily_quota or level3.daily_quota(definition)
+            hourly = deps.level3_hourly_quota or level3.hourly_quota(definition)
+            taken = level3.take_quota(deps.sessions, ctx, principal, definition, why, daily, hourly)
         versions = current_versions(deps, definition.sources, ctx)
         result = _computed(deps, definition, params, versions, access)
     except QuotaExceeded:
         raise
     except AreaNotPermitted:
+        _give_back(deps, taken)
         _deny(deps, ctx, definition, access, "outside the reader's areas", raw)
         raise
     except TogetherError as exc:
+        _give_back(deps, taken)
         with audited(deps.sessions, "the refusal") as uow:
             uow.audit(
                 audit_service.event(
@@ -255,12 +287,25 @@ def read_product(
                 )
             )
         raise
+    except BaseException:
+        _give_back(deps, taken)
+        raise
     if not deps.audit_disabled_for_benchmark:
-        _audit_read(deps, ctx, definition, access, result, fmt, purpose, case_reference)
+        try:
+            _audit_read(deps, ctx, definition, access, result, fmt, purpose, case_reference)
+        except BaseException:
+            # Not audited, so not answered (T25): the read does not count against the quota.
+            _give_back(deps, taken)
+            raise
     if is_level3:
         # Decided, audited and committed: only now are names and dates of birth decrypted.
         result = people.reveal(definition, result, deps.protector)
     return ProductRead(result, fmt)
+
+
+def _give_back(deps: ProductDeps, taken: level3.QuotaTaken | None) -> None:
+    if taken is not None:
+        level3.give_back(deps.sessions, taken)
 
 
 def current_versions(
@@ -445,11 +490,12 @@ def assess_carrier(
     deps: ProductDeps,
     principal: Principal,
     ctx: RequestContext,
-    person_id: str,
     body: Any,
     why: Justification,
 ) -> dict[str, Any]:
     """Grade a habitual knife carrier (RAG, lead agency): a Level 3 act, with purpose and case.
+
+    The body names the person (`person_id`), so that no person id is ever in a URL (T45).
 
     The person must be on the list as of ``as_of`` (default today) and in the grader's areas;
     otherwise the answer is the same 404 whether or not they exist.
@@ -476,6 +522,7 @@ def assess_carrier(
     level3.refuse_unjustified(deps.sessions, ctx, definition, access, why, {})
     purpose, case_reference = why.recordable()
     assert purpose is not None and case_reference is not None
+    person_id, body = level3.person_of(body)
     rag, lead_agency, as_of = level3.parse_assessment(body)
     versions = current_versions(deps, definition.sources)
     current = compute.run(

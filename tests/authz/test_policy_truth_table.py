@@ -64,6 +64,7 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.PRODUCT_READ_UNSUPPRESSED: NOTHING,
         Action.AUDIT_REVIEW: NOTHING,
         Action.ASSESSMENT_WRITE: NOTHING,
+        Action.GRANT_APPROVE: NOTHING,
     },
     Role.L1_READER: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -72,6 +73,7 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.PRODUCT_READ_UNSUPPRESSED: NOTHING,
         Action.AUDIT_REVIEW: NOTHING,
         Action.ASSESSMENT_WRITE: NOTHING,
+        Action.GRANT_APPROVE: NOTHING,
     },
     Role.L1_ANALYST: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -80,6 +82,7 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.PRODUCT_READ_UNSUPPRESSED: (Grant(ResourceType.LEVEL1),),
         Action.AUDIT_REVIEW: NOTHING,
         Action.ASSESSMENT_WRITE: NOTHING,
+        Action.GRANT_APPROVE: NOTHING,
     },
     Role.L2_READER: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -88,6 +91,7 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.PRODUCT_READ_UNSUPPRESSED: NOTHING,
         Action.AUDIT_REVIEW: NOTHING,
         Action.ASSESSMENT_WRITE: NOTHING,
+        Action.GRANT_APPROVE: NOTHING,
     },
     Role.L3_PRACTITIONER: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -96,6 +100,7 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.PRODUCT_READ_UNSUPPRESSED: NOTHING,
         Action.AUDIT_REVIEW: NOTHING,
         Action.ASSESSMENT_WRITE: (Grant(ResourceType.LEVEL3, rid="habitual-knife-carriers"),),
+        Action.GRANT_APPROVE: NOTHING,
     },
     Role.IG_LEAD: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -104,6 +109,7 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.PRODUCT_READ_UNSUPPRESSED: NOTHING,
         Action.AUDIT_REVIEW: (Grant(ResourceType.AUDIT, "own_org"),),
         Action.ASSESSMENT_WRITE: NOTHING,
+        Action.GRANT_APPROVE: (Grant(ResourceType.GRANTS, "own_org"),),
     },
     Role.ADMIN: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -112,6 +118,7 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.PRODUCT_READ_UNSUPPRESSED: NOTHING,
         Action.AUDIT_REVIEW: (Grant(ResourceType.AUDIT),),
         Action.ASSESSMENT_WRITE: NOTHING,
+        Action.GRANT_APPROVE: NOTHING,
     },
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -51,7 +52,11 @@ def load_products_data(loading: Loading) -> dict[str, str]:
             "/v1/datasets/police.occurrences/uploads",
             params={"mode": "replace"},
             content=to_csv(rows),
-            headers={"Authorization": f"Bearer {police}", "Content-Type": "text/csv"},
+            headers={
+                "Authorization": f"Bearer {police}",
+                "Content-Type": "text/csv",
+                "Idempotency-Key": str(uuid.uuid4()),
+            },
         ).status_code
         == 201
     )
@@ -63,7 +68,11 @@ def load_products_data(loading: Loading) -> dict[str, str]:
             f"/v1/datasets/{dataset}/uploads",
             params={"mode": "replace"},
             content=path.read_bytes(),
-            headers={"Authorization": f"Bearer {vru}", "Content-Type": "text/csv"},
+            headers={
+                "Authorization": f"Bearer {vru}",
+                "Content-Type": "text/csv",
+                "Idempotency-Key": str(uuid.uuid4()),
+            },
         )
         assert response.status_code == 201, response.text
     tokens = {}
@@ -248,7 +257,7 @@ def test_level2_rows_limited_to_areas(api: TestClient, loaded: dict[str, str]) -
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
-def test_no_person_data_in_level1_or_level2(
+def test_T9_no_person_data_in_level1_or_level2(
     api: TestClient, loaded: dict[str, str], fmt: str
 ) -> None:
     needles = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -331,6 +332,7 @@ def load_level3_data(loading: Loading) -> None:
             headers={
                 "Authorization": f"Bearer {loading.token_for(loading.make_client(org=owner))}",
                 "Content-Type": "text/csv",
+                "Idempotency-Key": str(uuid.uuid4()),
             },
         )
         assert response.status_code == 201, response.text
@@ -558,17 +560,24 @@ def test_quota_refuses_and_audits_beyond_the_limit(env: Env) -> None:
 def test_assessments_keep_history_and_show_the_latest(env: Env) -> None:
     token = env.token(areas=ALL_AREAS)
     person = by_ref(env.rows("habitual-knife-carriers", token))["N101"]["person_id"]
-    path = f"/v1/products/habitual-knife-carriers/assessments/{person}"
+    path = "/v1/products/habitual-knife-carriers/assessments"
     auth = {"Authorization": f"Bearer {token}", **PURPOSE}
     first = env.api.put(
         path,
-        json={"rag": "red", "lead_agency": "yjs-portsmouth", "as_of": "2024-07-01"},
+        json={
+            "person_id": person,
+            "rag": "red",
+            "lead_agency": "yjs-portsmouth",
+            "as_of": "2024-07-01",
+        },
         headers=auth,
     )
     assert first.status_code == 200, first.text
     assert first.json()["previous"] is None
     second = env.api.put(
-        path, json={"rag": "amber", "lead_agency": "vru", "as_of": "2024-07-01"}, headers=auth
+        path,
+        json={"person_id": person, "rag": "amber", "lead_agency": "vru", "as_of": "2024-07-01"},
+        headers=auth,
     )
     assert second.json()["previous"] == {"rag": "red", "lead_agency": "yjs-portsmouth"}
     row = by_ref(env.rows("habitual-knife-carriers", token))["N101"]
@@ -582,32 +591,43 @@ def test_assessments_keep_history_and_show_the_latest(env: Env) -> None:
     # Refusals: bad values, no purpose, a role that may not grade, a person not on the list or
     # outside one's areas (the same 404).
     assert (
-        env.api.put(path, json={"rag": "pink", "lead_agency": "vru"}, headers=auth).status_code
+        env.api.put(
+            path, json={"person_id": person, "rag": "pink", "lead_agency": "vru"}, headers=auth
+        ).status_code
         == 400
     )
     assert (
-        env.api.put(path, json={"rag": "red", "lead_agency": "nobody"}, headers=auth).status_code
+        env.api.put(
+            path, json={"person_id": person, "rag": "red", "lead_agency": "nobody"}, headers=auth
+        ).status_code
         == 400
     )
     no_purpose = {"Authorization": f"Bearer {token}"}
     assert (
-        env.api.put(path, json={"rag": "red", "lead_agency": "vru"}, headers=no_purpose).status_code
+        env.api.put(
+            path, json={"person_id": person, "rag": "red", "lead_agency": "vru"}, headers=no_purpose
+        ).status_code
         == 403
     )
     reader = {"Authorization": f"Bearer {env.token('l1_analyst')}", **PURPOSE}
     assert (
-        env.api.put(path, json={"rag": "red", "lead_agency": "vru"}, headers=reader).status_code
+        env.api.put(
+            path, json={"person_id": person, "rag": "red", "lead_agency": "vru"}, headers=reader
+        ).status_code
         == 403
     )
     not_carrier = by_ref(env.rows("repeat-suspects", token))["N103"]["person_id"]
     elsewhere = {"Authorization": f"Bearer {env.token(areas=('Hart',))}", **PURPOSE}
     for target, headers in ((not_carrier, auth), (person, elsewhere)):
         response = env.api.put(
-            f"/v1/products/habitual-knife-carriers/assessments/{target}",
-            json={"rag": "green", "lead_agency": "vru", "as_of": "2024-07-01"},
+            path,
+            json={"person_id": target, "rag": "green", "lead_agency": "vru", "as_of": "2024-07-01"},
             headers=headers,
         )
         assert response.status_code == 404
+    # The person id travels in the body only (T45): the old path with the id is not served.
+    old = env.api.put(f"{path}/{person}", json={"rag": "red", "lead_agency": "vru"}, headers=auth)
+    assert old.status_code in (404, 405)
     with env.platform.sessions() as session:
         assert len(session.execute(select(HkcAssessment)).scalars().all()) == 2
 
@@ -637,8 +657,8 @@ def test_no_name_or_date_of_birth_in_logs_or_audit(
         env.rows("person-profile", token, {"person_id": row["person_id"]})
     env.read("repeat-suspects", token, headers={"X-Purpose": "nosy"})
     env.api.put(
-        f"/v1/products/habitual-knife-carriers/assessments/{people[0]['person_id']}",
-        json={"rag": "red", "lead_agency": "vru"},
+        "/v1/products/habitual-knife-carriers/assessments",
+        json={"person_id": people[0]["person_id"], "rag": "red", "lead_agency": "vru"},
         headers={"Authorization": f"Bearer {token}", **PURPOSE},
     )
     logged = "\n".join(record.getMessage() for record in every_log_line.records)
