@@ -6,11 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.admin.deps import AdminDeps
+from services.audit import service as audit_service
 from services.audit.async_writer import AsyncAuditWriter
 from services.audit.checkpoints import CheckpointSigner, load_signer
+from services.audit.freshness import SealerWatch
 from services.audit.sealer import Sealer
 from services.authz.enforcer import PolicyEngine
 from services.contracts.loader import load_contracts
@@ -21,7 +24,9 @@ from services.identity.tokens import TokenService
 from services.ingestion.service import IngestionDeps
 from services.kit.db import make_engine, session_factory
 from services.kit.epochs import EpochCache, EpochReader
+from services.kit.errors import ConfigurationError, TogetherError
 from services.kit.keys import load_keys
+from services.kit.migrate import schema_problem
 from services.kit.settings import Settings
 from services.products.config import PartnershipConfig, load_partnership
 from services.products.loading import load_catalogue
@@ -29,8 +34,17 @@ from services.products.service import ProductDeps
 from services.review.service import ReviewDeps
 from services.sharing import materialise
 from services.sharing.service import SharingDeps, build_sharing
+from services.storage import staging
 from services.storage.inputs import InputLimits
 from services.storage.service import Storage
+
+
+class NotReady(TogetherError):
+    """What `/readyz` answers when this process must not take traffic, saying why."""
+
+    code = "NOT_READY"
+    status = 503
+    title = "Not ready"
 
 
 @dataclass
@@ -38,6 +52,8 @@ class Background:
     """The threads a server process runs beside its requests (none in a command or a test)."""
 
     sealer: Sealer | None = None
+    # Whether the sealer keeps up; refuses Level 2 and 3 reads when not (audit/freshness.py).
+    sealer_watch: SealerWatch | None = None
     refresher: materialise.Refresher | None = None
     watching_epochs: bool = False
 
@@ -76,6 +92,7 @@ class Platform:
         )
         sealer.start()
         self.background.sealer = sealer
+        self.watch_sealer()
         # Requests then find the cache epochs in memory (see services/kit/epochs.py).
         self.epochs.start()
         self.background.watching_epochs = True
@@ -88,9 +105,28 @@ class Platform:
             refresher.start()
             self.background.refresher = refresher
 
+    def watch_sealer(self) -> SealerWatch:
+        """Refuse Level 2 and 3 reads (and answer 503 at /readyz) whenever the audit sealer
+        falls behind by more than the policy window; part of `start_background`."""
+        settings = self.settings
+        watch = SealerWatch(
+            self.sessions,
+            window_seconds=settings.audit_stall_window_seconds,
+            cadence_seconds=settings.audit_checkpoint_interval_seconds,
+        )
+        audit_service.set_read_gate(self.engine, watch.check)
+        if self.products.async_audit is not None:
+            self.products.async_audit.gate = watch.check
+        self.background.sealer_watch = watch
+        return watch
+
     def stop_background(self) -> None:
         """Stop what `start_background` started, the newest first."""
         running, self.background = self.background, Background()
+        if running.sealer_watch is not None:
+            audit_service.set_read_gate(self.engine, None)
+            if self.products.async_audit is not None:
+                self.products.async_audit.gate = None
         if running.refresher is not None:
             running.refresher.stop()
         if running.sealer is not None:
@@ -99,9 +135,21 @@ class Platform:
             self.epochs.stop()
 
     def ready(self) -> None:
-        """Raise unless the metadata database answers (what a load balancer's probe asks)."""
-        with self.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        """Raise `NotReady`, saying why, unless this process can serve: the metadata database
+        answers, it is at this code's schema revision, and (in a server process) the audit
+        sealer keeps up. What a load balancer's probe asks."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            problem = schema_problem(self.engine)
+            watch = self.background.sealer_watch
+            if problem is None and watch is not None:
+                problem = watch.problem()
+        except SQLAlchemyError as exc:
+            # The driver's message may quote the URL: say only what failed.
+            raise NotReady("the metadata database does not answer") from exc
+        if problem is not None:
+            raise NotReady(problem)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -116,11 +164,25 @@ def async_audit_writer(engine: Engine) -> AsyncAuditWriter | None:
     )
 
 
+def _schema_problem_or_unreachable(engine: Engine) -> str | None:
+    """The schema check at start: a database at another revision refuses the start (T36). A
+    database that cannot be reached is not decided here: readiness reports it, and the
+    process serves once it answers."""
+    try:
+        return schema_problem(engine)
+    except SQLAlchemyError:
+        return None
+
+
 def build_platform(settings: Settings) -> Platform:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     keys = load_keys(settings)
     audit_signer = load_signer(settings)
     engine = make_engine(settings.resolved_database_url)
+    problem = _schema_problem_or_unreachable(engine)
+    if problem is not None:
+        engine.dispose()
+        raise ConfigurationError(problem)
     sessions = session_factory(engine)
     tokens = TokenService(
         keys.jwt_private_key_pem,
@@ -133,6 +195,8 @@ def build_platform(settings: Settings) -> Platform:
     policy = PolicyEngine(settings.policies_dir)
     storage = Storage(settings.storage_dir)
     settings.staging_dir.mkdir(parents=True, exist_ok=True)
+    # Bodies left by a process that died mid-upload: unreadable ciphertext, removed at start.
+    staging.sweep(settings.staging_dir, older_than_seconds=settings.idempotency_lease_seconds)
     ingestion = IngestionDeps(
         sessions=sessions,
         contracts=contracts,
@@ -144,6 +208,8 @@ def build_platform(settings: Settings) -> Platform:
             max_decompressed_bytes=settings.upload_max_decompressed_bytes,
         ),
         lease_seconds=settings.idempotency_lease_seconds,
+        parse_memory_bytes=settings.upload_parse_memory_bytes,
+        parse_silence_seconds=settings.upload_parse_silence_seconds,
     )
     partnership = load_partnership(settings.partnership_file, contracts)
     epochs = EpochReader(engine)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
+from gateway import schemas
 from gateway.deps import Context, PlatformDep
 from gateway.responses import FastJSONResponse
 from services.audit import checkpoints
@@ -12,7 +13,7 @@ from services.audit import checkpoints
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 
-@router.get("/checkpoints")
+@router.get("/checkpoints", response_model=schemas.Checkpoints)
 async def list_checkpoints(
     ctx: Context,
     platform: PlatformDep,
@@ -30,3 +31,18 @@ async def list_checkpoints(
         limit=limit,
     )
     return FastJSONResponse(published)
+
+
+@router.get("/checkpoints/consistency", response_model=schemas.ConsistencyProof)
+async def consistency_proof(
+    ctx: Context,
+    platform: PlatformDep,
+    from_size: int = Query(..., ge=1, description="The smaller tree size (a checkpoint's)"),
+    to_size: int = Query(..., ge=1, description="The larger tree size (a later checkpoint's)"),
+) -> FastJSONResponse:
+    """The RFC 6962 consistency proof between two tree sizes (hex nodes): what a witness or a
+    partner checks before trusting a later checkpoint. Any authenticated principal may read it."""
+    proof = await run_in_threadpool(
+        checkpoints.read_consistency, platform.sessions, ctx, from_size, to_size
+    )
+    return FastJSONResponse(proof)

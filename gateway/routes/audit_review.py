@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from gateway import schemas
 from gateway.deps import Authenticated, Context, PlatformDep
 from gateway.responses import FastJSONResponse
 from services.audit.review import EXPORT_COLUMNS, FILTER_NAMES, Page
@@ -80,7 +81,12 @@ def _page_response(page: Page, fmt: str, filename: str) -> Response:
     return Response(body, media_type=_MEDIA[fmt], headers=headers)
 
 
-@router.get("/events")
+@router.get(
+    "/events",
+    response_model=schemas.AuditEventPage,
+    responses=schemas.AUDIT_PAGE_RESPONSES,
+    openapi_extra=schemas.AUDIT_EVENTS_REQUEST,
+)
 async def events(
     request: Request, principal: Authenticated, ctx: Context, platform: PlatformDep
 ) -> Response:
@@ -93,7 +99,9 @@ async def events(
     return _page_response(page, fmt, "audit-events")
 
 
-@router.get("/events/{event_id}")
+@router.get(
+    "/events/{event_id}", response_model=schemas.AuditEvent, responses=schemas.problems(403, 404)
+)
 async def event(
     event_id: str, principal: Authenticated, ctx: Context, platform: PlatformDep
 ) -> FastJSONResponse:
@@ -104,24 +112,49 @@ async def event(
     return FastJSONResponse(found)
 
 
-@router.get("/people/{person_id}")
+class PersonQuery(BaseModel):
+    """A person's identifier travels in the body, never in the URL: paths and query strings
+    end up in proxy and access logs (security-tests T45)."""
+
+    model_config = ConfigDict(extra="forbid")
+    person_id: str = Field(min_length=1, max_length=200)
+
+
+@router.post(
+    "/people",
+    response_model=schemas.AuditEventPage,
+    responses=schemas.AUDIT_PAGE_RESPONSES,
+    openapi_extra=schemas.AUDIT_PAGING_REQUEST,
+)
 async def person(
-    person_id: str,
+    body: PersonQuery,
     request: Request,
     principal: Authenticated,
     ctx: Context,
     platform: PlatformDep,
 ) -> Response:
-    """Every read that returned this person: who, when, why (purpose and case reference)."""
+    """Every read that returned this person: who, when, why (purpose and case reference).
+    The person id is in the JSON body; paging (`cursor`, `limit`, `format`) in the query."""
     params = _params(request, _PAGING)
     fmt = params.get("format", "json")
     page = await run_in_threadpool(
-        review_service.person_history, platform.review, principal, ctx, person_id, params, fmt=fmt
+        review_service.person_history,
+        platform.review,
+        principal,
+        ctx,
+        body.person_id,
+        params,
+        fmt=fmt,
     )
     return _page_response(page, fmt, "person-history")
 
 
-@router.get("/alerts")
+@router.get(
+    "/alerts",
+    response_model=schemas.AlertList,
+    responses=schemas.problems(403),
+    openapi_extra=schemas.ALERTS_REQUEST,
+)
 async def alerts(
     request: Request, principal: Authenticated, ctx: Context, platform: PlatformDep
 ) -> FastJSONResponse:
@@ -138,7 +171,9 @@ class ReviewIn(BaseModel):
     comment: str = Field(min_length=1, max_length=2000)
 
 
-@router.post("/alerts/{alert_id}/review")
+@router.post(
+    "/alerts/{alert_id}/review", response_model=schemas.Alert, responses=schemas.problems(403, 404)
+)
 async def review_alert(
     alert_id: str, body: ReviewIn, principal: Authenticated, ctx: Context, platform: PlatformDep
 ) -> FastJSONResponse:

@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, Response
 
+from gateway import schemas
 from gateway.deps import Authenticated, Context, PlatformDep, request_context
 from gateway.errors import problem
 from gateway.responses import FastJSONResponse
@@ -85,7 +86,9 @@ def _endpoint(platform: Platform, request: Request) -> str:
     return platform.sharing.endpoint or (_base(platform, request) + PREFIX)
 
 
-@router.get("/v1/sharing/profile")
+@router.get(
+    "/v1/sharing/profile", response_model=schemas.SharingProfile, responses=schemas.problems(403)
+)
 async def profile(
     request: Request,
     principal: Authenticated,
@@ -112,7 +115,7 @@ async def profile(
     )
 
 
-@protocol.get("/shares")
+@protocol.get("/shares", response_model=schemas.SharesPage, responses=schemas.problems(403))
 async def list_shares(
     principal: Authenticated,
     platform: PlatformDep,
@@ -125,7 +128,9 @@ async def list_shares(
     return FastJSONResponse(body)
 
 
-@protocol.get("/shares/{share}")
+@protocol.get(
+    "/shares/{share}", response_model=schemas.ShareDocument, responses=schemas.problems(403, 404)
+)
 async def get_share(
     share: str, principal: Authenticated, platform: PlatformDep
 ) -> FastJSONResponse:
@@ -133,7 +138,11 @@ async def get_share(
     return FastJSONResponse(body)
 
 
-@protocol.get("/shares/{share}/schemas")
+@protocol.get(
+    "/shares/{share}/schemas",
+    response_model=schemas.SchemasPage,
+    responses=schemas.problems(403, 404),
+)
 async def list_schemas(
     share: str,
     principal: Authenticated,
@@ -147,7 +156,11 @@ async def list_schemas(
     return FastJSONResponse(body)
 
 
-@protocol.get("/shares/{share}/schemas/{schema}/tables")
+@protocol.get(
+    "/shares/{share}/schemas/{schema}/tables",
+    response_model=schemas.TablesPage,
+    responses=schemas.problems(403, 404),
+)
 async def list_tables(
     share: str,
     schema: str,
@@ -168,7 +181,11 @@ async def list_tables(
     return FastJSONResponse(body)
 
 
-@protocol.get("/shares/{share}/all-tables")
+@protocol.get(
+    "/shares/{share}/all-tables",
+    response_model=schemas.TablesPage,
+    responses=schemas.problems(403, 404),
+)
 async def list_all_tables(
     share: str,
     principal: Authenticated,
@@ -207,7 +224,11 @@ def _version_headers(read: sharing_service.TableRead, delta: bool = False) -> di
     }
 
 
-@protocol.get("/shares/{share}/schemas/{schema}/tables/{table}/version")
+@protocol.get(
+    "/shares/{share}/schemas/{schema}/tables/{table}/version",
+    response_class=Response,
+    responses=schemas.TABLE_VERSION_RESPONSES,
+)
 async def table_version(
     share: str,
     schema: str,
@@ -225,7 +246,11 @@ async def table_version(
     return Response(status_code=200, headers=_version_headers(read))
 
 
-@protocol.head("/shares/{share}/schemas/{schema}/tables/{table}")
+@protocol.head(
+    "/shares/{share}/schemas/{schema}/tables/{table}",
+    response_class=Response,
+    responses=schemas.TABLE_VERSION_RESPONSES,
+)
 async def table_version_head(
     share: str,
     schema: str,
@@ -246,7 +271,12 @@ def _ndjson(lines: list[dict[str, Any]], headers: dict[str, str]) -> Response:
     return Response(body, media_type=NDJSON, headers=headers)
 
 
-@protocol.get("/shares/{share}/schemas/{schema}/tables/{table}/metadata")
+@protocol.get(
+    "/shares/{share}/schemas/{schema}/tables/{table}/metadata",
+    response_class=Response,
+    responses=schemas.TABLE_LINES_RESPONSES,
+    openapi_extra=schemas.CAPABILITIES_REQUEST,
+)
 async def table_metadata(
     share: str,
     schema: str,
@@ -263,7 +293,12 @@ async def table_metadata(
     return _ndjson(sharing_service.metadata_lines(read, delta=delta), _version_headers(read, delta))
 
 
-@protocol.post("/shares/{share}/schemas/{schema}/tables/{table}/query")
+@protocol.post(
+    "/shares/{share}/schemas/{schema}/tables/{table}/query",
+    response_class=Response,
+    responses=schemas.TABLE_LINES_RESPONSES,
+    openapi_extra=schemas.QUERY_REQUEST,
+)
 async def query_table(
     share: str,
     schema: str,
@@ -299,14 +334,18 @@ async def query_table(
     return _ndjson(lines, _version_headers(read, delta))
 
 
-@protocol.get("/shares/{share}/schemas/{schema}/tables/{table}/changes")
+@protocol.get(
+    "/shares/{share}/schemas/{schema}/tables/{table}/changes",
+    response_class=Response,
+    responses=schemas.CHANGES_RESPONSES,
+)
 async def table_changes(share: str, schema: str, table: str, principal: Authenticated) -> Response:
     raise BadRequest("the change data feed of published tables is not shared")
 
 
 # One route per method: a route of two methods gives both the same OpenAPI operation id.
-@protocol.get("/files/{token}")
-@protocol.head("/files/{token}")
+@protocol.get("/files/{token}", response_class=Response, responses=schemas.FILE_RESPONSES)
+@protocol.head("/files/{token}", response_class=Response, responses=schemas.FILE_RESPONSES)
 async def read_file(token: str, request: Request, platform: PlatformDep) -> Response:
     """A file of a table, by the signed URL a query gave (no bearer token needed)."""
     ctx = request_context(request)

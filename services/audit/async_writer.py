@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -46,9 +47,13 @@ class AsyncAuditWriter:
         self._task: asyncio.Task[None] | None = None
         self._connection: psycopg.AsyncConnection[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The check an event passes first (services/audit/freshness.py): raises to refuse.
+        self.gate: Callable[[AuditRecord], None] | None = None
 
     async def record(self, ctx: RequestContext, rec: AuditRecord) -> None:
         """Write one event; return once it is committed, raise if it could not be."""
+        if self.gate is not None:
+            self.gate(rec)
         row, subjects = _row(ctx, rec)
         if subjects:
             raise ValueError("events naming people are written with their subjects elsewhere")

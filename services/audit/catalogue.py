@@ -44,6 +44,7 @@ class AuditAction(StrEnum):
     # the audit trail itself
     AUDIT_EXPORTED = "audit.exported"
     AUDIT_CHECKPOINTS_LISTED = "audit.checkpoints_listed"
+    AUDIT_CONSISTENCY_PROVED = "audit.consistency_proved"  # a proof between two tree sizes
     # Delta Sharing
     SHARING_PROFILE_ISSUED = "sharing.profile_issued"  # a profile (and its token) was issued
     SHARING_QUERIED = "sharing.queried"  # a recipient's query: the file URLs it was given

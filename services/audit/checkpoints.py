@@ -39,7 +39,7 @@ from services.audit.chain import CHAIN_LOCK_ID, CHAIN_LOCK_SQL, GENESIS_HASH
 from services.audit.models import AuditChainLink, AuditCheckpoint, AuditEvent
 from services.audit.service import AuditRecord, RequestContext
 from services.kit.clock import utcnow
-from services.kit.errors import ConfigurationError
+from services.kit.errors import BadRequest, ConfigurationError
 from services.kit.files import write_secret
 from services.kit.settings import Settings
 from services.kit.uow import audited
@@ -180,9 +180,19 @@ def load_signer(settings: Settings) -> CheckpointSigner:
 
 
 def checkpoint_body(
-    *, seq: int, tree_size: int, root: bytes, chain_hash: str, issued_at: datetime, kid: str
+    *,
+    seq: int,
+    tree_size: int,
+    root: bytes,
+    chain_hash: str,
+    issued_at: datetime,
+    kid: str,
+    cadence_seconds: float | None = None,
 ) -> dict[str, Any]:
-    return {
+    """The signed statement. `cadence_seconds`, when given, is the most seconds the signer
+    promises between two checkpoints: signed, so a verifier can name a silence longer than it
+    (the platform was down, or checkpoints were removed and the rest renumbered and re-signed)."""
+    body: dict[str, Any] = {
         "log": LOG_NAME,
         "seq": seq,
         "tree_size": tree_size,
@@ -191,6 +201,9 @@ def checkpoint_body(
         "issued_at": issued_at.isoformat(timespec="microseconds"),
         "key_id": kid,
     }
+    if cadence_seconds is not None:
+        body["cadence_seconds"] = cadence_seconds
+    return body
 
 
 def verify_signature(body: dict[str, Any], signature_b64: str, keys: dict[str, bytes]) -> bool:
@@ -276,9 +289,11 @@ def write_checkpoint(
     signer: CheckpointSigner,
     *,
     interval_seconds: float | None = None,
+    cadence_seconds: float | None = None,
 ) -> AuditCheckpoint | None:
     """Sign the sealed log's state, if the last checkpoint is older than the interval (or
-    always, when no interval is given). The caller commits."""
+    always, when no interval is given). `cadence_seconds` (the configured interval) is signed
+    into the body. The caller commits."""
     if session.get_bind().dialect.name == "postgresql":
         locked = session.execute(text(CHAIN_LOCK_SQL), {"k": CHAIN_LOCK_ID}).scalar_one()
         if not locked:
@@ -303,6 +318,7 @@ def write_checkpoint(
         chain_hash=chain_head(session, size),
         issued_at=now,
         kid=signer.key_id,
+        cadence_seconds=cadence_seconds if cadence_seconds is not None else interval_seconds,
     )
     signature = base64.b64encode(signer.sign(canonical_bytes(body))).decode()
     row = {
@@ -355,4 +371,41 @@ def read_published(
         "keys": [key.jwk() for key in signer.published_keys()],
         "checkpoints": [published(row) for row in rows],
         "next_after": rows[-1].seq if len(rows) == limit else None,
+    }
+
+
+def consistency(session: Session, old_size: int, new_size: int) -> list[bytes]:
+    """The RFC 6962 consistency proof that the tree of `old_size` leaves is a prefix of the
+    tree of `new_size` (both at most the sealed size), from the stored leaves."""
+    sealed = session.execute(select(func.count()).select_from(AuditChainLink)).scalar_one()
+    if not 0 < old_size <= new_size <= sealed:
+        raise BadRequest(
+            f"sizes must satisfy 0 < from_size <= to_size <= {sealed} (the sealed leaves)"
+        )
+    return merkle.consistency_proof(list(leaf_hashes(session, 0, new_size)), old_size)
+
+
+def read_consistency(
+    sessions: sessionmaker[Session], ctx: RequestContext, old_size: int, new_size: int
+) -> dict[str, Any]:
+    """A consistency proof as published (for a witness or a partner's verifier), the read
+    itself audited first."""
+    with audited(sessions, "the consistency proof") as uow:
+        proof = consistency(uow.session, old_size, new_size)
+        uow.audit(
+            audit_service.event(
+                ctx,
+                AuditRecord(
+                    action=AuditAction.AUDIT_CONSISTENCY_PROVED,
+                    outcome=Outcome.SUCCESS,
+                    resource_type="audit_checkpoints",
+                    parameters={"from_size": old_size, "to_size": new_size},
+                ),
+            )
+        )
+    return {
+        "log": LOG_NAME,
+        "from_size": old_size,
+        "to_size": new_size,
+        "proof": [node.hex() for node in proof],
     }

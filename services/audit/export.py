@@ -30,7 +30,7 @@ import json
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import IO, Any
 
 import orjson
@@ -98,6 +98,7 @@ def write_export(
     first = 0 if since is None else first_leaf_since(session, since, size)
     compact = cp.compact_range_at(session, first)
     covered = [c for c in checkpoints if c.tree_size >= first]
+    before = [c for c in checkpoints if c.tree_size < first]
     header: dict[str, Any] = {
         "type": "header",
         "format": FORMAT,
@@ -109,6 +110,9 @@ def write_export(
         "compact_range": [h.hex() for h in compact.hashes],
         "chain_hash": cp.chain_head(session, first),
         "keys": [key.jwk() for key in keys],
+        # The last checkpoint before the export's first leaf: the verifier expects the first
+        # checkpoint inside to follow it (or to be checkpoint 0 when there is none).
+        "anchor": cp.published(before[-1]) if before else None,
     }
     out.write(_line(header))
     pending = iter(covered)
@@ -180,6 +184,9 @@ class Verification:
     held_checked: int = 0
     last_checkpoint: dict[str, Any] | None = None
     failure: Failure | None = None
+    # Every verified checkpoint body by seq (the anchor's too): what a witness's cosignatures
+    # are matched against (services/audit/witness.py).
+    bodies: dict[int, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -226,20 +233,30 @@ class _Stop(Exception):
         self.failure = failure
 
 
+def cadence_allowance(cadence_seconds: float) -> timedelta:
+    """The longest silence between two checkpoints that still keeps a promised cadence: the
+    sealer looks every few seconds, so a checkpoint may come a little after the cadence."""
+    return timedelta(seconds=cadence_seconds * 1.1 + 10)
+
+
 def verify_export(
     lines: Iterable[bytes],
     *,
     keys: dict[str, bytes] | None = None,
     held: list[HeldCheckpoint] | None = None,
     strict: bool = False,
+    allow_gaps: bool = False,
 ) -> Verification:
     """Verify an export. `keys` (key id -> raw public key) are the trusted signing keys; without
     them the keys in the export's own header are used, which proves the export consistent but
     not who signed it (a note says so). `held`: checkpoints kept from before. `strict`: also
-    check every event is exactly RFC 8785 canonical (slower: pure Python)."""
+    check every event is exactly RFC 8785 canonical (slower: pure Python). A silence between
+    two checkpoints longer than their signed cadence fails (checkpoints removed and the rest
+    re-signed, or the platform down: the verifier cannot tell which); `allow_gaps` makes such
+    silences notes instead, for a known outage."""
     result = Verification(ok=False)
     try:
-        _verify(iter(lines), keys, held or [], strict, result)
+        _verify(iter(lines), keys, held or [], strict, result, allow_gaps)
     except _Stop as stop:
         result.failure = stop.failure
         return result
@@ -253,6 +270,7 @@ def _verify(
     held: list[HeldCheckpoint],
     strict: bool,
     result: Verification,
+    allow_gaps: bool = False,
 ) -> None:
     sha256 = hashlib.sha256
     loads = orjson.loads
@@ -304,6 +322,19 @@ def _verify(
     size = first
     last_seq: int | None = None
     last_time: str | None = None
+    anchor = header.get("anchor")
+    if anchor is not None:
+        if not isinstance(anchor, dict) or not isinstance(anchor.get("body"), dict):
+            raise _Stop(Failure(None, 1, "malformed anchor checkpoint in the header"))
+        anchor_body = anchor["body"]
+        if not cp.verify_signature(anchor_body, str(anchor.get("signature", "")), keys):
+            raise _Stop(Failure(None, 1, "the header's anchor checkpoint has a bad signature"))
+        if not isinstance(anchor_body.get("tree_size"), int) or anchor_body["tree_size"] >= first:
+            raise _Stop(Failure(None, 1, "the header's anchor checkpoint is not before the export"))
+        last_seq = anchor_body.get("seq") if isinstance(anchor_body.get("seq"), int) else None
+        last_time = str(anchor_body.get("issued_at"))
+        if last_seq is not None:
+            result.bodies[last_seq] = anchor_body
     verified_size = first  # leaves below this are covered by a verified checkpoint
     line_no = 1
 
@@ -391,6 +422,15 @@ def _verify(
                     f"{label} (size {claimed}) is out of place after leaf {size - 1}",
                 )
             )
+        if last_seq is None and seq != 0:
+            raise _Stop(
+                Failure(
+                    leaf,
+                    line_no,
+                    f"{label} is the first checkpoint of the log here, but the log's first "
+                    f"checkpoint is 0: earlier checkpoints are missing",
+                )
+            )
         if last_seq is not None and seq != last_seq + 1:
             gap = isinstance(seq, int) and seq > last_seq
             why = "checkpoints are missing" if gap else "out of order"
@@ -398,6 +438,11 @@ def _verify(
         issued = str(body.get("issued_at"))
         if last_time is not None and issued <= last_time:
             raise _Stop(Failure(leaf, line_no, f"{label} is not later than the one before"))
+        silence = _silence(body, last_time)
+        if silence is not None:
+            if not allow_gaps:
+                raise _Stop(Failure(leaf, line_no, f"{label}: {silence}"))
+            result.notes.append(f"{label}: {silence}")
         root = merkle.CompactRange(size, hashes).root().hex()
         if body.get("root_hash") != root:
             raise _Stop(
@@ -416,6 +461,8 @@ def _verify(
         verified_size = size
         result.checkpoints += 1
         result.last_checkpoint = body
+        if isinstance(seq, int):
+            result.bodies[seq] = body
     result.events = size - first
     if size != declared_size:
         raise _Stop(
@@ -444,6 +491,26 @@ def _verify(
                 f"leaves from {verified_size} on are not covered by a signed checkpoint",
             )
         )
+
+
+def _silence(body: dict[str, Any], last_time: str | None) -> str | None:
+    """What is wrong with the time since the previous checkpoint, when it exceeds the signed
+    cadence of this one; None when it keeps it (or promises none)."""
+    cadence = body.get("cadence_seconds")
+    if last_time is None or not isinstance(cadence, int | float) or isinstance(cadence, bool):
+        return None
+    try:
+        silence = datetime.fromisoformat(str(body.get("issued_at"))) - datetime.fromisoformat(
+            last_time
+        )
+    except ValueError:
+        return "unreadable issue time"
+    if silence <= cadence_allowance(float(cadence)):
+        return None
+    return (
+        f"no checkpoint for {silence.total_seconds():.0f} s before it (cadence {cadence:g} s): "
+        "checkpoints are missing, or the platform was down"
+    )
 
 
 def _diagnose_event(raw: bytes, leaf: int, line_no: int) -> tuple[bytes, bytes]:

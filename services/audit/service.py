@@ -128,13 +128,41 @@ def record_many(
     return [RecordedEvent(seq, row["event_id"]) for seq, (row, _) in zip(seqs, built, strict=True)]
 
 
+ReadGate = Callable[[AuditRecord], None]
+_read_gates: dict[int, tuple[object, ReadGate]] = {}
+_read_gates_lock = threading.Lock()
+
+
+def set_read_gate(engine: object, gate: ReadGate | None) -> None:
+    """Install (or, with None, remove) the check every event written on `engine` passes
+    first; a server process installs the sealer watch (services/audit/freshness.py), which
+    refuses served Level 2 and 3 reads while the sealer is stalled. It raises to refuse."""
+    with _read_gates_lock:
+        if gate is None:
+            _read_gates.pop(id(engine), None)
+        else:
+            _read_gates[id(engine)] = (engine, gate)
+
+
+def check_gate(engine: object, rec: AuditRecord) -> None:
+    """Run the gate installed for `engine`, if any (see `set_read_gate`)."""
+    entry = _read_gates.get(id(engine))
+    if entry is not None and entry[0] is engine:
+        entry[1](rec)
+
+
 def event(ctx: RequestContext, rec: AuditRecord) -> Callable[[Session], RecordedEvent]:
     """The write of one event, for `services.kit.uow.audited`: `uow.audit(event(ctx, rec))`.
 
     An action outside the catalogue is a mistake in the caller, refused here, in the work,
     rather than reported later as the audit being unavailable."""
     _in_catalogue(rec)
-    return lambda session: record(session, ctx, rec)
+
+    def write(session: Session) -> RecordedEvent:
+        check_gate(session.get_bind(), rec)
+        return record(session, ctx, rec)
+
+    return write
 
 
 def record(session: Session, ctx: RequestContext, rec: AuditRecord) -> RecordedEvent:
@@ -279,7 +307,9 @@ def _committer(sessions: sessionmaker[Session]) -> GroupCommitter:
 
 def record_grouped(sessions: sessionmaker[Session], ctx: RequestContext, rec: AuditRecord) -> None:
     """Record an event through the process's group committer for this session factory;
-    `AuditUnavailable` if it cannot be committed."""
+    `AuditUnavailable` if it cannot be committed (or the read gate refuses it)."""
+    with audit_guard("the grouped audit event"):
+        check_gate(sessions.kw.get("bind"), rec)
     _committer(sessions).record(ctx, rec)
 
 
@@ -287,7 +317,9 @@ def submit_grouped(
     sessions: sessionmaker[Session], ctx: RequestContext, rec: AuditRecord
 ) -> Future[None]:
     """Queue an event on the group committer; the future completes once it is committed, or
-    fails with `AuditUnavailable`."""
+    fails with `AuditUnavailable` (raised at once when the read gate refuses it)."""
+    with audit_guard("the grouped audit event"):
+        check_gate(sessions.kw.get("bind"), rec)
     return _committer(sessions).submit(ctx, rec)
 
 

@@ -31,7 +31,7 @@ from tests.fixtures.app import ClientCredentials, cli_context
 AUDIT_TABLES = ("audit_events", "audit_chain", "audit_subjects", "audit_checkpoints")
 
 
-def test_checkpoints_are_signed_and_published(
+def test_T27_checkpoints_are_signed_and_published(
     api: TestClient,
     platform: Platform,
     make_client: Callable[..., ClientCredentials],
@@ -75,7 +75,7 @@ def test_checkpoints_are_signed_and_published(
     assert listed == 2
 
 
-def test_the_sealer_signs_checkpoints_while_idle(platform: Platform) -> None:
+def test_T28_the_sealer_signs_checkpoints_while_idle(platform: Platform) -> None:
     audit_service.record_committed(
         platform.sessions,
         cli_context(),
@@ -116,7 +116,7 @@ def test_the_benchmark_switch_is_refused_outside_development() -> None:
     assert Settings(env=Environment.development, benchmark_only_skip_audit=True)
 
 
-def test_the_app_database_user_cannot_change_audit_rows(
+def test_T30_the_app_database_user_cannot_change_audit_rows(
     api: TestClient, platform: Platform
 ) -> None:
     api.get("/v1/contracts")  # one authentication.failed event
