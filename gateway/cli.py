@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -131,6 +131,25 @@ def audit_verify(
     strict: Annotated[
         bool, typer.Option(help="Also check every event is exactly RFC 8785 canonical")
     ] = False,
+    allow_gaps: Annotated[
+        bool,
+        typer.Option(
+            help="Report a silence between checkpoints longer than their signed cadence as a "
+            "note (a known outage) instead of a failure"
+        ),
+    ] = False,
+    witness_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--witness-key",
+            help="A witness's public key (base64, or its `witness init` JSON); with "
+            "--cosignatures, its cosignatures must match the export (repeatable)",
+        ),
+    ] = None,
+    cosignatures: Annotated[
+        Path | None,
+        typer.Option(help="The witness's cosignatures.ndjson (from its folder)"),
+    ] = None,
 ) -> None:
     """Verify an export offline (no database): exit 0 when intact, 1 naming the first bad
     position, 2 when the files cannot be read."""
@@ -140,7 +159,9 @@ def audit_verify(
         keys = _trusted_keys(key) if key else None
         held_checkpoints = load_held(json.loads(held.read_text())) if held else []
         with file.open("rb") as handle:
-            result = verify_export(handle, keys=keys, held=held_checkpoints, strict=strict)
+            result = verify_export(
+                handle, keys=keys, held=held_checkpoints, strict=strict, allow_gaps=allow_gaps
+            )
     except (OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -149,6 +170,8 @@ def audit_verify(
     if not result.ok:
         typer.echo(f"FAILED at {result.failure}")
         raise typer.Exit(1)
+    if witness_key or cosignatures:
+        _check_witness(result.bodies, witness_key or [], cosignatures)
     last = result.last_checkpoint or {}
     typer.echo(
         f"OK: {result.events} event(s) from leaf {result.first_leaf}, "
@@ -156,6 +179,33 @@ def audit_verify(
         f"matched; latest checkpoint {last.get('seq')}: {last.get('tree_size')} leaves, root "
         f"{last.get('root_hash')}, {last.get('issued_at')}, key {last.get('key_id')}"
     )
+
+
+def _check_witness(bodies: dict[int, Any], values: list[str], path: Path | None) -> None:
+    """Exit 1 unless the witness's cosignatures match the verified export (2: unreadable)."""
+    from services.audit.checkpoints import key_id, parse_public_key
+    from services.audit.witness import check_cosignatures
+
+    if not values or path is None:
+        typer.echo("error: --witness-key and --cosignatures go together", err=True)
+        raise typer.Exit(2)
+    try:
+        keys: dict[str, bytes] = {}
+        for value in values:
+            text = Path(value).read_text() if Path(value).is_file() else value
+            if text.lstrip().startswith("{"):
+                text = json.loads(text)["public_key"]
+            raw = parse_public_key(text)
+            keys[key_id(raw)] = raw
+        items = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError, KeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    matched, problem = check_cosignatures(bodies, items, keys)
+    if problem is not None:
+        typer.echo(f"FAILED: {problem}")
+        raise typer.Exit(1)
+    typer.echo(f"witness: {matched} checkpoint(s) cosigned")
 
 
 @audit_app.command("keygen")
@@ -242,25 +292,14 @@ def serve(
     port: Annotated[int, typer.Option(help="Port")] = _SERVE_PORT,
     workers: Annotated[int, typer.Option(help="Worker processes")] = 1,
 ) -> None:
-    """Serve the API."""
-    import uvicorn
+    """Serve the API, with the limits of `gateway.server` (TOGETHER_HTTP_* settings)."""
+    from gateway import server
 
     settings = _installed_settings()
     from services.platform import build_platform
 
     build_platform(settings).close()  # fail fast on bad keys, contracts or policies
-    uvicorn.run(
-        "gateway.asgi:app",
-        host=host,
-        port=port,
-        workers=workers,
-        proxy_headers=False,
-        server_header=False,
-        limit_concurrency=1000,
-        timeout_keep_alive=5,
-        log_level="info",
-        access_log=False,
-    )
+    server.run(settings, host=host, port=port, workers=workers)
 
 
 _AREA_HELP = "Limit the roles to a CSP area (repeatable; all = every area)"
@@ -457,12 +496,19 @@ def keys_generate(path: Path) -> None:
 def storage_sweep(
     older_than: Annotated[int, typer.Option(help="Minimum age in seconds")] = 3600,
 ) -> None:
-    """Remove dataset files that no version references (left by a crash)."""
+    """Remove dataset files that no version references, and staging files that no live upload
+    holds (both left by a crash; staged bodies are encrypted under keys that died with it)."""
     from services.admin import operations
+    from services.storage import staging
 
     with _admin_platform() as platform:
         removed = operations.sweep_storage(platform.admin, older_than_seconds=older_than)
+        settings = platform.settings
+        # A live upload holds a lock on its staging file; the lease is only a grace period.
+        grace = min(older_than, settings.idempotency_lease_seconds)
+        staged = staging.sweep(settings.staging_dir, older_than_seconds=grace)
     typer.echo(f"removed {len(removed)} orphan file(s)")
+    typer.echo(f"removed {len(staged)} staging file(s)")
 
 
 sharing_app = typer.Typer(help="Delta Sharing: the published tables.", no_args_is_help=True)
@@ -537,8 +583,195 @@ def demo_load(
         )
 
 
+witness_app = typer.Typer(
+    help="An independent witness of the audit checkpoints: run it where the server cannot "
+    "reach its key (a partner's machine).",
+    no_args_is_help=True,
+)
+audit_app.add_typer(witness_app, name="witness")
+
+
+@witness_app.command("init")
+def witness_init(
+    folder: Annotated[Path, typer.Argument(help="The witness's own folder (key and state)")],
+    name: Annotated[str, typer.Option(help="Who runs this witness")] = "witness",
+) -> None:
+    """Make a witness: an Ed25519 key (mode 0600) and an empty state; prints its public key."""
+    from services.audit.witness import Witness
+
+    try:
+        witness = Witness.create(folder, name)
+    except FileExistsError as exc:
+        typer.echo(f"error: a witness exists in {folder}; refusing to overwrite it", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps(witness.public.document()))
+
+
+@witness_app.command("cosign")
+def witness_cosign(
+    folder: Annotated[Path, typer.Argument(help="The witness's folder")],
+    checkpoints_file: Annotated[
+        Path,
+        typer.Option(
+            "--checkpoints", help="A saved /v1/audit/checkpoints answer: its latest is cosigned"
+        ),
+    ],
+    log_key: Annotated[
+        list[str],
+        typer.Option("--log-key", help="The platform's published key the witness trusts"),
+    ],
+    proof: Annotated[
+        Path | None,
+        typer.Option(
+            help="A saved /v1/audit/checkpoints/consistency answer from the witness's last "
+            "cosigned size to the new one"
+        ),
+    ] = None,
+) -> None:
+    """Cosign the latest checkpoint if it is consistent with the last one this witness
+    cosigned; prints the cosignature. Exit 1 with the reason when refused (equivocation,
+    rollback, a failed consistency proof, an untrusted signature), 2 when unreadable."""
+    from services.audit.export import load_held
+    from services.audit.witness import Witness, WitnessRefused
+
+    try:
+        keys = _trusted_keys(log_key)
+        held = load_held(json.loads(checkpoints_file.read_text()))
+        nodes = None
+        if proof is not None:
+            nodes = [bytes.fromhex(node) for node in json.loads(proof.read_text())["proof"]]
+        witness = Witness(folder)
+    except (OSError, ValueError, KeyError, WitnessRefused) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if not held:
+        typer.echo("error: no checkpoint to cosign", err=True)
+        raise typer.Exit(2)
+    latest = max(held, key=lambda item: int(item.body.get("seq", -1)))
+    try:
+        cosignature = witness.cosign(
+            {"body": latest.body, "signature": latest.signature}, keys, nodes
+        )
+    except WitnessRefused as exc:
+        typer.echo(f"REFUSED: {exc}")
+        raise typer.Exit(1) from exc
+    typer.echo(json.dumps(cosignature, sort_keys=True))
+
+
 def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+grants_app = typer.Typer(
+    help="Roles that need a second person (Level 3, ig_lead, admin): pending requests.",
+    no_args_is_help=True,
+)
+app.add_typer(grants_app, name="grants")
+
+
+@grants_app.command("list")
+def grants_list(
+    state: Annotated[
+        str | None, typer.Option("--state", help="pending, approved or refused")
+    ] = None,
+) -> None:
+    """List grant requests (audited)."""
+    from services.admin import grants
+
+    with _admin_platform() as platform:
+        rows = grants.list_requests(platform.admin, None, _cli_context("grants-list"), state=state)
+    typer.echo(json.dumps(rows, indent=2))
+
+
+@grants_app.command("approve")
+def grants_approve(request_id: str) -> None:
+    """Approve a pending grant as the installation (the operator at the server's shell)."""
+    from services.admin import grants
+
+    with _admin_platform() as platform:
+        decided = grants.decide(
+            platform.admin, _cli_context("grants-approve"), request_id, approve=True
+        )
+    typer.echo(json.dumps(decided, indent=2))
+
+
+@grants_app.command("refuse")
+def grants_refuse(request_id: str) -> None:
+    """Refuse a pending grant; the client's roles stay as they are."""
+    from services.admin import grants
+
+    with _admin_platform() as platform:
+        decided = grants.decide(
+            platform.admin, _cli_context("grants-refuse"), request_id, approve=False
+        )
+    typer.echo(json.dumps(decided, indent=2))
+
+
+@clients_app.command("create-with-key")
+def clients_create_with_key(
+    name: str,
+    org: Annotated[str, typer.Option("--org", help="Organisation id")],
+    role: Annotated[list[str], typer.Option("--role", help="Role (repeatable)")],
+    jwk: Annotated[Path, typer.Option("--jwk", help="File holding the client's public JWK")],
+    area: Annotated[list[str] | None, typer.Option("--area", help=_AREA_HELP)] = None,
+) -> None:
+    """Create a client that authenticates with signed assertions (private_key_jwt, RFC 7523):
+    it has a public key and no secret. Prints its id and the key's SHA-256."""
+    from services.admin import client_keys, principals
+
+    text = jwk.read_text(encoding="utf-8")
+    with _admin_platform() as platform:
+        created = principals.create_client(
+            platform.admin,
+            _cli_context("clients-create-with-key"),
+            name=name,
+            organisation=org,
+            grants=principals.grants_for(role, area or []),
+        )
+        fingerprint = client_keys.register_key(
+            platform.admin, _cli_context("clients-create-with-key"), created.client_id, text
+        )
+    typer.echo(
+        json.dumps(
+            {
+                "client_id": created.client_id,
+                "token_endpoint_auth_method": "private_key_jwt",
+                "key_sha256": fingerprint,
+                "organisation": org,
+                "roles": principals.grants_json(created.principal),
+            },
+            indent=2,
+        )
+    )
+
+
+@clients_app.command("set-key")
+def clients_set_key(
+    client_id: str,
+    jwk: Annotated[Path, typer.Option("--jwk", help="File holding the client's public JWK")],
+) -> None:
+    """Switch a client to signed assertions (private_key_jwt) with this public key: its secret
+    stops working at once."""
+    from services.admin import client_keys
+
+    text = jwk.read_text(encoding="utf-8")
+    with _admin_platform() as platform:
+        fingerprint = client_keys.register_key(
+            platform.admin, _cli_context("clients-set-key"), client_id, text
+        )
+    typer.echo(json.dumps({"client_id": client_id, "key_sha256": fingerprint}, indent=2))
+
+
+@clients_app.command("unlock")
+def clients_unlock(client_id: str) -> None:
+    """Lift a client's token-endpoint lockout before it lapses (audited)."""
+    from services.admin import client_keys
+
+    with _admin_platform() as platform:
+        cleared = client_keys.lift_lockout(
+            platform.admin, _cli_context("clients-unlock"), client_id
+        )
+    typer.echo(json.dumps({"client_id": client_id, "windows_cleared": cleared}, indent=2))

@@ -29,3 +29,18 @@ def test_every_command_is_documented() -> None:
     assert len(commands) >= 10
     for command in commands:
         assert f"`{command}" in README, command
+
+
+def test_the_security_table_is_the_tests() -> None:
+    """The README's T1-T50 table is generated from the tests' names (scripts/security_table.py):
+    regenerate it with `python scripts/security_table.py --write` when tests change."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "security_table.py"
+    spec = importlib.util.spec_from_file_location("security_table", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    generated = module.table(module.collect())
+    assert f"{module.START}\n{generated}{module.END}" in README
+    assert "**missing**" not in generated

@@ -57,10 +57,74 @@ class Settings(BaseSettings):
     audience: str = "together-api"
     token_lifetime_seconds: int = Field(default=900, ge=60, le=86400)
     token_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    # Client authentication at /oauth/token (services/identity/oauth.py).
+    client_secrets_allowed: bool = Field(
+        default=True,
+        description="accept client secrets; false: only private_key_jwt (signed assertions)",
+    )
+    token_endpoint_url: str | None = Field(
+        default=None,
+        description="the token endpoint's public URL, accepted as a client assertion's `aud` "
+        "(besides the issuer)",
+    )
+    token_client_failures_per_minute: int = Field(
+        default=5, ge=1, le=1000, description="failed authentications of one client id (429)"
+    )
+    token_address_failures_per_minute: int = Field(
+        default=20, ge=1, le=10000, description="failed authentications from one address (429)"
+    )
+    token_lockout_failures: int = Field(
+        default=20, ge=1, le=10000, description="failures of one client that lock it out"
+    )
+    token_lockout_seconds: int = Field(
+        default=900, ge=60, le=86400, description="over how long, and for how long (429)"
+    )
+    auth_rejection_window_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="one audit event per kind of refused token and address in this window; "
+        "the others are counted and summarised",
+    )
 
     upload_max_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
     upload_max_decompressed_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)
     upload_max_rows: int = Field(default=5_000_000, gt=0)
+    # The child process that parses an upload (services/ingestion/worker.py).
+    upload_parse_memory_bytes: int = Field(
+        default=4 * 1024 * 1024 * 1024,
+        ge=0,
+        description="address space the parse child may add to what it inherits (0: no cap)",
+    )
+    upload_parse_silence_seconds: int = Field(
+        default=120, ge=5, description="a parse child silent this long is killed (422)"
+    )
+
+    # The HTTP server's own limits (gateway/server.py): what one client may hold or send.
+    http_header_max_bytes: int = Field(
+        default=16 * 1024, ge=1024, le=1024 * 1024, description="request line and headers (431)"
+    )
+    http_header_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="from connection to a complete request head (408)"
+    )
+    http_body_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=600, description="window in which a body must progress (408)"
+    )
+    http_body_min_bytes_per_second: int = Field(
+        default=1024, ge=0, description="slowest average body rate over one window (408)"
+    )
+    http_keep_alive_seconds: float = Field(
+        default=5.0, gt=0, le=300, description="idle time before a kept-alive connection closes"
+    )
+    http_max_connections: int = Field(
+        default=1000, ge=2, description="open connections per worker; the oldest idle one yields"
+    )
+    http_max_requests_in_flight: int = Field(
+        default=1000, ge=1, description="requests being answered per worker at once (503)"
+    )
+    http_access_log: bool = Field(
+        default=True, description="one JSON line per request: route template, status, duration"
+    )
     idempotency_lease_seconds: int = Field(default=30, ge=1)
     audit_seal_interval_seconds: float = Field(default=2.0, gt=0, le=3600)
 
@@ -130,6 +194,13 @@ class Settings(BaseSettings):
         le=3600,
         description="Most seconds between two signed audit checkpoints, even when idle",
     )
+    audit_stall_window_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=86400,
+        description="How long an audit event may wait for its seal (and a checkpoint past its "
+        "cadence) before Level 2 and 3 reads answer 503 and /readyz says why",
+    )
     audit_key_file: Path | None = Field(
         default=None,
         description="PEM Ed25519 private key signing audit checkpoints (`together audit keygen`)",
@@ -174,6 +245,13 @@ class Settings(BaseSettings):
         le=366 * 86400,
         description="Lifetime of the bearer token in a sharing profile (usable on the sharing "
         "endpoint only)",
+    )
+    sharing_url_lifetime_seconds: int = Field(
+        default=300,
+        ge=10,
+        le=900,
+        description="Lifetime of a file URL given in a sharing query's answer (bound to its "
+        "recipient; refused once the recipient is disabled); at most 15 minutes",
     )
     sharing_refresh_seconds: float = Field(
         default=300,
