@@ -42,8 +42,18 @@ async def read_product(
     ctx: Context,
     platform: PlatformDep,
 ) -> Response:
-    """One product; parameters are query parameters, `format=json|csv|parquet|geojson`."""
+    """One product; parameters are query parameters, `format=json|csv|parquet|geojson`; a
+    person's id goes in the `X-Person-Id` header, never in the URL."""
     pairs = list(request.query_params.multi_items())
+    in_url = sorted({name for name, _ in pairs if name in product_service.IDENTIFYING_PARAMETERS})
+    if in_url:
+        await run_in_threadpool(
+            product_service.refuse_identifiers_in_url, platform.products, ctx, product_id, in_url
+        )
+    for name, header in product_service.IDENTIFYING_PARAMETERS.items():
+        value = request.headers.get(header)
+        if value is not None:
+            pairs.append((name, value))
     fast = product_service.read_if_cached(platform.products, principal, ctx, product_id, pairs)
     if fast is not None:
         # An answer already held: only its audit event is awaited (without a thread).

@@ -113,6 +113,36 @@ def _definition_or_refuse(
     raise NotFound(f"no product {product_id[:100]!r}")
 
 
+# Parameters that name a person. They travel in a header (`X-Person-Id`), never in the URL:
+# paths and query strings end up in proxies' and load balancers' logs (security-tests T45).
+IDENTIFYING_PARAMETERS = {"person_id": "X-Person-Id"}
+
+
+def refuse_identifiers_in_url(
+    deps: ProductDeps, ctx: RequestContext, product_id: str, names: list[str]
+) -> None:
+    """Refuses (400, audited) a read that put a person's identifier in its query string."""
+    headers = ", ".join(f"{name} in the {IDENTIFYING_PARAMETERS[name]} header" for name in names)
+    with audited(deps.sessions, "the refusal") as uow:
+        uow.audit(
+            audit_service.event(
+                ctx,
+                AuditRecord(
+                    action=AuditAction.PRODUCT_REFUSED,
+                    outcome=Outcome.REJECTED,
+                    reason="identifier_in_url",
+                    resource_type="product",
+                    resource=product_id[:100],
+                    parameters={"in_url": names},
+                ),
+            )
+        )
+    raise BadRequest(
+        f"send {headers}, not in the URL: URLs are written to proxies' logs",
+        extra={"parameters": names},
+    )
+
+
 def formats_for(definition: ProductDefinition) -> list[str]:
     return [f for f in FORMATS if f != "geojson" or definition.level == 2]
 

@@ -301,12 +301,13 @@ class Env:
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
     ) -> Any:
+        query = dict(params or {})
+        # A person's id travels in a header, never in the URL (proxies log URLs).
+        person = {"X-Person-Id": query.pop("person_id")} if "person_id" in query else {}
         return self.api.get(
             f"/v1/products/{product}",
-            params={"as_of": AS_OF.isoformat(), **(params or {})}
-            if product != "person-profile"
-            else params,
-            headers={"Authorization": f"Bearer {token}", **(headers or {})},
+            params={"as_of": AS_OF.isoformat(), **query} if product != "person-profile" else query,
+            headers={"Authorization": f"Bearer {token}", **person, **(headers or {})},
         )
 
     def rows(self, product: str, token: str, params: dict[str, str] | None = None) -> Any:
@@ -668,3 +669,21 @@ def test_no_name_or_date_of_birth_in_logs_or_audit(
     for secret in SECRET_TEXT:
         assert secret not in logged, secret
         assert secret not in audit, secret
+
+
+def test_T45_a_person_id_in_the_url_is_refused_and_audited(env: Env) -> None:
+    """A person's id in a query string would reach proxies' logs: it is refused (400, nothing
+    read, the refusal audited) and the same id in the X-Person-Id header is answered."""
+    token = env.token(areas=ALL_AREAS)
+    person = by_ref(env.rows("habitual-knife-carriers", token))["N101"]["person_id"]
+    refused_before = len(env.events("product.refused"))
+    response = env.api.get(
+        "/v1/products/person-profile",
+        params={"person_id": person},
+        headers={"Authorization": f"Bearer {token}", **PURPOSE},
+    )
+    assert response.status_code == 400, response.text
+    assert "X-Person-Id" in response.json()["detail"] and person not in response.text
+    refused = env.events("product.refused")[refused_before:]
+    assert [event.reason for event in refused] == ["identifier_in_url"]
+    assert env.rows("person-profile", token, {"person_id": person})
