@@ -396,6 +396,14 @@ PRODUCT_PARAMETERS = [
         "schema": {"type": "object", "additionalProperties": {"type": "string"}},
     },
     *LEVEL3_HEADERS,
+    {
+        "name": "X-Person-Id",
+        "in": "header",
+        "required": False,
+        "description": "the person a product is about (person-profile): never in the URL, which "
+        "proxies log; `person_id` in the query string is a 400",
+        "schema": {"type": "string", "maxLength": 200},
+    },
 ]
 
 
