@@ -1,7 +1,7 @@
 """Protection at rest: keyed pseudonyms, deterministic encryption and person keys.
 
-Pure functions over Arrow arrays. Keys are handed in as bytes by the caller (the platform's key
-store); nothing here reads files or the environment.
+Pure functions over Arrow arrays. Keys are handed in by the caller (the platform's key store:
+bytes, or the data encryption keys by id); nothing here reads files or the environment.
 
 Every operation works once per DISTINCT value: the column is dictionary-encoded, the (smaller)
 dictionary is processed in a Python loop, and the result is taken back to the rows. Real
@@ -26,11 +26,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from services.kit.keys import ORIGINAL_KEY_ID, EncryptionKeys
+
 SEPARATOR = "\x1f"
 """Between a domain (or aad) and the value, so that no value can imitate another domain."""
 
 PERSON_DOMAIN = "person"
 CIPHERTEXT_VERSION = 1
+"""Format 1: version byte, IV, ciphertext and tag; always under the original key (id 0)."""
+KEYED_CIPHERTEXT_VERSION = 2
+"""Format 2: version byte, 4-byte big-endian key id, IV, ciphertext and tag."""
+KEY_ID_LENGTH = 4
 IV_LENGTH = 12
 TAG_LENGTH = 16
 MIN_HMAC_KEY_LENGTH = 32
@@ -82,6 +88,39 @@ def _yield_gil() -> None:
 
 class DecryptionError(Exception):
     """A ciphertext that is damaged, from another column, or made with another key."""
+
+
+class _DataKey:
+    """One data encryption key as used: its AES-GCM subkey and its synthetic-IV subkey."""
+
+    def __init__(self, key: bytes) -> None:
+        if not isinstance(key, bytes) or len(key) != ENCRYPTION_KEY_LENGTH:
+            raise ValueError(f"the encryption key must be {ENCRYPTION_KEY_LENGTH} bytes")
+        self.aead = AESGCM(_derive(key, _AES_KEY_INFO))
+        self.iv_key = _derive(key, _IV_KEY_INFO)
+
+
+def ciphertext_key_id(token: bytes) -> int:
+    """The id of the key a ciphertext was made with (format 1 means the original key).
+
+    Raises ``DecryptionError`` for bytes that are not a ciphertext of this platform.
+    """
+    if len(token) >= 1 + IV_LENGTH + TAG_LENGTH and token[0] == CIPHERTEXT_VERSION:
+        return ORIGINAL_KEY_ID
+    if (
+        len(token) >= 1 + KEY_ID_LENGTH + IV_LENGTH + TAG_LENGTH
+        and token[0] == KEYED_CIPHERTEXT_VERSION
+    ):
+        return int.from_bytes(token[1 : 1 + KEY_ID_LENGTH], "big")
+    raise DecryptionError("not a ciphertext of this platform")
+
+
+def _header(key_id: int) -> bytes:
+    # The original key keeps format 1, so data and snapshots written before key ids read and
+    # compare as they did; every later key names itself.
+    if key_id == ORIGINAL_KEY_ID:
+        return bytes([CIPHERTEXT_VERSION])
+    return bytes([KEYED_CIPHERTEXT_VERSION]) + key_id.to_bytes(KEY_ID_LENGTH, "big")
 
 
 class _KeyedHash:
@@ -280,14 +319,25 @@ def _positions(encoded: pa.DictionaryArray) -> pa.Array:
 class Protector:
     """Pseudonymisation and encryption with the platform's keys."""
 
-    def __init__(self, hmac_key: bytes, encryption_key: bytes) -> None:
+    def __init__(self, hmac_key: bytes, encryption_key: bytes | EncryptionKeys) -> None:
+        """``encryption_key`` is one key (the original, id 0) or the platform's keys by id:
+        new ciphertext is made with the current one, and any held key reads its own."""
         if not isinstance(hmac_key, bytes) or len(hmac_key) < MIN_HMAC_KEY_LENGTH:
             raise ValueError(f"the HMAC key must be at least {MIN_HMAC_KEY_LENGTH} bytes")
-        if not isinstance(encryption_key, bytes) or len(encryption_key) != ENCRYPTION_KEY_LENGTH:
-            raise ValueError(f"the encryption key must be {ENCRYPTION_KEY_LENGTH} bytes")
+        if not isinstance(encryption_key, EncryptionKeys):
+            encryption_key = EncryptionKeys(ORIGINAL_KEY_ID, {ORIGINAL_KEY_ID: encryption_key})
         self._hmac_key = hmac_key
-        self._aead = AESGCM(_derive(encryption_key, _AES_KEY_INFO))
-        self._iv_key = _derive(encryption_key, _IV_KEY_INFO)
+        self._data_keys = {key_id: _DataKey(key) for key_id, key in encryption_key.keys.items()}
+        self._key_id = encryption_key.current_id
+        current = self._data_keys[self._key_id]
+        self._aead = current.aead
+        self._iv_key = current.iv_key
+        self._header = _header(self._key_id)
+
+    @property
+    def encryption_key_id(self) -> int:
+        """The id of the key new ciphertext is made with."""
+        return self._key_id
 
     def __repr__(self) -> str:
         return "Protector(<keys hidden>)"
@@ -330,7 +380,7 @@ class Protector:
         aad_bytes = aad.encode()
         iv_hash = _KeyedHash(self._iv_key, aad_bytes + SEPARATOR.encode())
         synthetic_iv, seal = iv_hash.digest, self._aead.encrypt
-        version = bytes([CIPHERTEXT_VERSION])
+        version = self._header
         result: list[bytes | None] = []
         append = result.append
         for chunk in _chunks(items):
@@ -351,7 +401,8 @@ class Protector:
         dictionary: bool = False,
         memo: DistinctMemo | None = None,
     ) -> pa.Array:
-        """AES-256-GCM with a synthetic IV: version byte, 12-byte IV, ciphertext and tag.
+        """AES-256-GCM with a synthetic IV: a header naming the key (format 1: version byte;
+        format 2: version byte and 4-byte key id), 12-byte IV, ciphertext and tag.
 
         The IV is the first 12 bytes of HMAC(iv-subkey, aad + "\\x1f" + value), so equal values
         in one column encrypt equally (needed to encrypt once per distinct value, and to keep
@@ -379,11 +430,17 @@ class Protector:
             if token is None:
                 result.append(None)
                 continue
-            if len(token) < 1 + IV_LENGTH + TAG_LENGTH or token[0] != CIPHERTEXT_VERSION:
-                raise DecryptionError("not a ciphertext of this platform")
-            iv = token[1 : 1 + IV_LENGTH]
+            key_id = ciphertext_key_id(token)
+            data_key = self._data_keys.get(key_id)
+            if data_key is None:
+                raise DecryptionError(
+                    f"ciphertext under encryption key {key_id}, which this platform does not "
+                    "hold (retired, or from another installation)"
+                )
+            start = 1 if token[0] == CIPHERTEXT_VERSION else 1 + KEY_ID_LENGTH
+            iv = token[start : start + IV_LENGTH]
             try:
-                plaintext = self._aead.decrypt(iv, token[1 + IV_LENGTH :], aad_bytes)
+                plaintext = data_key.aead.decrypt(iv, token[start + IV_LENGTH :], aad_bytes)
             except InvalidTag:
                 raise DecryptionError(
                     "ciphertext does not authenticate (wrong column, wrong key or damaged)"
