@@ -775,3 +775,75 @@ def clients_unlock(client_id: str) -> None:
             platform.admin, _cli_context("clients-unlock"), client_id
         )
     typer.echo(json.dumps({"client_id": client_id, "windows_cleared": cleared}, indent=2))
+
+
+def _key_file(settings: Settings) -> Path:
+    from services.kit.keys import key_file_path
+
+    path = key_file_path(settings)
+    if path is None or not path.exists():
+        typer.echo("error: no key file (set TOGETHER_KEY_FILE); keys from variables stay", err=True)
+        raise typer.Exit(2)
+    return path
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """The data encryption keys of the key file (ids, created, which is current; no secrets)."""
+    from services.kit.errors import ConfigurationError
+    from services.kit.keys import key_file_ids
+
+    try:
+        rows = key_file_ids(_key_file(_installed_settings()))
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps(rows, indent=2))
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Add a new data encryption key and make it current; prints its id. Earlier keys stay for
+    reading. Running servers write with the new key after they restart."""
+    from services.kit.errors import ConfigurationError
+    from services.kit.keys import rotate_encryption_key
+
+    path = _key_file(_installed_settings())
+    try:
+        new_id = rotate_encryption_key(path)
+    except FileExistsError as exc:
+        typer.echo("error: another rotation of this key file is under way", err=True)
+        raise typer.Exit(2) from exc
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps({"encryption_key_id": new_id, "restart": "servers"}))
+
+
+@keys_app.command("retire")
+def keys_retire(key_id: int) -> None:
+    """Remove a data encryption key that no stored file holds ciphertext under (every Parquet
+    file of the data folder is read); refuses while any does, and for the current key."""
+    from services.contracts.key_usage import encryption_keys_in_use
+    from services.kit.errors import ConfigurationError
+    from services.kit.keys import retire_encryption_key
+
+    settings = _installed_settings()
+    path = _key_file(settings)
+    files = encryption_keys_in_use(settings.data_dir)[key_id]
+    if files:
+        typer.echo(
+            f"error: {files} stored file(s) hold ciphertext under key {key_id}; it stays until "
+            "they are re-written or removed by retention",
+            err=True,
+        )
+        raise typer.Exit(2)
+    try:
+        retire_encryption_key(path, key_id)
+    except FileExistsError as exc:
+        typer.echo("error: another change of this key file is under way", err=True)
+        raise typer.Exit(2) from exc
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps({"retired": key_id}))
