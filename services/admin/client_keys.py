@@ -25,9 +25,8 @@ def register_key(deps: AdminDeps, ctx: RequestContext, client_id: str, jwk_text:
             audit_service.event(
                 ctx,
                 AuditRecord(
-                    action=AuditAction.CLIENT_CREATED,
+                    action=AuditAction.CLIENT_KEY_REGISTERED,
                     outcome=Outcome.SUCCESS,
-                    reason="client_key_registered",
                     resource_type="client",
                     resource=client_id,
                     resource_org=principal.organisation,
@@ -52,13 +51,12 @@ def lift_lockout(deps: AdminDeps, ctx: RequestContext, client_id: str) -> int:
             audit_service.event(
                 ctx,
                 AuditRecord(
-                    action=AuditAction.CLIENT_ROLES_CHANGED,
+                    action=AuditAction.CLIENT_UNLOCKED,
                     outcome=Outcome.SUCCESS,
-                    reason="lockout_lifted",
                     resource_type="client",
                     resource=client_id,
                     resource_org=principal.organisation if principal else None,
-                    details={"change": "token endpoint lockout lifted", "windows": cleared},
+                    details={"windows": cleared},
                 ),
             )
         )

@@ -43,9 +43,15 @@ from services.kit.errors import BadRequest, Forbidden, NotFound, TogetherError
 from services.kit.ids import new_id
 from services.kit.uow import UnitOfWork, audited
 
-# The event every change of a client's roles writes; `details.change` says which step it was:
-# `applied` (at once), `requested` (waiting for an IG lead), `approved`, `refused`.
-ROLES_EVENT = AuditAction.CLIENT_ROLES_CHANGED
+# The event each step of a change of a client's roles writes, by `details.change` (kept in the
+# details too): `applied` (at once), `requested` (waiting for an IG lead), `approved`, `refused`.
+# The `privileged_grant` alert rule reads the requests and approvals.
+STEP_EVENTS = {
+    "applied": AuditAction.CLIENT_ROLES_CHANGED,
+    "requested": AuditAction.GRANT_REQUESTED,
+    "approved": AuditAction.GRANT_APPROVED,
+    "refused": AuditAction.GRANT_REFUSED,
+}
 
 
 class GrantNotPending(TogetherError):
@@ -99,7 +105,7 @@ def _roles_event(
         audit_service.event(
             ctx,
             AuditRecord(
-                action=ROLES_EVENT,
+                action=STEP_EVENTS[details["change"]],
                 outcome=Outcome.SUCCESS,
                 resource_type="client",
                 resource=client_id,

@@ -14,6 +14,7 @@ from services.audit import service as audit_service
 from services.audit.catalogue import AuditAction, Outcome
 from services.audit.service import AuditRecord, RequestContext
 from services.identity import accounts, counters, oauth, web_sessions
+from services.identity import repository as identity_repository
 from services.identity.accounts import Person
 from services.kit.clock import utcnow
 from services.kit.uow import UnitOfWork, audited, transaction
@@ -74,21 +75,40 @@ def issue_token(
                 "method": parsed.method,
             }
             locked = oauth.count_failure(uow.session, policy, parsed, address, now)
-            if locked is not None:
-                # The failure that locks the client out: an event of its own kind of reason,
-                # which the `denials` alert rule also sees.
-                details["lockout"] = {
-                    "failures": locked,
-                    "seconds": policy.lockout_seconds,
-                }
-            record = AuditRecord(
-                action=AuditAction.TOKEN_REFUSED,
-                outcome=Outcome.DENIED,
-                reason="client_locked_out_now" if locked is not None else result.reason,
-                details=details,
-            )
+            if locked is None:
+                record = AuditRecord(
+                    action=AuditAction.TOKEN_REFUSED,
+                    outcome=Outcome.DENIED,
+                    reason=result.reason,
+                    details=details,
+                )
+            else:
+                record = _locked_out(uow, parsed.client_id, result.reason, details, locked, policy)
         uow.audit(audit_service.event(ctx, record))
     return result
+
+
+def _locked_out(
+    uow: UnitOfWork,
+    claimed_client_id: str,
+    reason: str | None,
+    details: dict[str, object],
+    failures: int,
+    policy: oauth.TokenPolicy,
+) -> AuditRecord:
+    """The failure that locks a client out: `client.locked_out` (denied, so the `denials` rule
+    counts it too), about the claimed client and, when it exists, its organisation, so that
+    organisation's IG leads see it (the `lockout` alert rule). The claim is never the actor."""
+    client = identity_repository.get_by_client_id(uow.session, claimed_client_id)
+    return AuditRecord(
+        action=AuditAction.CLIENT_LOCKED_OUT,
+        outcome=Outcome.DENIED,
+        reason=reason,
+        resource_type="client",
+        resource=claimed_client_id[:64],
+        resource_org=client.organisation if client is not None else None,
+        details=details | {"lockout": {"failures": failures, "seconds": policy.lockout_seconds}},
+    )
 
 
 def _note_refusal(
@@ -115,9 +135,9 @@ def note_rejection(
     Every refusal is counted (in the database, whichever replica answered) under its action,
     address and reason in a fixed window. The first of a window is an audit event of its own;
     the others are only counted, and when a later window opens, the counts of the windows that
-    closed are written in one summary event (reason ``refusals_summarised``). So the number of
-    events per address is bounded by the kinds of refusal and the window, and every refusal is
-    still in the trail, as an event or in a count."""
+    closed are written in one summary event (``authentication.refusals_summarised``, its reason
+    the refused action). So the number of events per address is bounded by the kinds of refusal
+    and the window, and every refusal is still in the trail, as an event or in a count."""
     now = utcnow()
     window = counters.window_start(now, window_seconds)
     key = f"{action.value}|{ctx.client_address or '-'}|{reason}"
@@ -173,10 +193,11 @@ def _summarise(uow: UnitOfWork, closed: list[counters.Unsummarised]) -> None:
             audit_service.event(
                 RequestContext(),
                 AuditRecord(
-                    action=AuditAction(action_name),
+                    action=AuditAction.AUTHENTICATION_REFUSALS_SUMMARISED,
                     outcome=Outcome.DENIED,
-                    reason="refusals_summarised",
+                    reason=action_name,
                     details={
+                        "action": action_name,
                         "refusals_not_audited_individually": sum(r.count - 1 for r in rows),
                         "windows": windows,
                     },

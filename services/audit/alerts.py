@@ -14,6 +14,14 @@ Rules:
 - `denials`: `threshold` or more denials of one actor (or one address, when the caller was not
   authenticated) within a window.
 - `new_case`: a Level 3 read whose case reference the reader's organisation never used before.
+- `privileged_grant`: a grant of a role that needs a second person (Level 3, ig_lead, admin),
+  requested or approved (`grant.requested`, `grant.approved`). Seen by the IG leads of the
+  grantee's organisation (the event's `resource_org`) and of the requester's or approver's.
+- `level3_burst`: `burst_reads` or more Level 3 reads by one actor within `burst_window`, or any
+  `quota.exceeded` (a Level 3 read refused because the quota was used up). A burst by an
+  account created less than `new_account_age` before it is said so (security-tests T16).
+- `lockout`: a client locked out at the token endpoint (`client.locked_out`), seen by the IG
+  leads of the claimed client's organisation.
 """
 
 from __future__ import annotations
@@ -37,13 +45,25 @@ from services.audit.service import AuditRecord, RequestContext, record
 from services.kit.clock import utcnow
 from services.kit.errors import BadRequest, NotFound
 
-RULES = ("out_of_hours", "outside_areas", "volume", "denials", "new_case")
+RULES = (
+    "out_of_hours",
+    "outside_areas",
+    "volume",
+    "denials",
+    "new_case",
+    "privileged_grant",
+    "level3_burst",
+    "lockout",
+)
 RULE_TITLES = {
     "out_of_hours": "Level 3 read outside office hours",
     "outside_areas": "Level 3 read of people outside the reader's areas",
     "volume": "Reads far above the reader's own norm",
     "denials": "Repeated denials",
     "new_case": "Level 3 read under a case reference new to the organisation",
+    "privileged_grant": "A role that needs a second person was requested or approved",
+    "level3_burst": "Many Level 3 reads in a short time, or a Level 3 quota used up",
+    "lockout": "A client was locked out of the token endpoint",
 }
 MAX_LINKED_EVENTS = 500
 REVIEW_STATES = ("reviewed",)
@@ -59,6 +79,9 @@ class AlertRules:
     volume_history_days: int = 28
     denials_threshold: int = 5
     denials_window: timedelta = timedelta(minutes=10)
+    burst_reads: int = 20
+    burst_window: timedelta = timedelta(minutes=10)
+    new_account_age: timedelta = timedelta(days=1)
 
 
 @dataclass
@@ -360,6 +383,206 @@ def _denial_alert(key: str, burst: list[tuple[str | None, str | None, datetime, 
     )
 
 
+def _grant_words(documents: Any) -> str:
+    if not isinstance(documents, list) or not documents:
+        return "roles"
+    words = []
+    for d in documents:
+        if isinstance(d, dict):
+            area = d.get("area")
+            words.append(f"{d.get('role')} in {area}" if area else str(d.get("role")))
+    return ", ".join(words) or "roles"
+
+
+def _grant_alerts(session: Session, scope: Scope, since: datetime, until: datetime) -> list[Alert]:
+    """Every request and every approval of a role that needs a second person: the only way
+    one administrator could come to read Level 3, so each is put before an IG lead."""
+    alerts: list[Alert] = []
+    for event in session.scalars(
+        select(AuditEvent)
+        .where(
+            AuditEvent.action.in_(
+                (AuditAction.GRANT_REQUESTED.value, AuditAction.GRANT_APPROVED.value)
+            ),
+            AuditEvent.outcome == Outcome.SUCCESS.value,
+            AuditEvent.occurred_at >= since,
+            AuditEvent.occurred_at < until,
+            visible(session, scope),
+        )
+        .order_by(AuditEvent.seq)
+    ):
+        details = event.details or {}
+        step = "requested" if event.action == AuditAction.GRANT_REQUESTED.value else "approved"
+        alerts.append(
+            Alert(
+                _alert_id("privileged_grant", event.event_id),
+                "privileged_grant",
+                event.occurred_at,
+                event.actor,
+                event.actor_org,
+                summary=f"{_grant_words(details.get('requested'))} {step} for client "
+                f"{event.resource} of {event.resource_org} by {event.actor or 'unknown'}"
+                + (f" (requested by {details['requested_by']})" if step == "approved" else ""),
+                event_ids=[event.event_id],
+            )
+        )
+    return alerts
+
+
+def _bursts(times: list[datetime], threshold: int, window: timedelta) -> list[tuple[int, int]]:
+    """Index ranges [start, end) of the bursts in sorted moments: `threshold` of them within
+    `window` open a burst, which goes on while each next one follows within `window`."""
+    threshold = max(threshold, 1)
+    found: list[tuple[int, int]] = []
+    start = index = 0
+    while index < len(times):
+        while times[index] - times[start] > window:
+            start += 1
+        if index - start + 1 < threshold:
+            index += 1
+            continue
+        end = index + 1
+        while end < len(times) and times[end] - times[end - 1] <= window:
+            end += 1
+        found.append((start, end))
+        start = index = end
+    return found
+
+
+def _age_words(age: timedelta) -> str:
+    minutes = int(age.total_seconds() // 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+
+
+def _created_at(session: Session, client_ids: Iterable[str]) -> dict[str, datetime]:
+    """When each client was created, from its `client.created` event."""
+    wanted = sorted(set(client_ids))
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(AuditEvent.resource, func.min(AuditEvent.occurred_at))
+        .where(
+            AuditEvent.action == AuditAction.CLIENT_CREATED.value,
+            AuditEvent.outcome == Outcome.SUCCESS.value,
+            AuditEvent.resource.in_(wanted),
+        )
+        .group_by(AuditEvent.resource)
+    )
+    return {resource: at for resource, at in rows if resource is not None}
+
+
+def _burst_alerts(
+    session: Session, scope: Scope, since: datetime, until: datetime, rules: AlertRules
+) -> list[Alert]:
+    """Bulk extraction of named people (security-tests T16): a burst of one actor's Level 3
+    reads, or a Level 3 read refused because the quota was used up (one alert per actor and
+    quota period)."""
+    rows = session.execute(
+        select(AuditEvent.actor, AuditEvent.actor_org, AuditEvent.occurred_at, AuditEvent.event_id)
+        .where(
+            AuditEvent.action == AuditAction.PRODUCT_READ.value,
+            AuditEvent.outcome == Outcome.SUCCESS.value,
+            AuditEvent.level == 3,
+            AuditEvent.actor.is_not(None),
+            AuditEvent.occurred_at >= since,
+            AuditEvent.occurred_at < until,
+            visible(session, scope),
+        )
+        .order_by(AuditEvent.seq)
+    )
+    by_actor: dict[str, list[tuple[str | None, datetime, str]]] = defaultdict(list)
+    for actor, actor_org, occurred_at, event_id in rows:
+        assert actor is not None
+        by_actor[actor].append((actor_org, occurred_at, event_id))
+    bursts: list[tuple[str, list[tuple[str | None, datetime, str]]]] = []
+    for actor, reads in by_actor.items():
+        times = [r[1] for r in reads]
+        for start, end in _bursts(times, rules.burst_reads, rules.burst_window):
+            bursts.append((actor, reads[start:end]))
+    created = _created_at(session, (actor for actor, _ in bursts))
+    alerts: list[Alert] = []
+    for actor, burst in bursts:
+        first_at = burst[0][1]
+        summary = f"{len(burst)} Level 3 reads by {actor} {_span_words(burst[-1][1] - first_at)}"
+        born = created.get(actor)
+        if born is not None and timedelta(0) <= first_at - born < rules.new_account_age:
+            summary += f", by a new account (created {_age_words(first_at - born)} before)"
+        alerts.append(
+            Alert(
+                _alert_id("level3_burst", burst[0][2]),
+                "level3_burst",
+                first_at,
+                actor,
+                burst[0][0],
+                summary=summary,
+                event_ids=[e[2] for e in burst[:MAX_LINKED_EVENTS]],
+            )
+        )
+    refused: dict[tuple[Any, ...], list[AuditEvent]] = defaultdict(list)
+    for event in session.scalars(
+        select(AuditEvent)
+        .where(
+            AuditEvent.action == AuditAction.QUOTA_EXCEEDED.value,
+            AuditEvent.occurred_at >= since,
+            AuditEvent.occurred_at < until,
+            visible(session, scope),
+        )
+        .order_by(AuditEvent.seq)
+    ):
+        details = event.details or {}
+        period = details.get("period")
+        moment = details.get("hour") if period == "hourly" else details.get("day")
+        refused[(event.actor, event.actor_org, period, moment)].append(event)
+    for (actor, actor_org, _, _), events in refused.items():
+        first = events[0]
+        alerts.append(
+            Alert(
+                _alert_id("level3_burst", first.event_id),
+                "level3_burst",
+                first.occurred_at,
+                actor,
+                actor_org,
+                summary=f"{first.reason or 'Level 3 quota reached'}: {len(events)} read(s) of "
+                f"{first.resource} refused",
+                event_ids=[e.event_id for e in events[:MAX_LINKED_EVENTS]],
+            )
+        )
+    return alerts
+
+
+def _lockout_alerts(
+    session: Session, scope: Scope, since: datetime, until: datetime
+) -> list[Alert]:
+    """A client locked out of the token endpoint: someone guessed its credentials, or its own
+    configuration is broken; either way its organisation's IG lead should know."""
+    alerts: list[Alert] = []
+    for event in session.scalars(
+        select(AuditEvent)
+        .where(
+            AuditEvent.action == AuditAction.CLIENT_LOCKED_OUT.value,
+            AuditEvent.occurred_at >= since,
+            AuditEvent.occurred_at < until,
+            visible(session, scope),
+        )
+        .order_by(AuditEvent.seq)
+    ):
+        lockout = (event.details or {}).get("lockout") or {}
+        alerts.append(
+            Alert(
+                _alert_id("lockout", event.event_id),
+                "lockout",
+                event.occurred_at,
+                None,
+                event.resource_org,
+                summary=f"client {event.resource} locked out after {lockout.get('failures')} "
+                f"failed authentications, for {lockout.get('seconds')} s "
+                f"(last from {event.client_address or 'an unknown address'})",
+                event_ids=[event.event_id],
+            )
+        )
+    return alerts
+
+
 def _reviews(session: Session, alert_ids: list[str]) -> dict[str, list[Review]]:
     found: dict[str, list[Review]] = defaultdict(list)
     if not alert_ids:
@@ -395,6 +618,12 @@ def compute(
         alerts += _volume_alerts(session, scope, since, until, rules)
     if rule in (None, "denials"):
         alerts += _denial_alerts(session, scope, since, until, rules)
+    if rule in (None, "privileged_grant"):
+        alerts += _grant_alerts(session, scope, since, until)
+    if rule in (None, "level3_burst"):
+        alerts += _burst_alerts(session, scope, since, until, rules)
+    if rule in (None, "lockout"):
+        alerts += _lockout_alerts(session, scope, since, until)
     if rule is not None:
         alerts = [a for a in alerts if a.rule == rule]
     reviews = _reviews(session, [a.id for a in alerts])

@@ -10,9 +10,22 @@ class AuditAction(StrEnum):
     TOKEN_ISSUED = "token.issued"  # noqa: S105 (an event name, not a secret)
     TOKEN_REFUSED = "token.refused"  # noqa: S105  # bad client credentials at the token endpoint
     AUTHENTICATION_FAILED = "authentication.failed"  # a bearer token was missing or invalid
+    # Refusals counted in closed windows rather than audited one by one; `details.action` names
+    # the refused action (token.refused, authentication.failed...).
+    AUTHENTICATION_REFUSALS_SUMMARISED = "authentication.refusals_summarised"
     CLIENT_CREATED = "client.created"
     CLIENT_DISABLED = "client.disabled"
-    CLIENT_ROLES_CHANGED = "client.roles_changed"
+    CLIENT_ROLES_CHANGED = "client.roles_changed"  # roles changed at once (no second person)
+    # Roles that need a second person (services/admin/grants.py): the resource is the grantee,
+    # `resource_org` its organisation, so that organisation's IG leads see each step.
+    GRANT_REQUESTED = "grant.requested"
+    GRANT_APPROVED = "grant.approved"
+    GRANT_REFUSED = "grant.refused"
+    CLIENT_KEY_REGISTERED = "client.key_registered"  # a public key replaced the client's secret
+    # The failure that locks a client out of the token endpoint (outcome denied): the resource is
+    # the claimed client, `resource_org` its organisation when it exists.
+    CLIENT_LOCKED_OUT = "client.locked_out"
+    CLIENT_UNLOCKED = "client.unlocked"  # an administrator lifted a lockout before it lapsed
     CLIENTS_LISTED = "client.listed"
     # access control
     ACCESS_DENIED = "access.denied"

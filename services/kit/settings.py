@@ -186,6 +186,14 @@ class Settings(BaseSettings):
     audit_denials_window_seconds: int = Field(
         default=600, ge=1, description="the window repeated denials are counted in"
     )
+    audit_level3_burst_reads: int = Field(
+        default=20,
+        ge=2,
+        description="Level 3 reads of one actor within the window that raise a flag",
+    )
+    audit_level3_burst_window_seconds: int = Field(
+        default=600, ge=1, description="the window a burst of Level 3 reads is counted in"
+    )
 
     # Audit checkpoints (services/audit/checkpoints.py).
     audit_checkpoint_interval_seconds: float = Field(

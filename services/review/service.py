@@ -66,6 +66,8 @@ def alert_rules(deps: ReviewDeps) -> AlertRules:
         volume_history_days=s.audit_volume_history_days,
         denials_threshold=s.audit_denials_threshold,
         denials_window=timedelta(seconds=s.audit_denials_window_seconds),
+        burst_reads=s.audit_level3_burst_reads,
+        burst_window=timedelta(seconds=s.audit_level3_burst_window_seconds),
     )
 
 

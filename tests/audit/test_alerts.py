@@ -231,3 +231,30 @@ def test_a_denial_burst_names_its_real_span(
             )
     [found] = _alerts(platform, "denials")
     assert found.summary == wording
+
+
+def test_level3_burst_counts_reads_within_the_window(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 reads in 10 minutes are a burst; as many one a minute (11 in any 10 minutes) are
+    not; a burst by an account older than a day does not say "new account"."""
+    start = TUESDAY + timedelta(hours=9)
+    with clock_at(monkeypatch, start - timedelta(days=3)):
+        make_event(
+            platform,
+            actor="admin-1",
+            org=POLICE,
+            action=AuditAction.CLIENT_CREATED,
+            resource_type="client",
+            resource="pc-fast",
+            resource_org=POLICE,
+        )
+    for n in range(20):
+        with clock_at(monkeypatch, start + timedelta(seconds=25 * n)):
+            level3_read(platform, actor="pc-fast", org=POLICE, subjects=["p"])
+        with clock_at(monkeypatch, start + timedelta(minutes=n)):
+            level3_read(platform, actor="pc-steady", org=POLICE, subjects=["p"])
+    [burst] = _alerts(platform, "level3_burst")
+    assert burst.actor == "pc-fast" and len(burst.event_ids) == 20
+    assert burst.summary == "20 Level 3 reads by pc-fast within 7 min 55 s"
+    assert _alerts(platform, "level3_burst", COUNCIL) == []

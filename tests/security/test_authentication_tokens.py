@@ -924,8 +924,17 @@ def test_T5_a_client_is_locked_out_across_replicas_audited_and_unlocked_by_an_ad
     assert locked.status_code == 429
     assert int(locked.headers["retry-after"]) > 60
     refusals = _authentication_token_refusals(strict)
-    assert [e.reason for e in refusals] == ["client_locked_out_now", "client_locked_out"]
-    assert refusals[0].details["lockout"]["failures"] == 5
+    assert [e.reason for e in refusals] == ["client_locked_out"]
+    with strict.sessions() as session:
+        lockout = session.execute(
+            select(AuditEvent).where(AuditEvent.action == "client.locked_out")
+        ).scalar_one()
+    assert lockout.details["lockout"]["failures"] == 5
+    assert (lockout.resource, lockout.resource_org, lockout.actor) == (
+        victim.client_id,
+        "vru",
+        None,
+    )
     # A second replica of the same installation refuses it too.
     other = build_platform(strict_settings)
     try:
@@ -963,14 +972,19 @@ def test_T4_a_flood_of_refusals_is_counted_not_one_audit_row_each(
             time.sleep(1.1)
             api.post("/oauth/token", data={"grant_type": "password"})
             refusals = _authentication_token_refusals(fast)
+        with fast.sessions() as session:
+            summaries = list(
+                session.execute(
+                    select(AuditEvent).where(
+                        AuditEvent.action == "authentication.refusals_summarised"
+                    )
+                ).scalars()
+            )
     finally:
         fast.close()
-    assert [e.reason for e in refusals] == [
-        "unsupported_grant_type",
-        "unsupported_grant_type",
-        "refusals_summarised",
-    ]
-    summary = refusals[-1].details
+    assert [e.reason for e in refusals] == ["unsupported_grant_type", "unsupported_grant_type"]
+    assert [e.reason for e in summaries] == ["token.refused"]
+    summary = summaries[0].details
     assert summary["refusals_not_audited_individually"] == 29
     assert summary["windows"][0]["refusals"] == 30
 

@@ -186,14 +186,13 @@ def test_T11_an_ig_lead_of_the_clients_organisation_approves(
     again = api.post(f"/v1/admin/grant-requests/{request_id}/approve", headers=lead)
     assert again.status_code == 409
     # The request and the approval are audited, with who asked and who approved.
-    changes = [e.details for e in _authorization_events(platform, "client.roles_changed")]
-    requested = [d for d in changes if d.get("change") == "requested"]
-    approvals = [d for d in changes if d.get("change") == "approved"]
+    requested = [e.details for e in _authorization_events(platform, "grant.requested")]
+    approvals = [e.details for e in _authorization_events(platform, "grant.approved")]
     assert len(requested) == 1 and len(approvals) == 1
     assert requested[0]["request_id"] == approvals[0]["request_id"] == request_id
     assert approvals[0]["after"] == [{"role": "l3_practitioner", "area": "Portsmouth"}]
     assert approvals[0]["before"] == [{"role": "l1_reader", "area": None}]
-    approval_event = _authorization_events(platform, "client.roles_changed")[-1]
+    approval_event = _authorization_events(platform, "grant.approved")[-1]
     assert approval_event.actor_org == COUNCIL and approval_event.policy_version
 
 
@@ -292,7 +291,7 @@ def test_T11_the_installation_approves_from_the_command_line(
     assert _authorization_can_read_level3(api, token_for(grantee))
     again = run_cli(platform.settings, "grants", "approve", request_id)
     assert again.returncode == 2 and "already approved" in again.stderr
-    last = _authorization_events(platform, "client.roles_changed")[-1]
+    last = _authorization_events(platform, "grant.approved")[-1]
     assert last.details["change"] == "approved" and last.actor == "cli:grants-approve"
 
 
