@@ -824,7 +824,7 @@ def keys_rotate() -> None:
 def keys_retire(key_id: int) -> None:
     """Remove a data encryption key that no stored file holds ciphertext under (every Parquet
     file of the data folder is read); refuses while any does, and for the current key."""
-    from services.contracts.key_usage import encryption_keys_in_use
+    from services.ingestion.key_usage import encryption_keys_in_use
     from services.kit.errors import ConfigurationError
     from services.kit.keys import retire_encryption_key
 

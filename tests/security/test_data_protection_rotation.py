@@ -23,7 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
-from services.contracts.key_usage import encryption_keys_in_use
+from services.ingestion.key_usage import encryption_keys_in_use
 from services.contracts.protection import DecryptionError, Protector, ciphertext_key_id
 from services.kit.errors import ConfigurationError
 from services.kit.keys import EncryptionKeys, load_keys, write_key_file
