@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from services.audit import service as audit_service
-from services.audit.catalogue import AuditAction, Outcome
-from services.audit.service import AuditRecord, RequestContext
+from services.admin import sign_in as sign_in_service
+from services.audit.catalogue import AuditAction
+from services.audit.service import RequestContext
 from services.identity import service as identity_service
 from services.identity.schemas import Principal
 from services.identity.tokens import TokenInvalid
@@ -69,14 +69,15 @@ def _authenticate(
                     principal, reason = None, "organisation_changed"
     if principal is None:
         # No claim of a refused token is trusted, so none is recorded as the actor.
-        audit_service.record_committed(
-            platform.sessions,
+        # One event each for the first refusals of a kind from an address in a window, then
+        # counted and summarised: a flood of bad tokens cannot fill the audit trail.
+        sign_in_service.note_rejection(
+            platform.admin,
             ctx,
-            AuditRecord(
-                action=AuditAction.AUTHENTICATION_FAILED,
-                outcome=Outcome.DENIED,
-                reason=reason,
-            ),
+            AuditAction.AUTHENTICATION_FAILED,
+            reason or "refused",
+            {},
+            platform.settings.auth_rejection_window_seconds,
         )
         raise NotAuthenticated("a valid bearer token is required")
     ctx.actor = principal.client_id

@@ -122,6 +122,12 @@ def _note_refusal(
     note_rejection(deps, ctx, action, refusal.reason or "refused", details, window_seconds)
 
 
+# How many refusals of one kind from one address are audited one by one in a window before the
+# rest are only counted. Bearer tokens refused at the API keep a generous number of individual
+# events (a partner's misconfigured system is seen request by request); a flood is still bounded.
+INDIVIDUALLY: dict[str, int] = {AuditAction.AUTHENTICATION_FAILED.value: 100}
+
+
 def note_rejection(
     deps: AdminDeps,
     ctx: RequestContext,
@@ -133,8 +139,9 @@ def note_rejection(
     """Account for a refused request without an audit row per request (attacker finding 9).
 
     Every refusal is counted (in the database, whichever replica answered) under its action,
-    address and reason in a fixed window. The first of a window is an audit event of its own;
-    the others are only counted, and when a later window opens, the counts of the windows that
+    address and reason in a fixed window. The first of a window (the first hundred for bearer
+    tokens refused at the API: ``INDIVIDUALLY``) is an audit event of its own; the others are only
+    counted, and when a later window opens, the counts of the windows that
     closed are written in one summary event (``authentication.refusals_summarised``, its reason
     the refused action). So the number of events per address is bounded by the kinds of refusal
     and the window, and every refusal is still in the trail, as an event or in a count."""
@@ -143,7 +150,7 @@ def note_rejection(
     key = f"{action.value}|{ctx.client_address or '-'}|{reason}"
     with transaction(deps.sessions) as session:
         count = counters.increment(session, counters.REJECTION, key, window)
-    if count > 1:
+    if count > INDIVIDUALLY.get(action.value, 1):
         return
     with audited(deps.sessions, "the refused request") as uow:
         closed = counters.take_unsummarised(uow.session, counters.REJECTION, window)
@@ -174,10 +181,11 @@ def _summarise(uow: UnitOfWork, closed: list[counters.Unsummarised]) -> None:
     """One event per action for the closed windows that counted more than their first event."""
     by_action: dict[str, list[counters.Unsummarised]] = {}
     for row in closed:
-        if row.count > 1:
+        if row.count > INDIVIDUALLY.get(row.key.split("|", 1)[0], 1):
             by_action.setdefault(row.key.split("|", 1)[0], []).append(row)
     for action_name, rows in by_action.items():
         windows = []
+        individually = INDIVIDUALLY.get(action_name, 1)
         for row in rows:
             _, address, reason = row.key.split("|", 2)
             windows.append(
@@ -186,7 +194,7 @@ def _summarise(uow: UnitOfWork, closed: list[counters.Unsummarised]) -> None:
                     "reason": reason,
                     "window_start": row.window_start.isoformat(),
                     "refusals": row.count,
-                    "audited_individually": 1,
+                    "audited_individually": individually,
                 }
             )
         uow.audit(
@@ -198,7 +206,9 @@ def _summarise(uow: UnitOfWork, closed: list[counters.Unsummarised]) -> None:
                     reason=action_name,
                     details={
                         "action": action_name,
-                        "refusals_not_audited_individually": sum(r.count - 1 for r in rows),
+                        "refusals_not_audited_individually": sum(
+                            r.count - individually for r in rows
+                        ),
                         "windows": windows,
                     },
                 ),
