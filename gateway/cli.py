@@ -805,12 +805,13 @@ def keys_list() -> None:
 def keys_rotate() -> None:
     """Add a new data encryption key and make it current; prints its id. Earlier keys stay for
     reading. Running servers write with the new key after they restart."""
+    from services.admin import data_keys
     from services.kit.errors import ConfigurationError
-    from services.kit.keys import rotate_encryption_key
 
     path = _key_file(_installed_settings())
     try:
-        new_id = rotate_encryption_key(path)
+        with _admin_platform() as platform:
+            new_id = data_keys.rotate(platform.admin, _cli_context("keys-rotate"), path)
     except FileExistsError as exc:
         typer.echo("error: another rotation of this key file is under way", err=True)
         raise typer.Exit(2) from exc
@@ -824,9 +825,9 @@ def keys_rotate() -> None:
 def keys_retire(key_id: int) -> None:
     """Remove a data encryption key that no stored file holds ciphertext under (every Parquet
     file of the data folder is read); refuses while any does, and for the current key."""
+    from services.admin import data_keys
     from services.ingestion.key_usage import encryption_keys_in_use
     from services.kit.errors import ConfigurationError
-    from services.kit.keys import retire_encryption_key
 
     settings = _installed_settings()
     path = _key_file(settings)
@@ -839,7 +840,8 @@ def keys_retire(key_id: int) -> None:
         )
         raise typer.Exit(2)
     try:
-        retire_encryption_key(path, key_id)
+        with _admin_platform() as platform:
+            data_keys.retire(platform.admin, _cli_context("keys-retire"), path, key_id)
     except FileExistsError as exc:
         typer.echo("error: another change of this key file is under way", err=True)
         raise typer.Exit(2) from exc

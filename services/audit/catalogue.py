@@ -27,6 +27,9 @@ class AuditAction(StrEnum):
     CLIENT_LOCKED_OUT = "client.locked_out"
     CLIENT_UNLOCKED = "client.unlocked"  # an administrator lifted a lockout before it lapsed
     CLIENTS_LISTED = "client.listed"
+    # data encryption keys (`together keys rotate|retire`): resource is the key id
+    DATA_KEY_ROTATED = "key.rotated"
+    DATA_KEY_RETIRED = "key.retired"
     # access control
     ACCESS_DENIED = "access.denied"
     # ingestion

@@ -21,10 +21,11 @@ from typing import Any
 import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from gateway.app import create_app
-from services.ingestion.key_usage import encryption_keys_in_use
 from services.contracts.protection import DecryptionError, Protector, ciphertext_key_id
+from services.ingestion.key_usage import encryption_keys_in_use
 from services.kit.errors import ConfigurationError
 from services.kit.keys import EncryptionKeys, load_keys, write_key_file
 from services.kit.settings import Settings
@@ -205,6 +206,20 @@ def test_T42_rotate_then_retire_an_unused_key(settings: Settings, platform: Plat
     busy = run_cli(settings, "keys", "rotate")
     assert busy.returncode == 2 and "under way" in busy.stderr
     assert load_keys(settings).encryption_key.current_id == 2
+    # Every key operation is audited, naming the key (never the key material).
+    with platform.sessions() as session:
+        done = session.execute(
+            text(
+                "SELECT action, resource, canonical FROM audit_events "
+                "WHERE action LIKE 'key.%' ORDER BY seq"
+            )
+        ).all()
+    assert [(action, resource) for action, resource, _ in done] == [
+        ("key.rotated", "1"),
+        ("key.rotated", "2"),
+        ("key.retired", "1"),
+    ]
+    assert all(entry["key"] not in str(done) for entry in document["encryption_keys"])
 
 
 def _keys_protector(current: int, held: tuple[int, ...]) -> Protector:
