@@ -449,9 +449,10 @@ def _police_stream(rows: int, seed: int, start: date, end: date) -> Iterator[lis
 
     days = _day_table(start, end)
     n_days = len(days)
-    # Recorded dates can trail the period by up to a month.
-    span = (end - start).days + 31
-    iso = [(start + timedelta(days=offset)).isoformat() for offset in range(span)]
+    # Recorded dates trail the crime by up to 24 days, but never pass the period's last day: a
+    # data set generated up to today holds nothing recorded in the future (the contract says so).
+    last_day = (end - start).days - 1
+    iso = [(start + timedelta(days=offset)).isoformat() for offset in range(last_day + 1)]
     weekday0 = start.weekday()
     hour_tables = [
         tuple(_table(enumerate(_HOUR_WEEKEND if weekday >= 4 else _HOUR_WEEKDAY)))
@@ -537,7 +538,7 @@ def _police_stream(rows: int, seed: int, start: date, end: date) -> Iterator[lis
             group,
             TRUE if code in _MSV_CODES else FALSE,
             committed_at,
-            iso[day + delay_table[int(r() * n_delay)]],
+            iso[min(day + delay_table[int(r() * n_delay)], last_day)],
             lsoa_csp[place],
             lsoa_code[place],
             f"{lsoa_lat[place] + (r() - 0.5) * 0.008:.5f}",
