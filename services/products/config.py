@@ -177,6 +177,12 @@ def _condition(field_name: str, value: ConditionValue, contract: Contract, where
                 raise PartnershipConfigError(
                     f"{where}: {item!r} does not match the pattern of {field_name!r}"
                 )
+            if spec.subcode_separator is not None and spec.subcode_separator in item:
+                # Products read such a field by its main code: a sub-code would never match.
+                raise PartnershipConfigError(
+                    f"{where}: {field_name!r} is compared by its main code (the part before "
+                    f"{spec.subcode_separator!r}); write {item.split(spec.subcode_separator)[0]!r}"
+                )
             literals.append(sql_string(item))
     elif spec.type is FieldType.INTEGER:
         literals = []

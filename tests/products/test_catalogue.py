@@ -266,6 +266,7 @@ def test_the_definition_compiles_to_sql(partnership: PartnershipConfig) -> None:
         ({"ho_offence_code": ["8n'; DROP"]}, "does not match the pattern"),
         ({"latitude": [50]}, "only text, integer and boolean"),
         ({"hmic_group": []}, "lists no values"),
+        ({"ho_offence_code": ["64/1"]}, "write '64'"),
     ],
 )
 def test_bad_clauses_are_refused(
