@@ -406,6 +406,37 @@ def _settle_key(
     record.response_body = body
 
 
+def _upload_row(
+    principal: Principal,
+    req: UploadRequest,
+    contract: Contract,
+    upload_id: str,
+    now: datetime,
+    status: str,
+    rows: int,
+    version: int | None,
+    report: dict[str, Any] | None,
+) -> Upload:
+    """The record of one finished upload, as its sender will see it at GET /v1/uploads/{id}."""
+    return Upload(
+        id=upload_id,
+        dataset_id=contract.id,
+        contract_version=contract.version,
+        client_id=principal.client_id,
+        organisation=principal.organisation,
+        mode=req.mode,
+        media_type=req.media_type,
+        status=status,
+        rows=rows,
+        size_bytes=req.size_bytes,
+        content_sha256=req.body_sha256,
+        version=version,
+        report=report,
+        created_at=now,
+        finished_at=now,
+    )
+
+
 def _finish_accepted(
     deps: IngestionDeps,
     principal: Principal,
@@ -440,23 +471,7 @@ def _finish_accepted(
             "received_at": now.isoformat(),
         }
         session.add(
-            Upload(
-                id=upload_id,
-                dataset_id=contract.id,
-                contract_version=contract.version,
-                client_id=principal.client_id,
-                organisation=principal.organisation,
-                mode=req.mode,
-                media_type=req.media_type,
-                status="accepted",
-                rows=rows,
-                size_bytes=req.size_bytes,
-                content_sha256=req.body_sha256,
-                version=version,
-                report=None,
-                created_at=now,
-                finished_at=now,
-            )
+            _upload_row(principal, req, contract, upload_id, now, "accepted", rows, version, None)
         )
         _settle_key(session, principal, req, upload_id, 201, body)
         uow.audit(
@@ -514,22 +529,8 @@ def _finish_rejected(
     with audited(deps.sessions, "the rejected upload") as uow:
         session = uow.session
         session.add(
-            Upload(
-                id=upload_id,
-                dataset_id=contract.id,
-                contract_version=contract.version,
-                client_id=principal.client_id,
-                organisation=principal.organisation,
-                mode=req.mode,
-                media_type=req.media_type,
-                status="rejected",
-                rows=rows,
-                size_bytes=req.size_bytes,
-                content_sha256=req.body_sha256,
-                version=None,
-                report=report_doc,
-                created_at=now,
-                finished_at=now,
+            _upload_row(
+                principal, req, contract, upload_id, now, "rejected", rows, None, report_doc
             )
         )
         _settle_key(session, principal, req, upload_id, 422, body)
@@ -601,22 +602,16 @@ def _finish_unreadable(
     with audited(deps.sessions, "the unreadable upload") as uow:
         session = uow.session
         session.add(
-            Upload(
-                id=upload_id,
-                dataset_id=contract.id,
-                contract_version=contract.version,
-                client_id=principal.client_id,
-                organisation=principal.organisation,
-                mode=req.mode,
-                media_type=req.media_type,
-                status="rejected",
-                rows=0,
-                size_bytes=req.size_bytes,
-                content_sha256=req.body_sha256,
-                version=None,
-                report={"unreadable": detail},
-                created_at=now,
-                finished_at=now,
+            _upload_row(
+                principal,
+                req,
+                contract,
+                upload_id,
+                now,
+                "rejected",
+                0,
+                None,
+                {"unreadable": detail},
             )
         )
         _drop_claim(session, principal, req, upload_id)

@@ -88,6 +88,30 @@ def get_definition(deps: ProductDeps, product_id: str) -> ProductDefinition:
     return definition
 
 
+def _record_refusal(
+    deps: ProductDeps,
+    ctx: RequestContext,
+    product_id: str,
+    reason: str,
+    parameters: dict[str, Any],
+) -> None:
+    """The audit event of a request refused before any product was decided on."""
+    with audited(deps.sessions, "the refusal") as uow:
+        uow.audit(
+            audit_service.event(
+                ctx,
+                AuditRecord(
+                    action=AuditAction.PRODUCT_REFUSED,
+                    outcome=Outcome.REJECTED,
+                    reason=reason,
+                    resource_type="product",
+                    resource=product_id[:100],
+                    parameters=parameters,
+                ),
+            )
+        )
+
+
 def _definition_or_refuse(
     deps: ProductDeps, ctx: RequestContext, product_id: str, parameters: dict[str, Any]
 ) -> ProductDefinition:
@@ -96,20 +120,7 @@ def _definition_or_refuse(
     definition = deps.catalogue.get(product_id)
     if definition is not None:
         return definition
-    with audited(deps.sessions, "the refusal") as uow:
-        uow.audit(
-            audit_service.event(
-                ctx,
-                AuditRecord(
-                    action=AuditAction.PRODUCT_REFUSED,
-                    outcome=Outcome.REJECTED,
-                    reason="not_found",
-                    resource_type="product",
-                    resource=product_id[:100],
-                    parameters=parameters,
-                ),
-            )
-        )
+    _record_refusal(deps, ctx, product_id, "not_found", parameters)
     raise NotFound(f"no product {product_id[:100]!r}")
 
 
@@ -123,20 +134,7 @@ def refuse_identifiers_in_url(
 ) -> None:
     """Refuses (400, audited) a read that put a person's identifier in its query string."""
     headers = ", ".join(f"{name} in the {IDENTIFYING_PARAMETERS[name]} header" for name in names)
-    with audited(deps.sessions, "the refusal") as uow:
-        uow.audit(
-            audit_service.event(
-                ctx,
-                AuditRecord(
-                    action=AuditAction.PRODUCT_REFUSED,
-                    outcome=Outcome.REJECTED,
-                    reason="identifier_in_url",
-                    resource_type="product",
-                    resource=product_id[:100],
-                    parameters={"in_url": names},
-                ),
-            )
-        )
+    _record_refusal(deps, ctx, product_id, "identifier_in_url", {"in_url": names})
     raise BadRequest(
         f"send {headers}, not in the URL: URLs are written to proxies' logs",
         extra={"parameters": names},
