@@ -625,11 +625,13 @@ def test_T27_the_witness_cosigns_a_consistent_log_and_refuses_forks(
 
 
 def _audit_nhs_numbers(textual: str) -> list[str]:
-    """Ten-digit runs (spaced or not) that pass the NHS number's modulus 11 check."""
+    """Ten-digit runs (spaced or not) that pass the NHS number's modulus 11 check. A run inside
+    a word (a hex request id or hash holds digit runs by chance) is not a number written down."""
     import re
 
     found = []
-    for match in re.finditer(r"(?<!\d)(\d{3}[ -]?\d{3}[ -]?\d{4})(?!\d)", textual):
+    pattern = r"(?<![\dA-Za-z])(\d{3}[ -]?\d{3}[ -]?\d{4})(?![\dA-Za-z])"
+    for match in re.finditer(pattern, textual):
         digits = [int(c) for c in match.group(1) if c.isdigit()]
         check = 11 - sum(d * (10 - i) for i, d in enumerate(digits[:9])) % 11
         check = 0 if check == 11 else check
