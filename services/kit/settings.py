@@ -269,6 +269,43 @@ class Settings(BaseSettings):
         "have a new version; 0: only when recipients ask",
     )
 
+    # Where dataset versions, Delta Sharing materialisations and their caches live
+    # (services/storage/objects.py). Staging of upload bodies always stays in the data folder.
+    storage_url: str | None = Field(
+        default=None,
+        description="unset or file:///path: a local folder (default: datasets/ in the data "
+        "folder); s3://bucket/prefix: S3-compatible object storage",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint, e.g. http://seaweedfs:8333 (default: AWS)"
+    )
+    s3_region: str | None = Field(default=None, description="S3 region (default: us-east-1)")
+    s3_access_key_id: SecretStr | None = Field(
+        default=None, description="S3 access key id (default: the standard AWS variables)"
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="S3 secret access key (default: the standard AWS variables)"
+    )
+    storage_cache_max_bytes: int = Field(
+        default=2 * 1024 * 1024 * 1024,
+        ge=0,
+        description="local read-through cache of objects (immutable files, never stale) in "
+        "the data folder's cache/; the least recently used go beyond this size; 0: no cache",
+    )
+
+    # Operations (gateway/metrics.py, services/kit/logs.py, gateway/server.py).
+    log_format: str = Field(
+        default="text",
+        pattern="^(text|json)$",
+        description="text: readable lines; json: one JSON object a line",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="on SIGTERM, how long requests in flight may take to finish",
+    )
+
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
         if self.env == Environment.development:
