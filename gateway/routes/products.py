@@ -75,14 +75,8 @@ async def read_product(
         return FastJSONResponse(formats.to_json_document(read.result))
     filename = f"{read.result.product}.{read.format}"
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
-    if read.format == "geojson":
-        return FastJSONResponse(
-            formats.to_geojson(read.result), media_type=_MEDIA["geojson"], headers=headers
-        )
-    if read.format == "csv":
-        body = await run_in_threadpool(formats.to_csv, read.result)
-    else:
-        body = await run_in_threadpool(formats.to_parquet, read.result)
+    # The file is rendered, and its SHA-256 audited, before any of it is sent (T48).
+    body = await run_in_threadpool(product_service.export, platform.products, ctx, read)
     return Response(body, media_type=_MEDIA[read.format], headers=headers)
 
 

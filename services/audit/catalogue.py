@@ -42,6 +42,9 @@ class AuditAction(StrEnum):
     # products
     PRODUCT_READ = "product.read"
     PRODUCT_REFUSED = "product.refused"  # a permitted reader's malformed request: nothing computed
+    # A product sent as a file (CSV, Parquet, GeoJSON) after its read: the file's SHA-256, size
+    # and rows, committed before its first byte leaves (security-tests T48).
+    PRODUCT_EXPORTED = "product.exported"
     ACCESS_EXPLAINED = "access.explained"
     QUOTA_EXCEEDED = "quota.exceeded"  # a Level 3 read refused: the daily quota is used up
     ASSESSMENT_RECORDED = "assessment.recorded"  # a RAG grading of a habitual knife carrier

@@ -37,7 +37,7 @@ def _suppression_applied(result: ProductResult) -> bool:
     return isinstance(suppression, dict) and bool(suppression.get("applied"))
 
 
-def _export_columns(result: ProductResult) -> list[str]:
+def export_columns(result: ProductResult) -> list[str]:
     # Suppressed readers get a column naming what was withheld in each row, so that a null in
     # an export is never mistaken for a missing value.
     return [*result.columns, SUPPRESSED] if _suppression_applied(result) else list(result.columns)
@@ -80,7 +80,7 @@ def _csv_cell(value: Any) -> str:
 
 def to_csv(result: ProductResult) -> bytes:
     """RFC 4180: CRLF line ends, text cells quoted (quotes doubled), a header of column names."""
-    columns = _export_columns(result)
+    columns = export_columns(result)
     lines = [",".join(_csv_cell(name) for name in columns)]
     for row in result.rows:
         lines.append(",".join(_csv_cell(row.get(name)) for name in columns))

@@ -9,12 +9,14 @@ and nothing else.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.audit import service as audit_service
@@ -36,7 +38,7 @@ from services.kit.errors import (
     TogetherError,
 )
 from services.kit.uow import audit_guard, audited
-from services.products import compute, level3, people
+from services.products import compute, formats, level3, people
 from services.products.definition import ProductDefinition
 from services.products.engine import ProductResult
 from services.products.level3 import Justification
@@ -329,6 +331,45 @@ def read_product(
         # Decided, audited and committed: only now are names and dates of birth decrypted.
         result = people.reveal(definition, result, deps.protector)
     return ProductRead(result, fmt)
+
+
+def export(deps: ProductDeps, ctx: RequestContext, read: ProductRead) -> bytes:
+    """A read's answer as a file, whose disclosure is audited before it is sent (T48).
+
+    The read itself is already audited (``product.read``); the file exists only after that (at
+    Level 3 its names are decrypted only after it), so its SHA-256 goes in an event of its own,
+    ``product.exported``, committed before the caller sends a byte. Not audited, not sent.
+    """
+    result = read.result
+    if read.format == "csv":
+        body = formats.to_csv(result)
+    elif read.format == "parquet":
+        body = formats.to_parquet(result)
+    elif read.format == "geojson":
+        body = orjson.dumps(formats.to_geojson(result), option=orjson.OPT_NON_STR_KEYS)
+    else:
+        raise ValueError(f"{read.format} is not a file format")
+    if deps.audit_disabled_for_benchmark:
+        return body
+    record = AuditRecord(
+        action=AuditAction.PRODUCT_EXPORTED,
+        outcome=Outcome.SUCCESS,
+        resource_type="product",
+        resource=result.product,
+        level=result.level,
+        parameters={**result.parameters, "format": read.format},
+        rows=len(result.rows),
+        details={
+            "format": read.format,
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "bytes": len(body),
+            "columns": formats.export_columns(result),
+            "sources": result.sources,
+        },
+    )
+    with audit_guard("the export"):
+        audit_service.record_grouped(deps.sessions, ctx, record)
+    return body
 
 
 def _give_back(deps: ProductDeps, taken: level3.QuotaTaken | None) -> None:

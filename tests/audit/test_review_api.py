@@ -10,13 +10,20 @@ from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from services.audit.catalogue import AuditAction, Outcome
 from services.audit.models import AuditEvent
 from services.platform import Platform
 from tests.fixtures.app import ClientCredentials
-from tests.fixtures.audit_events import COUNCIL, POLICE, clock_at, level3_read, make_event
+from tests.fixtures.audit_events import (
+    COUNCIL,
+    POLICE,
+    clock_at,
+    level3_read,
+    make_event,
+    refuse_audit_inserts,
+)
 
 Tokens = Callable[[ClientCredentials], str]
 
@@ -337,29 +344,7 @@ def test_T25_no_audit_no_answer(
     api: TestClient, platform: Platform, reviewers: dict[str, str], world: dict[str, str]
 ) -> None:
     """If the audit event of a query cannot be committed, the reviewer gets 503 and no events."""
-    with platform.engine.begin() as connection:
-        if platform.engine.dialect.name == "sqlite":
-            connection.execute(
-                text(
-                    "CREATE TRIGGER refuse_audit_queries BEFORE INSERT ON audit_events "
-                    "WHEN NEW.action = 'audit.queried' "
-                    "BEGIN SELECT RAISE(ABORT, 'audit store unavailable'); END"
-                )
-            )
-        else:
-            connection.execute(
-                text(
-                    "CREATE FUNCTION refuse_audit_queries() RETURNS trigger LANGUAGE plpgsql AS "
-                    "$$ BEGIN RAISE EXCEPTION 'audit store unavailable'; END $$"
-                )
-            )
-            connection.execute(
-                text(
-                    "CREATE TRIGGER refuse_audit_queries BEFORE INSERT ON audit_events "
-                    "FOR EACH ROW WHEN (NEW.action = 'audit.queried') "
-                    "EXECUTE FUNCTION refuse_audit_queries()"
-                )
-            )
+    refuse_audit_inserts(platform.engine, "audit.queried")
     response = api.get(
         "/v1/audit/events", headers={"Authorization": f"Bearer {reviewers['admin']}"}
     )

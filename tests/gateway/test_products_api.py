@@ -10,13 +10,14 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from services.audit.models import AuditEvent
 from services.demo.generate import write_dataset_csv
 from services.platform import Platform
 from services.products import service as product_service
 from tests.fixtures.app import ClientCredentials
+from tests.fixtures.audit_events import refuse_audit_inserts
 from tests.fixtures.snapshots import Loading, Snapshot, Snapshots, starting_from
 from tests.ingestion.helpers import police_rows, to_csv
 
@@ -338,29 +339,7 @@ def test_no_audit_no_data(
         for _ in range(2):
             warm = api.get("/v1/products/sv-counts", params=PARAMS["sv-counts"], headers=headers)
             assert warm.status_code == 200
-    with platform.engine.begin() as connection:
-        if platform.engine.dialect.name == "sqlite":
-            connection.execute(
-                text(
-                    "CREATE TRIGGER block_reads BEFORE INSERT ON audit_events "
-                    "WHEN NEW.action = 'product.read' "
-                    "BEGIN SELECT RAISE(ABORT, 'audit store unavailable'); END"
-                )
-            )
-        else:
-            connection.execute(
-                text(
-                    "CREATE FUNCTION block_reads() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                    "BEGIN IF NEW.action = 'product.read' THEN "
-                    "RAISE EXCEPTION 'audit store unavailable'; END IF; RETURN NEW; END $$"
-                )
-            )
-            connection.execute(
-                text(
-                    "CREATE TRIGGER block_reads BEFORE INSERT ON audit_events "
-                    "FOR EACH ROW EXECUTE FUNCTION block_reads()"
-                )
-            )
+    refuse_audit_inserts(platform.engine, "product.read")
     reads = count_events(platform, "product.read")
     response = api.get("/v1/products/sv-counts", params=PARAMS["sv-counts"], headers=headers)
     assert response.status_code == 503

@@ -35,6 +35,7 @@ from services.kit.clock import utcnow
 from services.kit.errors import ConfigurationError
 from services.kit.migrate import current_heads
 from services.platform import Platform, build_platform
+from tests.fixtures.audit_events import refuse_audit_inserts
 from tests.fixtures.snapshots import Loading, Snapshot, Snapshots, starting_from
 from tests.ingestion.helpers import police_rows, to_csv
 
@@ -101,34 +102,6 @@ def _audit_count(platform: Platform, action: str, level: int | None = None) -> i
         return int(session.execute(statement).scalar_one())
 
 
-def _audit_refuse_inserts(platform: Platform, action: str) -> None:
-    """A fault in the audit store: a trigger makes every insert of `action` fail, as a full
-    or broken audit table would (a real constraint violation inside the database)."""
-    with platform.engine.begin() as connection:
-        if platform.engine.dialect.name == "sqlite":
-            connection.execute(
-                text(
-                    "CREATE TRIGGER audit_trail_refuse BEFORE INSERT ON audit_events "
-                    f"WHEN NEW.action = '{action}' "
-                    "BEGIN SELECT RAISE(ABORT, 'audit store unavailable'); END"
-                )
-            )
-        else:
-            connection.execute(
-                text(
-                    "CREATE FUNCTION audit_trail_refuse() RETURNS trigger LANGUAGE plpgsql AS "
-                    "$$ BEGIN RAISE EXCEPTION 'audit store unavailable'; END $$"
-                )
-            )
-            connection.execute(
-                text(
-                    "CREATE TRIGGER audit_trail_refuse BEFORE INSERT ON audit_events "
-                    f"FOR EACH ROW WHEN (NEW.action = '{action}') "
-                    "EXECUTE FUNCTION audit_trail_refuse()"
-                )
-            )
-
-
 # ---------------------------------------------------------------------------------------------
 # T25: no audit, no data
 
@@ -137,7 +110,7 @@ def test_T25_level2_and_level3_reads_whose_event_fails_answer_503_without_rows(
     api: TestClient, platform: Platform, audit_loaded: dict[str, str]
 ) -> None:
     assert _audit_get(api, audit_loaded["l2"], _AUDIT_L2).status_code == 200
-    _audit_refuse_inserts(platform, "product.read")
+    refuse_audit_inserts(platform.engine, "product.read")
     for token, read, headers in (
         (audit_loaded["l2"], _AUDIT_L2, {}),
         (audit_loaded["l3"], _AUDIT_L3, _AUDIT_JUSTIFIED),

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from services.audit.models import AuditEvent
 from services.platform import Platform
 from tests.fixtures.app import ClientCredentials, MakeClient, TokenFor
+from tests.fixtures.audit_events import refuse_audit_inserts
 from tests.fixtures.cli import run_cli
 from tests.fixtures.snapshots import Loading, Snapshot, Snapshots, starting_from
 from tests.products.test_level3 import AS_OF, PURPOSE, load_level3_data
@@ -357,7 +358,6 @@ def test_T16_failed_reads_do_not_use_the_quota(
 ) -> None:
     """Refused (bad parameters) and unaudited (audit insert blocked by a database trigger: a
     real fault of the audit store) Level 3 reads give their count back (T25)."""
-    from sqlalchemy import text
 
     platform.products.level3_hourly_quota = 2
     token = token_for(make_client(org=VRU, roles=("l3_practitioner",), areas=("Portsmouth",)))
@@ -368,35 +368,11 @@ def test_T16_failed_reads_do_not_use_the_quota(
             headers=_authorization_bearer(token) | PURPOSE,
         )
         assert bad.status_code == 400
-    with platform.engine.begin() as connection:
-        if platform.engine.dialect.name == "sqlite":
-            connection.execute(
-                text(
-                    "CREATE TRIGGER authz_block_reads BEFORE INSERT ON audit_events "
-                    "WHEN NEW.action = 'product.read' "
-                    "BEGIN SELECT RAISE(ABORT, 'audit store unavailable'); END"
-                )
-            )
-        else:
-            connection.execute(
-                text(
-                    "CREATE FUNCTION authz_block_reads() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                    "BEGIN IF NEW.action = 'product.read' THEN "
-                    "RAISE EXCEPTION 'audit store unavailable'; END IF; RETURN NEW; END $$"
-                )
-            )
-            connection.execute(
-                text(
-                    "CREATE TRIGGER authz_block_reads BEFORE INSERT ON audit_events "
-                    "FOR EACH ROW EXECUTE FUNCTION authz_block_reads()"
-                )
-            )
+    lift = refuse_audit_inserts(platform.engine, "product.read")
     for _ in range(3):
         failed = _authorization_level3(api, token, PURPOSE)
         assert failed.status_code == 503 and "rows" not in failed.text
-    with platform.engine.begin() as connection:
-        on_table = "" if platform.engine.dialect.name == "sqlite" else " ON audit_events"
-        connection.execute(text(f"DROP TRIGGER authz_block_reads{on_table}"))
+    lift()
     # Nothing was answered, so the whole hourly quota of 2 is still there.
     assert _authorization_level3(api, token, PURPOSE).status_code == 200
     assert _authorization_level3(api, token, PURPOSE).status_code == 200

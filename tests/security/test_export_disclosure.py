@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import io
 import json
 import uuid
@@ -28,6 +29,7 @@ from services.products import formats
 from services.products.engine import ProductResult
 from services.sharing import urls
 from tests.fixtures.app import cli_context
+from tests.fixtures.audit_events import refuse_audit_inserts
 from tests.fixtures.snapshots import Loading, Snapshot, Snapshots, starting_from
 from tests.ingestion.helpers import police_rows, to_csv
 from tests.sharing.helpers import sharing_settings
@@ -189,6 +191,56 @@ def test_T48_csv_of_a_suppressed_reader_is_the_json_answer(
     assert reads[0].rows == len(rows)
     assert reads[0].details["suppressed"] is True
     assert reads[0].actor == exporters["reader"].client_id
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_T48_each_export_is_audited_with_the_sha256_of_the_file_sent(
+    api: TestClient, platform: Platform, exporters: dict[str, Any], fmt: str
+) -> None:
+    """The file's hash, size, rows and columns are in a `product.exported` event of the
+    recipient, besides the read's own event: an IG lead can prove which file went to whom."""
+    params = {**_EXPORT_PERIOD, "by": "csp", "format": fmt}
+    response = api.get(
+        "/v1/products/sv-counts", params=params, headers=_export_bearer(exporters["reader_token"])
+    )
+    assert response.status_code == 200, response.text
+    [exported] = _export_events(platform, "product.exported")
+    assert exported.actor == exporters["reader"].client_id
+    assert exported.resource == "sv-counts"
+    assert exported.details["sha256"] == hashlib.sha256(response.content).hexdigest()
+    assert exported.details["bytes"] == len(response.content)
+    assert exported.details["format"] == fmt
+    assert exported.parameters["format"] == fmt
+    if fmt == "parquet":
+        table = pq.read_table(io.BytesIO(response.content))
+        assert exported.rows == table.num_rows
+        assert exported.details["columns"] == table.column_names
+    [read] = [e for e in _export_events(platform, "product.read") if e.request_id]
+    assert read.request_id == exported.request_id and read.seq < exported.seq
+    # A JSON answer is not a file: no export event.
+    api.get(
+        "/v1/products/sv-counts",
+        params={**_EXPORT_PERIOD, "by": "csp"},
+        headers=_export_bearer(exporters["reader_token"]),
+    )
+    assert len(_export_events(platform, "product.exported")) == 1
+
+
+def test_T48_an_export_that_cannot_be_audited_is_not_sent(
+    api: TestClient, platform: Platform, exporters: dict[str, Any]
+) -> None:
+    lift = refuse_audit_inserts(platform.engine, "product.exported")
+    params = {**_EXPORT_PERIOD, "by": "csp", "format": "csv"}
+    headers = _export_bearer(exporters["analyst_token"])
+    response = api.get("/v1/products/sv-counts", params=params, headers=headers)
+    assert response.status_code == 503
+    assert response.json()["code"] == "AUDIT_UNAVAILABLE"
+    assert "count" not in response.text and "csp" not in response.text
+    lift()
+    again = api.get("/v1/products/sv-counts", params=params, headers=headers)
+    assert again.status_code == 200, again.text
+    assert again.text.startswith('"csp","count"'), again.text[:80]
+    assert len(_export_events(platform, "product.exported")) == 1
 
 
 # T49: the Parquet files of Delta Sharing
