@@ -917,6 +917,20 @@ def _schools() -> tuple[tuple[tuple[str, str], ...], ...]:
     return tuple(schools)
 
 
+# The DfE's UPN check letters: 23 of them (never I, O or S, easily misread as 1, 0 or 5).
+_UPN_LETTERS = "ABCDEFGHJKLMNPQRTUVWXYZ"
+
+
+def _with_check_letter(rest: str) -> str:
+    """A UPN from its last 12 characters: the check letter is the sum of characters 2 to 13,
+    weighted 2 to 13 (a letter counts as its place among the check letters), modulo 23."""
+    total = sum(
+        weight * (int(char) if char.isdigit() else _UPN_LETTERS.index(char))
+        for weight, char in enumerate(rest, start=2)
+    )
+    return _UPN_LETTERS[total % 23] + rest
+
+
 def _education_rows(rows: int, seed: int, period: tuple[date, date]) -> Iterator[list[str]]:
     rng = random.Random(f"education:{seed}")
     linked = [p for p in _young_suspects(seed, period) if _age_window(p.dob, 11, 15, period)]
@@ -942,7 +956,7 @@ def _education_rows(rows: int, seed: int, period: tuple[date, date]) -> Iterator
         # A UPN: check letter, LA, establishment, year of issue, serial (12 digits in all).
         issued = (pupil.dob.year + 5) % 100
         serial = serials[(urn, issued)] = serials.get((urn, issued), 0) + 1
-        upn = f"{chr(ord('A') + int(rng.random() * 26))}{la}{establishment}{issued:02d}{serial:03d}"
+        upn = _with_check_letter(f"{la}{establishment}{issued:02d}{serial:03d}")
         if rng.random() < 0.03:
             upn = ""  # not every LA return carries it
         forename, surname = _variant(rng, pupil.forename), _variant(rng, pupil.surname)
