@@ -105,7 +105,9 @@ def habitual_knife_carriers(
             "recent": add_months(as_of, -definition.recent_months),
             "min_offences": definition.min_offences,
         },
-        {"police": views.files_relation(info.files)},
+        # The police contract's view (coded fields as their main code), as every predicate
+        # of the partnership's file is written against it.
+        {"police": views.relation(partnership.police, info.files)},
     )
     ciphertexts = table.column("dob_enc")
     ages: list[int | None] = []

@@ -110,6 +110,9 @@ class PartnershipConfig:
     serious_violence_where: Predicate
     hkc_qualifying_where: Predicate
     hkc_exclude_where: Predicate | None
+    # The contract those predicates were compiled over: its views (services/products/views.py)
+    # are what the predicates are evaluated on.
+    police: Contract
 
     @property
     def k(self) -> int:
@@ -303,4 +306,5 @@ def compile_partnership(
         serious_violence_where=sv_where,
         hkc_qualifying_where=qualifying,
         hkc_exclude_where=exclude,
+        police=police,
     )

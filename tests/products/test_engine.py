@@ -9,6 +9,7 @@ hour table. Data goes in through the upload API, as partners push it.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import uuid
@@ -25,6 +26,7 @@ import h3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from services.demo.generate import POLICE_FIELDS
@@ -32,7 +34,7 @@ from services.kit.errors import Forbidden
 from services.kit.partnership import CSP_AREAS
 from services.platform import Platform
 from services.products import carriers, compute, engine, formats, people
-from services.products.config import load_partnership
+from services.products.config import load_partnership, parse_partnership
 from services.products.definition import ProductDefinition
 from services.products.engine import ProductResult
 from services.products.loading import load_catalogue
@@ -921,6 +923,36 @@ def test_habitual_knife_carriers_list(loaded: Env) -> None:
     assert got["N001"]["last_offence_date"] == date(2024, 3, 31)
     # Nothing identifying beyond the pseudonym leaves the function.
     assert not any("dob" in name or "name" in name for name in table.column_names)
+
+
+def test_carriers_qualify_by_main_offence_code_whatever_sub_code_was_recorded(
+    loaded: Env,
+) -> None:
+    """A partnership that names qualifying offences by Home Office code lists the same people
+    when the police record those codes with sub-codes (10D/1 is 10D), as every product does."""
+    document = yaml.safe_load(loaded.platform.settings.partnership_file.read_text())
+    knife_codes = sorted(
+        {
+            item.code
+            for item in occurrences()
+            if item.hmic == "7" or "bladed_implement" in item.flags
+        }
+    )
+    document["habitual_knife_carriers"]["qualifying_any_of"] = [{"ho_offence_code": knife_codes}]
+    partnership = parse_partnership(document, loaded.platform.contracts)
+    protector = loaded.platform.ingestion.protector
+
+    def listed() -> list[dict[str, Any]]:
+        table = carriers.habitual_knife_carriers(
+            loaded.versions(), AS_OF, partnership=partnership, protector=protector
+        )
+        return table.to_pylist()
+
+    plain = listed()
+    assert len(plain) >= 3
+    sub_coded = [dataclasses.replace(item, code=f"{item.code}/1") for item in occurrences()]
+    loaded.push("police.occurrences", police_rows(sub_coded))
+    assert listed() == plain
 
 
 def test_parquet_export_keeps_dates_as_dates(loaded: Env) -> None:
