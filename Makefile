@@ -67,10 +67,14 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Every figure goes to var/bench/results.json as well as the screen; the last step prints them
+# as one table and publishes it (docs/benchmarks.json and the README's table).
 bench: install
+	$(BIN)/python scripts/bench_report.py --reset
 	$(BIN)/python scripts/bench_ingest.py
 	$(BIN)/python scripts/bench_products.py
 	$(BIN)/python scripts/bench_audit.py
+	$(BIN)/python scripts/bench_report.py --publish
 
 clean:
 	rm -rf $(VENV) $(CONNECTOR_VENV) var .pytest_cache .mypy_cache .ruff_cache

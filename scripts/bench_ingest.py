@@ -31,7 +31,7 @@ from benchkit import BenchError, Server, create_client, run_cli, server_env, tog
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = "police.occurrences"
-TARGET_RATIO = 4.0
+TARGET_RATIO = 2.5
 TARGET_RSS_MB = 1.5 * 1024  # 1.5 GB, in MB of 2**20 bytes
 SAMPLE_EVERY_S = 0.05
 MB = 1 << 20
@@ -191,7 +191,7 @@ def _report(figures: Figures) -> None:
     print(f"end-to-end         {figures.upload_s:.2f} s (HTTP upload to 201, best of 2)")
     print(f"throughput         {figures.rows / figures.upload_s:,.0f} rows/s")
     print(
-        f"ratio              {ratio:.2f}x baseline (target <= {TARGET_RATIO:.0f}x)"
+        f"ratio              {ratio:.2f}x baseline (target <= {TARGET_RATIO:g}x)"
         f"  {verdict[ratio_ok]}"
     )
     print(f"server RSS idle    {figures.idle_rss / MB:,.0f} MB")
@@ -200,6 +200,27 @@ def _report(figures: Figures) -> None:
         f"  {verdict[rss_ok]}"
     )
     print(f"overall            {verdict[ratio_ok and rss_ok]}")
+    size = f"{figures.rows:,}-row police CSV"
+    benchkit.record(
+        f"ingest.push_{figures.rows}",
+        f"{size} pushed end to end over HTTP",
+        f"{figures.upload_s:.2f} s ({figures.rows / figures.upload_s:,.0f} rows/s)",
+        f"<= {TARGET_RATIO:g}x baseline",
+        ratio_ok,
+        baseline=f"pyarrow read + zstd Parquet write {figures.baseline_s:.2f} s",
+        ratio=ratio,
+        value=figures.upload_s,
+        unit="s",
+    )
+    benchkit.record(
+        f"ingest.peak_memory_{figures.rows}",
+        f"server peak memory pushing the {size}",
+        f"{peak_mb:,.0f} MB (idle {figures.idle_rss / MB:,.0f} MB)",
+        f"< {TARGET_RSS_MB:,.0f} MB",
+        rss_ok,
+        value=peak_mb,
+        unit="MB",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

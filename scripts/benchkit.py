@@ -178,3 +178,74 @@ def upload(
     if payload.get("status") != "accepted":
         raise BenchError(f"unexpected upload result for {dataset}: {json.dumps(payload)[:2000]}")
     return payload
+
+
+# Results: every figure of a `make bench` run in one JSON file, the README's table made from it.
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_FILE = ROOT / "var" / "bench" / "results.json"
+# The last published run, kept in the repository: the README's table is rendered from it.
+PUBLISHED_FILE = ROOT / "docs" / "benchmarks.json"
+FIELDS = ("figure", "measured", "baseline", "ratio", "target", "result")
+
+
+def record(
+    key: str,
+    figure: str,
+    measured: str,
+    target: str,
+    passed: bool | None,
+    *,
+    baseline: str = "",
+    ratio: float | None = None,
+    value: float | None = None,
+    unit: str = "",
+) -> None:
+    """Adds one figure to this run's results file (created by `bench_report.py --reset`).
+
+    `measured`, `baseline` and `target` are as a reader wants them (with units); `value` and
+    `unit` the bare number, for tools. `passed` None: a figure printed for information only.
+    """
+    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        document: dict[str, Any] = json.loads(RESULTS_FILE.read_text())
+    except (OSError, ValueError):
+        document = {"started_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    document.setdefault("figures", {})[key] = {
+        "figure": figure,
+        "measured": measured,
+        "baseline": baseline,
+        "ratio": None if ratio is None else round(ratio, 2),
+        "target": target,
+        "result": "info" if passed is None else ("PASS" if passed else "FAIL"),
+        "value": value,
+        "unit": unit,
+    }
+    temporary = RESULTS_FILE.with_suffix(".partial")
+    temporary.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    temporary.replace(RESULTS_FILE)
+
+
+class Progress:
+    """One line of progress for a long step: done, rate and seconds left, at most once a second."""
+
+    def __init__(self, what: str, total: int, unit: str) -> None:
+        self.what, self.total, self.unit = what, total, unit
+        self.started = time.monotonic()
+        self._shown = 0.0
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self._shown < 1.0 and done < self.total:
+            return
+        self._shown = now
+        elapsed = max(now - self.started, 1e-9)
+        rate = done / elapsed
+        left = (self.total - done) / rate if rate > 0 else float("inf")
+        sys.stderr.write(
+            f"\r  {self.what}: {done:,} of {self.total:,} {self.unit} "
+            f"({rate:,.0f}/s, {left:,.0f} s left)   "
+        )
+        if done >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
