@@ -36,6 +36,15 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
             "TOGETHER_IDEMPOTENCY_LEASE_SECONDS": str(settings.idempotency_lease_seconds),
         }
     )
+    # The store the test's settings use (a local folder, or the test's S3 prefix).
+    for name in ("storage_url", "s3_endpoint_url", "s3_region"):
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"TOGETHER_{name.upper()}"] = str(value)
+    for name in ("s3_access_key_id", "s3_secret_access_key"):
+        secret = getattr(settings, name)
+        if secret is not None:
+            env[f"TOGETHER_{name.upper()}"] = secret.get_secret_value()
     if settings.key_file is not None:
         env["TOGETHER_KEY_FILE"] = str(settings.key_file)
     if settings.audit_key_file is not None:
