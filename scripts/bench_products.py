@@ -66,6 +66,7 @@ WORKERS = 2
 CONNECTIONS = 8
 LOAD_WARMUP_S = 1.0
 TARGET_RPS = 1_000.0
+READERS = 50
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 MAX_ERROR_SAMPLES = 5
 MB = 1 << 20
@@ -113,10 +114,15 @@ class LoadSpec:
     workers: int = 0
     # The server's process (its workers are its children): its CPU is measured when given.
     server_pid: int = 0
+    # Different requests, one per connection in turn (path, headers); `path` and `headers`
+    # are then unused. Connections are not spread over workers in that case.
+    mix: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
 
 @dataclass
 class LoadResult:
+    # Every 2xx answer received, warm-up included (what the audit trail must hold).
+    answered: int = 0
     ok: int = 0
     not_ok: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
@@ -504,6 +510,8 @@ async def _connection_loop(
             await asyncio.sleep(0.01)  # a refused connection must not spin
             continue
         now = time.monotonic()
+        if 200 <= status < 300:
+            result.answered += 1
         if counting_from <= now < until:
             if 200 <= status < 300:
                 result.ok += 1
@@ -517,12 +525,25 @@ async def _connection_loop(
         writer.close()
 
 
+def _request_bytes(spec: LoadSpec, path: str, headers: dict[str, str]) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", f"Host: {spec.host}:{spec.port}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
 async def _generate_load(spec: LoadSpec) -> LoadResult:
-    lines = [f"GET {spec.path} HTTP/1.1", f"Host: {spec.host}:{spec.port}"]
-    lines += [f"{name}: {value}" for name, value in spec.headers.items()]
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    request = _request_bytes(spec, spec.path, spec.headers)
     result = LoadResult()
-    streams = await _spread_connections(spec, request, result)
+    if spec.mix:
+        requests = [
+            _request_bytes(spec, *spec.mix[i % len(spec.mix)]) for i in range(spec.connections)
+        ]
+        streams = [
+            await asyncio.open_connection(spec.host, spec.port) for _ in range(spec.connections)
+        ]
+    else:
+        requests = [request] * spec.connections
+        streams = await _spread_connections(spec, request, result)
     cpu_at_start: float | None = None
     sample_at_start: CpuSample | None = None
     started = time.monotonic()
@@ -538,7 +559,10 @@ async def _generate_load(spec: LoadSpec) -> LoadResult:
 
     cpu_task = asyncio.create_task(note_cpu())
     await asyncio.gather(
-        *(_connection_loop(spec, request, result, counting_from, until, s) for s in streams)
+        *(
+            _connection_loop(spec, each, result, counting_from, until, stream)
+            for each, stream in zip(requests, streams, strict=True)
+        )
     )
     await cpu_task
     sample_at_end = _cpu_sample(spec.server_pid) if spec.server_pid else None
@@ -615,6 +639,82 @@ def _measure_throughput(server: Server, token: str, seconds: float) -> Throughpu
     return Throughput(rates=rates, health=health)
 
 
+@dataclass
+class Readers:
+    result: LoadResult
+    audited: int  # product.read events written while the readers ran
+    requests: int  # distinct requests in the mix
+
+
+def _audited_reads(database: Database, data_dir: Path) -> int:
+    """How many product reads the audit trail holds (read straight from the database)."""
+    from sqlalchemy import create_engine, text
+
+    from services.kit.db import normalise_url
+
+    url = database.url or f"sqlite:///{(data_dir / 'together.db').resolve()}"
+    engine = create_engine(normalise_url(url))
+    try:
+        with engine.connect() as connection:
+            found = connection.execute(
+                text("SELECT count(*) FROM audit_events WHERE action = 'product.read'")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return int(found)
+
+
+def _reader_mix(l1: dict[str, str], l2: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
+    """Different products and questions, as a partnership's dashboards ask them at once."""
+    periods = [
+        ("2023-04-01", "2024-04-01"),
+        ("2022-04-01", "2023-04-01"),
+        ("2023-01-01", "2024-01-01"),
+        ("2023-10-01", "2024-04-01"),
+        ("2022-10-01", "2023-10-01"),
+    ]
+    mix: list[tuple[str, dict[str, str]]] = []
+    for start, end in periods:
+        period = {"from": start, "to": end}
+        mix += [
+            (_product_path("sv-counts", {**period, "by": "weekday,hour"}), l1),
+            (_product_path("sv-counts", {**period, "by": "csp"}), l1),
+            (_product_path("sv-rates", period), l1),
+            (_product_path("sv-flags", period), l1),
+            (_product_path("hotspots", period), l2),
+        ]
+    mix.append((_product_path("hkc-summary", {"as_of": "2024-04-01"}), l1))
+    return mix
+
+
+def _measure_readers(
+    server: Server, database: Database, data_dir: Path, l1: str, l2: str, seconds: float
+) -> Readers:
+    mix = _reader_mix({"Authorization": f"Bearer {l1}"}, {"Authorization": f"Bearer {l2}"})
+    with httpx.Client(timeout=60.0) as client:
+        for path, headers in mix:  # each answers before the load (a refusal says so plainly)
+            response = client.get(server.base_url + path, headers=headers)
+            if response.status_code != 200:
+                raise BenchError(f"GET {path} answered {response.status_code}: {response.text}")
+    before = _audited_reads(database, data_dir)
+    print(f"{READERS} readers of {len(mix)} different requests for {seconds:g} s ...", flush=True)
+    result = _run_load(
+        LoadSpec(
+            host=server.host,
+            port=server.port,
+            path="",
+            headers={},
+            connections=READERS,
+            warmup_s=LOAD_WARMUP_S,
+            seconds=seconds,
+            server_pid=server.process.pid,
+            mix=mix,
+        )
+    )
+    audited = _audited_reads(database, data_dir) - before
+    return Readers(result=result, audited=audited, requests=len(mix))
+
+
 # ---------------------------------------------------------------------------------------------
 # The run
 
@@ -649,8 +749,8 @@ def _generate(workdir: Path, rows: int) -> dict[str, Path]:
 
 
 def _measure(
-    workdir: Path, database: Database, rows: int, seconds: float
-) -> tuple[Latency, Throughput]:
+    workdir: Path, database: Database, rows: int, seconds: float, readers_seconds: float
+) -> tuple[Latency, Throughput, Readers | None]:
     csvs = _generate(workdir, rows)
     data_dir = workdir / "data"
     env = server_env(data_dir, database.url)
@@ -658,6 +758,7 @@ def _measure(
     police = create_client(env, "bench-police", "hampshire-constabulary", "partner_system")
     vru = create_client(env, "bench-vru", "vru", "partner_system")
     analyst = create_client(env, "bench-analyst", "vru", "l1_analyst")
+    hotspots = create_client(env, "bench-hotspots", "vru", "l2_reader", area="all")
     server = Server(env, workdir / "server.log", WORKERS)
     try:
         with httpx.Client(timeout=60.0) as client:
@@ -677,11 +778,16 @@ def _measure(
             # Before the load, so a refusal is reported plainly rather than as a count of 4xx.
             _read_product(client, server.base_url + _product_path("sv-rates", RATES_PARAMS), token)
             throughput = _measure_throughput(server, token, seconds)
+            readers = None
+            if readers_seconds > 0:
+                token = benchkit.token(client, server.base_url, *analyst)
+                l2 = benchkit.token(client, server.base_url, *hotspots)
+                readers = _measure_readers(server, database, data_dir, token, l2, readers_seconds)
     except BenchError as exc:
         raise BenchError(f"{exc}\n--- server log (tail) ---\n{log_tail(server.log_path)}") from exc
     finally:
         server.stop()
-    return latency, throughput
+    return latency, throughput, readers
 
 
 def _ms(seconds: float) -> str:
@@ -800,6 +906,32 @@ def _report(
     return clean
 
 
+def _report_readers(readers: Readers, seconds: float) -> bool:
+    """Print the concurrent readers' figures; False when the run showed errors."""
+    result = readers.result
+    print(f"readers            {READERS} connections, {readers.requests} different requests")
+    print(_load_line("  mixed products", result))
+    matches = readers.audited == result.answered
+    print(
+        f"  audit            {readers.audited:,} product.read events for {result.answered:,} "
+        f"answers ({'equal' if matches else 'DIFFERENT'})"
+    )
+    passed = result.not_ok == 0 and result.errors == 0 and matches and result.ok > 0
+    print(f"  target           no error, no 5xx, audit = reads  {'PASS' if passed else 'FAIL'}")
+    statuses = ", ".join(f"{status}: {n:,}" for status, n in sorted(result.statuses.items()))
+    benchkit.record(
+        f"products.readers_{READERS}",
+        f"{READERS} concurrent readers of {readers.requests} different requests for {seconds:g} s",
+        f"{result.rps:,.0f} requests/s; {statuses or 'no answers'}; {result.errors} errors; "
+        f"{readers.audited:,} audited of {result.answered:,} answered",
+        "no error, no 5xx, audit count = reads",
+        passed,
+        value=result.rps,
+        unit="requests/s",
+    )
+    return passed
+
+
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
     # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the server and clean up.
     raise KeyboardInterrupt(f"signal {signum}")
@@ -810,6 +942,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000, help="police rows to store")
     parser.add_argument(
         "--seconds", type=float, default=10.0, help="duration of each throughput run"
+    )
+    parser.add_argument(
+        "--readers-seconds",
+        type=float,
+        default=60.0,
+        help=f"how long {READERS} readers of different products run (0: not at all)",
     )
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary directory (and database schema)"
@@ -831,7 +969,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         database = _choose_database()
         print(f"database: {database.description}", flush=True)
-        latency, throughput = _measure(workdir, database, args.rows, args.seconds)
+        latency, throughput, readers = _measure(
+            workdir, database, args.rows, args.seconds, args.readers_seconds
+        )
     except BenchError as exc:
         print(f"bench error: {exc}", file=sys.stderr)
         return 1
@@ -846,7 +986,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
             _drop_schema(database)
-    return 0 if _report(database, args.rows, latency, throughput, args.seconds) else 1
+    clean = _report(database, args.rows, latency, throughput, args.seconds)
+    if readers is not None:
+        clean = _report_readers(readers, args.readers_seconds) and clean
+    return 0 if clean else 1
 
 
 if __name__ == "__main__":

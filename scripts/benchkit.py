@@ -59,8 +59,11 @@ def run_cli(args: list[str], env: dict[str, str]) -> str:
     return done.stdout
 
 
-def create_client(env: dict[str, str], name: str, org: str, role: str) -> tuple[str, str]:
-    output = run_cli(["clients", "create", name, "--org", org, "--role", role], env)
+def create_client(
+    env: dict[str, str], name: str, org: str, role: str, *, area: str | None = None
+) -> tuple[str, str]:
+    extra = ["--area", area] if area else []
+    output = run_cli(["clients", "create", name, "--org", org, "--role", role, *extra], env)
     # Tolerate log lines around the JSON object the command prints.
     start, end = output.find("{"), output.rfind("}")
     try:
