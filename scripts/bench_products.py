@@ -784,6 +784,7 @@ def _measure(
     csvs = _generate(workdir, rows)
     data_dir = workdir / "data"
     env = server_env(data_dir, database.url)
+    env.update(TOGETHER_UPLOAD_MAX_ROWS=str(rows + 1), TOGETHER_UPLOAD_PARSE_MEMORY_BYTES="0")
     run_cli(["db", "upgrade"], env)
     police = create_client(env, "bench-police", "hampshire-constabulary", "partner_system")
     vru = create_client(env, "bench-vru", "vru", "partner_system")
@@ -999,7 +1000,7 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rows", type=int, default=1_000_000, help="police rows to store")
+    parser.add_argument("--rows", type=int, default=10_000_000, help="police rows to store")
     parser.add_argument(
         "--seconds", type=float, default=10.0, help="duration of each throughput run"
     )
