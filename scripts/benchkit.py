@@ -43,6 +43,7 @@ def server_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
         TOGETHER_ENV="development",
         TOGETHER_DATA_DIR=str(data_dir),
         TOGETHER_UPLOAD_MAX_BYTES=str(8 << 30),
+        TOGETHER_UPLOAD_MAX_DECOMPRESSED_BYTES=str(64 << 30),
     )
     if database_url:
         env["TOGETHER_DATABASE_URL"] = database_url
