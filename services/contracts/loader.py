@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from services.contracts.model import CONTRACT_RULE, Contract, ContractField, PersonSpec
+from services.kit.resources import resource_dir
 from services.kit.yamlfile import StrictLoader
 
 CONTRACT_SUFFIX = ".yaml"
@@ -66,8 +67,9 @@ class ContractError(Exception):
 
 
 def default_contracts_dir() -> Path:
-    """The repository's ``contracts/`` folder; callers with settings pass their own path."""
-    return Path(__file__).resolve().parents[2] / "contracts"
+    """The shipped ``contracts/`` folder (a checkout's, or an installed wheel's); callers with
+    settings pass their own path."""
+    return resource_dir("contracts")
 
 
 def load_contract(path: Path) -> Contract:

@@ -10,10 +10,12 @@ from alembic.config import Config
 from sqlalchemy import Engine
 
 from services.kit.db import normalise_url
+from services.kit.resources import resource_dir
 
 
 def migrations_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "migrations"
+    """The repository's migrations/ in a checkout; the wheel's copy once installed."""
+    return resource_dir("migrations")
 
 
 def alembic_config(database_url: str) -> Config:

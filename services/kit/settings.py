@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.kit import resources
+
 # Values an operator might leave in from an example file. Outside development the platform
 # refuses to start with any of them rather than run with a guessable secret.
 PLACEHOLDER_SECRETS = frozenset(
@@ -26,8 +28,9 @@ def _is_placeholder(value: SecretStr | None) -> bool:
     return value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS
 
 
-def _repository_root() -> Path:
-    return Path(__file__).resolve().parents[2]
+def _resource(name: resources.Resource, *parts: str) -> Path:
+    """A default shipped with the code (a checkout's folder or the installed wheel's copy)."""
+    return resources.resource_dir(name).joinpath(*parts)
 
 
 class Settings(BaseSettings):
@@ -37,14 +40,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     # A DSN may carry the database password: kept out of reprs and logs like the keys below.
     database_url: SecretStr | None = None
-    contracts_dir: Path = Field(default_factory=lambda: _repository_root() / "contracts")
-    policies_dir: Path = Field(default_factory=lambda: _repository_root() / "policies")
-    partnership_file: Path = Field(
-        default_factory=lambda: _repository_root() / "config" / "partnership.yaml"
-    )
-    products_dir: Path = Field(
-        default_factory=lambda: _repository_root() / "services" / "products" / "definitions"
-    )
+    contracts_dir: Path = Field(default_factory=lambda: _resource("contracts"))
+    policies_dir: Path = Field(default_factory=lambda: _resource("policies"))
+    partnership_file: Path = Field(default_factory=lambda: _resource("config", "partnership.yaml"))
+    products_dir: Path = Field(default_factory=resources.products_dir)
 
     # Keys. Either a key file (JSON written by ``together keys generate``) or the individual
     # values. In development a key file is generated in the data folder on first use.
@@ -239,7 +238,7 @@ class Settings(BaseSettings):
 
     # Delta Sharing (services/sharing): published tables for analysts' own tools.
     sharing_file: Path = Field(
-        default_factory=lambda: _repository_root() / "config" / "sharing.yaml",
+        default_factory=lambda: _resource("config", "sharing.yaml"),
         description="The published tables: shares, schemas and tables of Level 1 and 2 products",
     )
     sharing_endpoint: str | None = Field(
