@@ -23,6 +23,7 @@ from gateway.routes import (
     contracts,
     datasets,
     health,
+    metrics,
     oauth,
     products,
     sharing,
@@ -30,6 +31,8 @@ from gateway.routes import (
 )
 from gateway.web import pages as ig_pages
 from gateway.web.session import WebSessionMiddleware
+from services.kit import logs
+from services.kit import metrics as figures
 from services.kit.outages import classify
 from services.kit.settings import Settings, get_settings
 from services.platform import Platform, build_platform
@@ -43,6 +46,7 @@ PUBLIC_PATHS = frozenset(
 
 ROUTERS = (
     health.router,
+    metrics.router,
     oauth.router,
     contracts.router,
     uploads.router,
@@ -154,6 +158,8 @@ class EdgeMiddleware:
                 break
         request_id = supplied if supplied and _REQUEST_ID.match(supplied) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        request_token = logs.request_id_var.set(request_id)
+        principal_token = logs.principal_var.set(None)
         status = 500
         started_response = False
 
@@ -195,17 +201,23 @@ class EdgeMiddleware:
             if classify(exc) is None:
                 raise
         finally:
+            elapsed = time.perf_counter() - started
+            route = _route_template(scope) or "unmatched"
+            figures.HTTP_REQUESTS.labels(route, scope.get("method", ""), str(status)).inc()
+            figures.HTTP_LATENCY.labels(route).observe(elapsed)
             if self.log_requests:
-                self._log(scope, status, request_id, started)
+                self._log(scope, status, request_id, elapsed)
+            logs.principal_var.reset(principal_token)
+            logs.request_id_var.reset(request_token)
 
     @staticmethod
-    def _log(scope: Scope, status: int, request_id: str, started: float) -> None:
+    def _log(scope: Scope, status: int, request_id: str, elapsed: float) -> None:
         event = {
             "event": "http.request",
             "method": scope.get("method"),
             "route": _route_template(scope),
             "status": status,
-            "ms": round((time.perf_counter() - started) * 1000, 1),
+            "ms": round(elapsed * 1000, 1),
             "request_id": request_id,
         }
         access_log.info(json.dumps(event, ensure_ascii=True))

@@ -13,6 +13,7 @@ from services.audit.service import RequestContext
 from services.identity import service as identity_service
 from services.identity.schemas import Principal
 from services.identity.tokens import TokenInvalid
+from services.kit import logs
 from services.kit.errors import NotAuthenticated
 from services.platform import Platform
 from services.sharing import service as sharing_service
@@ -138,6 +139,7 @@ async def authenticated(request: Request) -> Principal:
         principal = await run_in_threadpool(_authenticate, platform, authorization, ctx, sharing)
     request.state.principal = principal
     request.state.ctx = ctx
+    logs.principal_var.set(principal.client_id)
     return principal
 
 

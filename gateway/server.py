@@ -16,6 +16,11 @@ here closes those gaps, each with a setting (`TOGETHER_HTTP_*`):
   longest for a request head is closed to make room, so slow clients cannot lock healthy ones out.
 
 Every refusal made here is problem+json like the application's own, with a request id.
+
+On SIGTERM (uvicorn's own shutdown, bounded here): the listening socket closes, idle connections
+close, requests in flight (a read still streaming, an upload still arriving) run to their end for
+at most `shutdown_grace_seconds`, then the application's shutdown stops the background threads
+and writes any audit event still queued, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,6 +40,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import Server, ServerState
 from uvicorn.supervisors import Multiprocess
 
+from services.kit import logs, metrics
 from services.kit.settings import Settings, get_settings
 
 log = logging.getLogger("together.edge")
@@ -391,6 +398,7 @@ class EdgeConfig(uvicorn.Config):
 
 
 def build_config(settings: Settings, host: str, port: int, workers: int) -> EdgeConfig:
+    level = "info"
     return EdgeConfig(
         "gateway.asgi:app",
         limits=EdgeLimits.from_settings(settings),
@@ -399,15 +407,30 @@ def build_config(settings: Settings, host: str, port: int, workers: int) -> Edge
         workers=workers,
         proxy_headers=False,
         server_header=False,
-        log_level="info",
+        log_level=level,
+        log_config=logs.logging_config(settings.log_format, level.upper()),
         access_log=False,  # the application logs each request by its route template
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
+
+
+class _Server(Server):
+    """uvicorn's server, except that a SIGTERM it has answered with a graceful shutdown ends the
+    process with status 0: uvicorn raises the signal again once done, which a supervisor
+    (systemd, Kubernetes) would read as a crash."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM and sig in self._captured_signals:
+            self._captured_signals.remove(sig)
 
 
 def run(settings: Settings, host: str, port: int, workers: int) -> None:
     """Serve until stopped: one process, or a supervisor of `workers` processes."""
     config = build_config(settings, host, port, workers)
     if config.workers > 1:
+        # Workers count in files of one folder, so any worker's /metrics answers the sum.
+        metrics.use_folder(settings.data_dir / "metrics")
         Multiprocess(config, sockets=[config.bind_socket()]).run()
         return
-    Server(config=config).run()
+    _Server(config=config).run()

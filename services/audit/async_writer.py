@@ -25,6 +25,7 @@ import psycopg
 
 from services.audit.models import AuditEvent
 from services.audit.service import AuditRecord, RequestContext, _row
+from services.kit import metrics
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class AsyncAuditWriter:
         self._task: asyncio.Task[None] | None = None
         self._connection: psycopg.AsyncConnection[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._writing = False
         # The check an event passes first (services/audit/freshness.py): raises to refuse.
         self.gate: Callable[[AuditRecord], None] | None = None
 
@@ -71,9 +73,18 @@ class AsyncAuditWriter:
         self._wakeup.set()
         await done
 
-    async def close(self) -> None:
+    async def close(self, flush_seconds: float = 10.0) -> None:
         if self._loop is not asyncio.get_running_loop():
             return
+        # Events still queued (a request cut off at the end of a graceful shutdown) are written
+        # before the connection closes, for a bounded time: a lost event is a read unaccounted.
+        deadline = self._loop.time() + flush_seconds
+        while (self._pending or self._writing) and self._loop.time() < deadline:
+            if self._task is None or self._task.done():
+                break
+            if self._wakeup is not None:
+                self._wakeup.set()
+            await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
         if self._connection is not None:
@@ -88,6 +99,7 @@ class AsyncAuditWriter:
             batch, self._pending = self._pending, []
             if not batch:
                 continue
+            self._writing = True
             try:
                 await self._write([parameters for parameters, _ in batch])
             except Exception as exc:
@@ -100,6 +112,8 @@ class AsyncAuditWriter:
                 for _, done in batch:
                     if not done.done():
                         done.set_result(None)
+            finally:
+                self._writing = False
 
     async def _write(self, rows: list[dict[str, Any]]) -> None:
         if self._connection is None or self._connection.closed:
@@ -108,6 +122,7 @@ class AsyncAuditWriter:
             )
         # orjson writes the timestamps as RFC 3339 with their offset, read back exactly.
         await self._connection.execute(_INSERT, (orjson.dumps(rows).decode(),), prepare=True)
+        metrics.AUDIT_EVENTS.inc(len(rows))
 
     async def _discard_connection(self) -> None:
         connection, self._connection = self._connection, None

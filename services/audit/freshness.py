@@ -36,18 +36,29 @@ from services.kit.errors import AuditUnavailable
 GATED_LEVEL = 2
 
 
-def stall_problem(
-    session: Session, *, window_seconds: float, cadence_seconds: float, now: datetime
-) -> str | None:
-    """What is behind, in one sentence, or None when the sealer keeps up."""
+def unsealed_age_seconds(session: Session, *, now: datetime) -> float:
+    """How long the oldest committed event not yet chained has waited (0: all are sealed)."""
+    oldest = _oldest_unsealed(session, now)
+    return 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
+
+
+def _oldest_unsealed(session: Session, now: datetime) -> datetime | None:
     sealed_up_to = session.execute(select(func.max(AuditChainLink.event_seq))).scalar_one()
     oldest = session.execute(
         select(func.min(AuditEvent.occurred_at)).where(AuditEvent.seq > (sealed_up_to or 0))
     ).scalar_one()
+    if oldest is not None and oldest.tzinfo is None:  # SQLite's min() bypasses the column type
+        oldest = datetime.fromisoformat(str(oldest)).replace(tzinfo=now.tzinfo)
+    return oldest
+
+
+def stall_problem(
+    session: Session, *, window_seconds: float, cadence_seconds: float, now: datetime
+) -> str | None:
+    """What is behind, in one sentence, or None when the sealer keeps up."""
+    oldest = _oldest_unsealed(session, now)
     window = timedelta(seconds=window_seconds)
     if oldest is not None:
-        if oldest.tzinfo is None:  # SQLite's min() bypasses the column type
-            oldest = datetime.fromisoformat(str(oldest)).replace(tzinfo=now.tzinfo)
         if now - oldest > window:
             return (
                 f"audit events committed {int((now - oldest).total_seconds())} s ago are not "
@@ -100,6 +111,11 @@ class SealerWatch:
                 )
             self._checked_at = time.monotonic()
             return self._problem
+
+    def lag_seconds(self) -> float:
+        """The sealer's lag now (a query of its own, for a metrics scrape)."""
+        with self._sessions() as session:
+            return unsealed_age_seconds(session, now=self._clock())
 
     def check(self, rec: AuditRecord) -> None:
         """The gate, called where a read's event is written: a served Level 2 or 3 read is

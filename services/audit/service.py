@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.audit.canonical import canonical_json
 from services.audit.catalogue import AuditAction, Outcome
 from services.audit.models import AuditEvent, AuditSubject
+from services.kit import metrics
 from services.kit.clock import utcnow
 from services.kit.ids import new_id
 from services.kit.uow import audit_guard, audited
@@ -118,6 +119,7 @@ def record_many(
     """Insert several events in one statement (and their subjects in another)."""
     built = [_row(ctx, rec) for ctx, rec in items]
     seqs = list(session.execute(_INSERT_EVENTS, [row for row, _ in built]).scalars())
+    metrics.AUDIT_EVENTS.inc(len(seqs))
     subjects = [
         {"event_seq": seq, "person_id": person}
         for seq, (_, people) in zip(seqs, built, strict=True)
@@ -272,6 +274,7 @@ class GroupCommitter:
             try:
                 with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                     conn.execute(_INSERT_EVENTS, [_row(i.ctx, i.rec)[0] for i in batch])
+                metrics.AUDIT_EVENTS.inc(len(batch))
                 return
             except Exception:
                 if len(batch) == 1:

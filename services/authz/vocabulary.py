@@ -13,6 +13,8 @@ class Role(StrEnum):
     L3_PRACTITIONER = "l3_practitioner"
     IG_LEAD = "ig_lead"
     ADMIN = "admin"
+    # A monitoring system (Prometheus): reads the operational figures at /metrics, nothing else.
+    OPERATOR = "operator"
 
 
 class Action(StrEnum):
@@ -24,6 +26,7 @@ class Action(StrEnum):
     ASSESSMENT_WRITE = "assessment:write"
     # Approving a pending grant of a role that needs a second person (SECOND_PERSON_ROLES).
     GRANT_APPROVE = "grant:approve"
+    METRICS_READ = "metrics:read"
 
 
 class ResourceType(StrEnum):
@@ -35,6 +38,8 @@ class ResourceType(StrEnum):
     AUDIT = "audit"
     # A pending grant request; its owner is the organisation of the client it would change.
     GRANTS = "grants"
+    # The process's operational figures (counts and timings; no personal data).
+    METRICS = "metrics"
 
 
 ROLES: tuple[str, ...] = tuple(role.value for role in Role)

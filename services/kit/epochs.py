@@ -67,6 +67,8 @@ class EpochReader:
         self._latest: tuple[Epochs, float] | None = None
         self._watcher: PeriodicThread | None = None
         self.max_age = 0.25
+        # When the watcher last read the counters (monotonic), whether or not it was kept.
+        self._last_read_at: float | None = None
         # Bumped by `invalidate`: a watcher reading begun before it is not kept.
         self._generation = 0
         self._lock = threading.Lock()
@@ -116,11 +118,19 @@ class EpochReader:
             self._watcher.stop(timeout=5)
             self._watcher = None
         self._latest = None
+        self._last_read_at = None
+
+    def age(self) -> float | None:
+        """Seconds since the watcher last read the counters (None when not watching): what a
+        cached principal or version may lag a change made elsewhere, short of one query."""
+        last = self._last_read_at
+        return None if self._watcher is None or last is None else time.monotonic() - last
 
     def _refresh(self) -> None:
         generation = self._generation
         started = time.monotonic()
         reading = self.read()
+        self._last_read_at = started
         # Stamped with the time the query started: the reading is at least that fresh. Not
         # kept when a commit of this process invalidated the readings meanwhile.
         with self._lock:

@@ -65,6 +65,7 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.AUDIT_REVIEW: NOTHING,
         Action.ASSESSMENT_WRITE: NOTHING,
         Action.GRANT_APPROVE: NOTHING,
+        Action.METRICS_READ: NOTHING,
     },
     Role.L1_READER: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -74,6 +75,7 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.AUDIT_REVIEW: NOTHING,
         Action.ASSESSMENT_WRITE: NOTHING,
         Action.GRANT_APPROVE: NOTHING,
+        Action.METRICS_READ: NOTHING,
     },
     Role.L1_ANALYST: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -83,6 +85,7 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.AUDIT_REVIEW: NOTHING,
         Action.ASSESSMENT_WRITE: NOTHING,
         Action.GRANT_APPROVE: NOTHING,
+        Action.METRICS_READ: NOTHING,
     },
     Role.L2_READER: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -92,6 +95,7 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.AUDIT_REVIEW: NOTHING,
         Action.ASSESSMENT_WRITE: NOTHING,
         Action.GRANT_APPROVE: NOTHING,
+        Action.METRICS_READ: NOTHING,
     },
     Role.L3_PRACTITIONER: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -101,6 +105,7 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.AUDIT_REVIEW: NOTHING,
         Action.ASSESSMENT_WRITE: (Grant(ResourceType.LEVEL3, rid="habitual-knife-carriers"),),
         Action.GRANT_APPROVE: NOTHING,
+        Action.METRICS_READ: NOTHING,
     },
     Role.IG_LEAD: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -110,6 +115,17 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.AUDIT_REVIEW: (Grant(ResourceType.AUDIT, "own_org"),),
         Action.ASSESSMENT_WRITE: NOTHING,
         Action.GRANT_APPROVE: (Grant(ResourceType.GRANTS, "own_org"),),
+        Action.METRICS_READ: NOTHING,
+    },
+    Role.OPERATOR: {
+        Action.DATASET_UPLOAD: NOTHING,
+        Action.CLIENT_MANAGE: NOTHING,
+        Action.PRODUCT_READ: NOTHING,
+        Action.PRODUCT_READ_UNSUPPRESSED: NOTHING,
+        Action.AUDIT_REVIEW: NOTHING,
+        Action.ASSESSMENT_WRITE: NOTHING,
+        Action.GRANT_APPROVE: NOTHING,
+        Action.METRICS_READ: (Grant(ResourceType.METRICS),),
     },
     Role.ADMIN: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -119,6 +135,7 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.AUDIT_REVIEW: (Grant(ResourceType.AUDIT),),
         Action.ASSESSMENT_WRITE: NOTHING,
         Action.GRANT_APPROVE: NOTHING,
+        Action.METRICS_READ: NOTHING,
     },
 }
 
@@ -198,6 +215,7 @@ PRODUCT_TABLE = {
     Role.L3_PRACTITIONER: (False, False, False, True),
     Role.IG_LEAD: (False, False, False, False),
     Role.ADMIN: (False, False, False, False),
+    Role.OPERATOR: (False, False, False, False),
 }
 
 

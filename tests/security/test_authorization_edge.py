@@ -63,7 +63,8 @@ def test_T12_path_confusion_never_reaches_a_level3_answer(
     platform: Platform, make_client: Callable[..., ClientCredentials], tmp_path: Path
 ) -> None:
     reader = make_client(org="vru", roles=("l1_reader",))
-    server = edge_server(platform.settings, tmp_path)
+    # JSON logs: each line one object, so every request line below is read whole.
+    server = edge_server(platform.settings, tmp_path, TOGETHER_LOG_FORMAT="json")
     try:
         token = live_token(server, reader.client_id, reader.client_secret)
         auth = [f"Authorization: Bearer {token}"]
@@ -89,7 +90,8 @@ def test_T12_path_confusion_never_reaches_a_level3_answer(
         server.stop()
     # Requests are logged by route template: none of the spellings sent appears in the log.
     log = (tmp_path / "server.log").read_text(errors="replace")
-    lines = [json.loads(line) for line in log.splitlines() if '"http.request"' in line]
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    lines = [event for event in events if event["message"] == "http.request"]
     assert len(lines) >= len(_EDGE_CONFUSED_TARGETS)
     assert {line["route"] for line in lines} <= {
         None,
