@@ -233,6 +233,23 @@ class GrantRequestList(_Open):
     requests: list[GrantRequest]
 
 
+class ExpiringGrant(_Open):
+    """A time-bound role grant still in force that ends soon."""
+
+    client_id: str
+    name: str
+    organisation: str
+    role: str
+    area: str | None
+    expires_at: str
+    days_left: int = Field(description="whole days until expires_at")
+
+
+class ExpiringGrantList(_Open):
+    days: int
+    grants: list[ExpiringGrant]
+
+
 class ClientDisabled(_Open):
     client_id: str
     disabled: bool

@@ -4,10 +4,11 @@ and take effect when an IG lead of the client's organisation approves them."""
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from gateway import schemas
@@ -26,6 +27,11 @@ class GrantIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: str = Field(max_length=50)
     areas: list[str] = Field(default_factory=list, max_length=20)
+    expires_at: AwareDatetime | None = Field(
+        default=None,
+        description="when the grant ends (ISO 8601 with an offset); required for "
+        "l3_practitioner, at most 366 days ahead",
+    )
 
 
 class ClientIn(BaseModel):
@@ -41,7 +47,13 @@ class RolesIn(BaseModel):
 
 
 def _grants(roles: list[GrantIn]) -> list[RoleGrant]:
-    return [grant for g in roles for grant in principals.grants_for([g.role], g.areas)]
+    return [
+        grant
+        for g in roles
+        for grant in principals.grants_for(
+            [g.role], g.areas, g.expires_at.astimezone(UTC) if g.expires_at else None
+        )
+    ]
 
 
 @router.get("/clients", response_model=schemas.ClientList, responses=schemas.problems(403))
@@ -137,6 +149,23 @@ async def list_grant_requests(
         grant_requests.list_requests, platform.admin, principal, ctx, state=state
     )
     return FastJSONResponse({"requests": rows})
+
+
+@router.get(
+    "/grants/expiring", response_model=schemas.ExpiringGrantList, responses=schemas.problems(403)
+)
+async def list_expiring_grants(
+    principal: Authenticated,
+    ctx: Context,
+    platform: PlatformDep,
+    days: Annotated[int, Query(ge=1, le=3660, description="the window, in days")] = 30,
+) -> FastJSONResponse:
+    """Time-bound role grants ending within `days`: every organisation's for administrators,
+    their own for IG leads."""
+    rows = await run_in_threadpool(
+        grant_requests.list_expiring, platform.admin, principal, ctx, days=days
+    )
+    return FastJSONResponse({"days": days, "grants": rows})
 
 
 async def _decide(

@@ -22,6 +22,7 @@ from gateway.deps import PlatformDep, request_context
 from gateway.routes.audit_review import to_csv, to_ndjson
 from gateway.web import auth
 from gateway.web.auth import SignedIn, WebUser
+from services.admin import grants as grants_service
 from services.admin import sign_in as sign_in_service
 from services.audit.alerts import RULE_TITLES, RULES
 from services.audit.catalogue import AuditAction, Outcome
@@ -403,3 +404,22 @@ async def checkpoints(user: SignedIn, platform: PlatformDep, verify: str | None 
         coverage=coverage,
         verified_log=verify_log,
     )
+
+
+EXPIRING_DAYS = 30
+
+
+@router.get("/grants/expiring")
+async def expiring_grants(user: SignedIn, platform: PlatformDep) -> Response:
+    if user is None:
+        return _to_sign_in()
+    try:
+        found = await run_in_threadpool(
+            partial(grants_service.list_expiring, days=EXPIRING_DAYS),
+            platform.admin,
+            user.principal,
+            user.ctx,
+        )
+    except TogetherError as exc:
+        return _error(user, exc)
+    return _render("expiring_grants.html", user=user, grants=found, days=EXPIRING_DAYS)

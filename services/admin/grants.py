@@ -17,6 +17,7 @@ pending request (`together grants approve`); both are audited with the operator 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -60,15 +61,67 @@ class GrantNotPending(TogetherError):
     title = "This grant request was already decided"
 
 
+# A Level 3 grant is time-bound: it ends within this many days of being granted.
+LEVEL3_ROLE = "l3_practitioner"
+LEVEL3_MAX_DAYS = 366
+
+
+class ExpiryRequired(BadRequest):
+    code = "GRANT_EXPIRY_REQUIRED"
+    title = "This role is granted only until a date"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds") if moment is not None else None
+
+
+def grant_document(role: str, area: str | None, expires_at: datetime | None) -> dict[str, Any]:
+    """A grant as the API, the command line and audit details show it (`expires_at` only on
+    a time-bound grant)."""
+    document: dict[str, Any] = {"role": role, "area": area}
+    if expires_at is not None:
+        document["expires_at"] = _iso(expires_at)
+    return document
+
+
 def _documents(grants: Iterable[RoleGrant]) -> list[dict[str, Any]]:
     return [
-        {"role": g.role, "area": g.area}
+        grant_document(g.role, g.area, g.expires_at)
         for g in sorted(grants, key=lambda g: (g.role, g.area or ""))
     ]
 
 
 def _grants(documents: Iterable[dict[str, Any]]) -> set[RoleGrant]:
-    return {RoleGrant(str(d["role"]), d.get("area")) for d in documents}
+    return {
+        RoleGrant(
+            str(d["role"]),
+            d.get("area"),
+            datetime.fromisoformat(d["expires_at"]) if d.get("expires_at") else None,
+        )
+        for d in documents
+    }
+
+
+def check_level3_expiry(grants: Iterable[RoleGrant]) -> None:
+    """A Level 3 grant names its end, no more than LEVEL3_MAX_DAYS ahead (an expiry in the
+    past is refused for every role by `check_grants`)."""
+    latest = utcnow() + timedelta(days=LEVEL3_MAX_DAYS)
+    for grant in grants:
+        if grant.role != LEVEL3_ROLE:
+            continue
+        if grant.expires_at is None or grant.expires_at > latest:
+            raise ExpiryRequired(
+                f"{LEVEL3_ROLE} is granted only with an expiry no more than "
+                f"{LEVEL3_MAX_DAYS} days ahead (expires_at)"
+            )
+
+
+def _merged(held: Iterable[RoleGrant], added: Iterable[RoleGrant]) -> set[RoleGrant]:
+    """`held` with `added`, an added grant replacing a held one of the same role and area
+    (a renewal changes only the expiry)."""
+    by_key = {(g.role, g.area): g for g in held}
+    by_key.update({(g.role, g.area): g for g in added})
+    return set(by_key.values())
 
 
 def needs_second_person(grants: Iterable[RoleGrant]) -> list[RoleGrant]:
@@ -151,6 +204,8 @@ def request_roles(
     pending request (None when nothing waits).
     """
     target = set(identity_service.check_grants(wanted, ROLES, AREA_SCOPED_ROLES))
+    identity_service.check_expiries(target)
+    check_level3_expiry(target)
     with audited(deps.sessions, "changing a client's roles") as uow:
         client = identity_repository.get_by_client_id(uow.session, client_id)
         if client is None:
@@ -158,7 +213,9 @@ def request_roles(
         before = identity_service.to_principal(client)
         current = set(before.grants)
         waiting = needs_second_person(target - current)
-        now = target - set(waiting)
+        # A renewal waiting for its approval leaves the grant it renews in force meanwhile.
+        renewed = {(g.role, g.area) for g in waiting}
+        now = (target - set(waiting)) | {g for g in current if (g.role, g.area) in renewed}
         removals: set[RoleGrant] = set()
         if not now:
             # A client keeps at least one role: what the change removes waits for the approval.
@@ -223,6 +280,8 @@ def create_client_requesting(
     second person is refused (400): create it with one that does not, then request the others.
     """
     checked = identity_service.check_grants(grants, ROLES, AREA_SCOPED_ROLES)
+    identity_service.check_expiries(checked)
+    check_level3_expiry(checked)
     waiting = needs_second_person(checked)
     now = [g for g in checked if g not in waiting]
     if not now:
@@ -351,7 +410,7 @@ def decide(
             before = identity_service.to_principal(client)
             after = before
             if approve:
-                roles = (set(before.grants) | _grants(request.grants)) - _grants(request.removals)
+                roles = _merged(before.grants, _grants(request.grants)) - _grants(request.removals)
                 _, after = identity_service.set_grants(
                     uow.session, request.client_id, roles, ROLES, AREA_SCOPED_ROLES
                 )
@@ -382,22 +441,78 @@ def decide(
     return result
 
 
+def _reviewed_organisation(
+    deps: AdminDeps, principal: Principal | None, ctx: RequestContext
+) -> str | None:
+    """None (every organisation) for an administrator and the command line, their own for an
+    IG lead; anyone else is refused (audited)."""
+    if principal is None:
+        return None
+    manage = deps.policy.decide(
+        principal, Action.CLIENT_MANAGE, Resource(ResourceType.PRINCIPALS, "*", None)
+    )
+    if manage.allowed:
+        return None
+    own = _approval_decision(deps, principal, "*", principal.organisation)
+    if not own.allowed:
+        _refuse(deps, ctx, own, "neither an administrator nor an IG lead", "*")
+        raise Forbidden("administrators and IG leads only")
+    return principal.organisation
+
+
+EXPIRING_MAX_DAYS = 3660
+
+
+def list_expiring(
+    deps: AdminDeps, principal: Principal | None, ctx: RequestContext, *, days: int = 30
+) -> list[dict[str, Any]]:
+    """Role grants still in force that end within `days`, soonest first: every organisation's
+    for an administrator, their own for an IG lead. The listing is audited before it leaves."""
+    organisation = _reviewed_organisation(deps, principal, ctx)
+    if not 1 <= days <= EXPIRING_MAX_DAYS:
+        raise BadRequest(f"days must be 1 to {EXPIRING_MAX_DAYS}")
+    now = utcnow()
+    with audited(deps.sessions, "the expiring grants listing") as uow:
+        rows = []
+        for client, role in identity_repository.expiring_rows(
+            uow.session, now + timedelta(days=days), organisation
+        ):
+            expires_at = role.expires_at
+            if expires_at is None or expires_at <= now:
+                continue
+            rows.append(
+                {
+                    "client_id": client.client_id,
+                    "name": client.name,
+                    "organisation": client.organisation,
+                    "role": role.role,
+                    "area": role.area,
+                    "expires_at": _iso(expires_at),
+                    "days_left": (expires_at - now).days,
+                }
+            )
+        uow.audit(
+            audit_service.event(
+                ctx,
+                AuditRecord(
+                    action=AuditAction.GRANT_EXPIRING_LISTED,
+                    outcome=Outcome.SUCCESS,
+                    resource_type="client_roles",
+                    resource_org=organisation,
+                    parameters={"days": days},
+                    rows=len(rows),
+                ),
+            )
+        )
+    return rows
+
+
 def list_requests(
     deps: AdminDeps, principal: Principal | None, ctx: RequestContext, *, state: str | None
 ) -> list[dict[str, Any]]:
     """Grant requests: every one for an administrator (and the command line), their own
     organisation's for an IG lead; anyone else is refused (audited). The listing is audited."""
-    organisation: str | None = None
-    if principal is not None:
-        manage = deps.policy.decide(
-            principal, Action.CLIENT_MANAGE, Resource(ResourceType.PRINCIPALS, "*", None)
-        )
-        if not manage.allowed:
-            own = _approval_decision(deps, principal, "*", principal.organisation)
-            if not own.allowed:
-                _refuse(deps, ctx, own, "neither an administrator nor an IG lead", "*")
-                raise Forbidden("administrators and IG leads only")
-            organisation = principal.organisation
+    organisation = _reviewed_organisation(deps, principal, ctx)
     if state is not None and state not in (PENDING, APPROVED, REFUSED):
         raise BadRequest("state must be pending, approved or refused")
     with audited(deps.sessions, "the grant request listing") as uow:

@@ -10,9 +10,11 @@ that need a second person go through `services.admin.grants` instead (an IG lead
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from services.admin.deps import AdminDeps
+from services.admin.grants import grant_document
 from services.audit import service as audit_service
 from services.audit.catalogue import AuditAction, Outcome
 from services.audit.service import AuditRecord, RequestContext
@@ -22,18 +24,37 @@ from services.identity import service as identity_service
 from services.identity.models import Client
 from services.identity.schemas import Principal, RoleGrant
 from services.identity.service import CreatedClient
-from services.kit.errors import Forbidden
+from services.kit.errors import BadRequest, Forbidden
 from services.kit.uow import audited
 
 
 def grants_json(principal: Principal) -> list[dict[str, Any]]:
-    return [{"role": g.role, "area": g.area} for g in principal.grants]
+    return [grant_document(g.role, g.area, g.expires_at) for g in principal.grants]
 
 
-def grants_for(roles: Iterable[str], areas: Iterable[str]) -> list[RoleGrant]:
-    """Every role limited to every area given (`all` = every CSP area; none = no limit)."""
+def grants_for(
+    roles: Iterable[str], areas: Iterable[str], expires_at: datetime | None = None
+) -> list[RoleGrant]:
+    """Every role limited to every area given (`all` = every CSP area; none = no limit),
+    each until `expires_at` when given."""
     expanded = identity_service.expand_areas(areas)
-    return [RoleGrant(role, area) for role in roles for area in expanded]
+    return [RoleGrant(role, area, expires_at) for role in roles for area in expanded]
+
+
+def parse_expiry(text: str | None) -> datetime | None:
+    """An expiry given on the command line: an ISO 8601 time with an offset, or a date alone,
+    which means the end of that day (UTC): `--expires 2027-06-30` grants through 30 June."""
+    if text is None:
+        return None
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), time(), UTC) + timedelta(days=1)
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise BadRequest(f"expiry {text!r} is not an ISO 8601 date or time") from exc
+    if moment.tzinfo is None:
+        raise BadRequest(f"expiry {text!r} needs an offset (Z or +01:00, for example)")
+    return moment.astimezone(UTC)
 
 
 def require_admin(deps: AdminDeps, principal: Principal, ctx: RequestContext) -> None:
@@ -60,6 +81,7 @@ def create_client(
     organisation: str,
     grants: list[RoleGrant],
 ) -> CreatedClient:
+    identity_service.check_expiries(grants)
     with audited(deps.sessions, "creating a client") as uow:
         created = identity_service.create_client(
             uow.session,
@@ -88,6 +110,7 @@ def create_client(
 def set_roles(
     deps: AdminDeps, ctx: RequestContext, client_id: str, grants: list[RoleGrant]
 ) -> Principal:
+    identity_service.check_expiries(grants)
     with audited(deps.sessions, "changing a client's roles") as uow:
         before, after = identity_service.set_grants(
             uow.session, client_id, grants, ROLES, AREA_SCOPED_ROLES
@@ -133,7 +156,7 @@ def _client_json(client: Client) -> dict[str, Any]:
         "name": client.name,
         "organisation": client.organisation,
         "disabled": client.disabled,
-        "roles": [{"role": r.role, "area": r.area} for r in client.roles],
+        "roles": [grant_document(r.role, r.area, r.expires_at) for r in client.roles],
         "created_at": client.created_at.isoformat(),
     }
 

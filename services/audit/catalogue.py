@@ -21,6 +21,7 @@ class AuditAction(StrEnum):
     GRANT_REQUESTED = "grant.requested"
     GRANT_APPROVED = "grant.approved"
     GRANT_REFUSED = "grant.refused"
+    GRANT_EXPIRING_LISTED = "grant.expiring_listed"  # time-bound role grants ending soon
     CLIENT_KEY_REGISTERED = "client.key_registered"  # a public key replaced the client's secret
     # The failure that locks a client out of the token endpoint (outcome denied): the resource is
     # the claimed client, `resource_org` its organisation when it exists.

@@ -35,7 +35,7 @@ def product_access(
 
 def _areas(principal: Principal, roles: tuple[str, ...]) -> frozenset[str]:
     found: set[str] = set()
-    for grant in principal.grants:
+    for grant in principal.live_grants:
         if grant.role in roles and grant.area is not None:
             found.add(grant.area)
     return frozenset(found)

@@ -31,7 +31,8 @@ class Client(Base):
 
 
 class ClientRole(Base):
-    """A role held by a principal, optionally limited to one CSP area (NULL = no area limit)."""
+    """A role held by a principal, optionally limited to one CSP area (NULL = no area limit)
+    and optionally until a time."""
 
     __tablename__ = "client_roles"
     __table_args__ = (UniqueConstraint("client_pk", "role", "area"),)
@@ -40,6 +41,8 @@ class ClientRole(Base):
     client_pk: Mapped[str] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"))
     role: Mapped[str] = mapped_column(String(50))
     area: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # A time-bound grant ends here (UTC); NULL = no end. Indexed for the expiring-grants list.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
 
     client: Mapped[Client] = relationship(back_populates="roles")
 

@@ -32,7 +32,8 @@ class CreatedClient:
 def to_principal(client: Client) -> Principal:
     grants = tuple(
         sorted(
-            (RoleGrant(r.role, r.area) for r in client.roles), key=lambda g: (g.role, g.area or "")
+            (RoleGrant(r.role, r.area, r.expires_at) for r in client.roles),
+            key=lambda g: (g.role, g.area or ""),
         )
     )
     return Principal(
@@ -78,7 +79,9 @@ def create_client(
         disabled=False,
         created_at=utcnow(),
     )
-    client.roles = [ClientRole(role=g.role, area=g.area) for g in grant_list]
+    client.roles = [
+        ClientRole(role=g.role, area=g.area, expires_at=g.expires_at) for g in grant_list
+    ]
     session.add(client)
     session.flush()
     return CreatedClient(client.client_id, secret or "", to_principal(client))
@@ -100,6 +103,9 @@ def check_grants(
     grant_list = list(dict.fromkeys(grants))
     if not grant_list:
         raise BadRequest("at least one role is required")
+    held = [(g.role, g.area) for g in grant_list]
+    if len(set(held)) != len(held):
+        raise BadRequest("a role is given twice for the same area (with different expiries)")
     for grant in grant_list:
         if grant.role not in roles_allowed:
             raise BadRequest(f"unknown role {grant.role!r}")
@@ -108,6 +114,18 @@ def check_grants(
         if grant.role in scoped and grant.area is None:
             raise BadRequest(f"role {grant.role!r} must be limited to CSP areas (--area, or all)")
     return grant_list
+
+
+def check_expiries(grants: Iterable[RoleGrant]) -> None:
+    """Refuse a grant given now whose expiry is not in the future (held grants that have
+    since expired are not re-checked: they simply grant nothing)."""
+    now = utcnow()
+    for grant in grants:
+        if grant.expires_at is not None and grant.expires_at <= now:
+            raise BadRequest(
+                f"the expiry of role {grant.role!r} ({grant.expires_at.isoformat()}) "
+                "is not in the future"
+            )
 
 
 def set_grants(
@@ -125,7 +143,9 @@ def set_grants(
     before = to_principal(client)
     client.roles.clear()
     session.flush()
-    client.roles.extend(ClientRole(role=g.role, area=g.area) for g in grant_list)
+    client.roles.extend(
+        ClientRole(role=g.role, area=g.area, expires_at=g.expires_at) for g in grant_list
+    )
     session.flush()
     return before, to_principal(client)
 
@@ -164,7 +184,7 @@ def active_principal(session: Session, client_id: str) -> Principal | None:
     if not rows or rows[0].disabled:
         return None
     grants = sorted(
-        {RoleGrant(row.role, row.area) for row in rows if row.role is not None},
+        {RoleGrant(row.role, row.area, row.expires_at) for row in rows if row.role is not None},
         key=lambda g: (g.role, g.area or ""),
     )
     return Principal(

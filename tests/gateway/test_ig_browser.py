@@ -18,10 +18,12 @@ import pytest
 from sqlalchemy import select
 
 from services.admin import accounts as people_admin
+from services.admin import principals
 from services.audit import chain as audit_chain
 from services.audit import checkpoints
 from services.audit.catalogue import AuditAction, Outcome
 from services.audit.models import AlertReview, AuditEvent
+from services.identity.schemas import RoleGrant
 from services.kit.clock import utcnow
 from services.kit.settings import Settings
 from services.platform import Platform
@@ -218,6 +220,13 @@ def test_pages_name_actors_fit_1280_px_and_export_with_the_session(
                 action=AuditAction.ACCESS_DENIED,
                 outcome=Outcome.DENIED,
             )
+    # The terminal's role ends in 20 days: the expiring-grants page lists it.
+    principals.set_roles(
+        platform.admin,
+        cli_context(),
+        terminal.client_id,
+        [RoleGrant("l1_reader", None, utcnow() + timedelta(days=20, hours=1))],
+    )
     audit_chain.seal_all(platform.sessions)
     with platform.sessions() as session:
         checkpoints.write_checkpoint(session, platform.audit_signer)
@@ -274,6 +283,14 @@ def test_pages_name_actors_fit_1280_px_and_export_with_the_session(
         page.goto(server.url + "/ig/checkpoints?verify=1")
         expect(page.locator("main")).to_contain_text("verify against the latest checkpoint")
         _fits(page, "checkpoints")
+
+        page.click("nav >> text=Expiring grants")
+        expect(page).to_have_url(server.url + "/ig/grants/expiring")
+        grant = page.locator("#expiring-grants tbody tr", has_text=terminal.client_id)
+        expect(grant).to_contain_text("Custody suite terminal")
+        expect(grant).to_contain_text("l1_reader")
+        expect(grant.locator("td").nth(5)).to_have_text("20")
+        _fits(page, "expiring-grants")
     finally:
         server.stop()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -54,7 +54,14 @@ def _events_of(platform: Platform, action: str) -> list[AuditEvent]:
 
 
 def test_pages_need_a_session_and_not_a_bearer_token(api: TestClient, police_token: str) -> None:
-    for path in ("/ig/", "/ig/events", "/ig/alerts", "/ig/people/p-1", "/ig/checkpoints"):
+    for path in (
+        "/ig/",
+        "/ig/events",
+        "/ig/alerts",
+        "/ig/people/p-1",
+        "/ig/checkpoints",
+        "/ig/grants/expiring",
+    ):
         response = api.get(path, follow_redirects=False)
         assert response.status_code == 303, path
         assert response.headers["location"] == "/ig/sign-in"
@@ -180,6 +187,29 @@ def test_ig_lead_pages_show_only_their_organisation(
         data={"comment": "not mine", "csrf": _csrf(alerts)},
     )
     assert response.status_code == 404
+
+
+def test_expiring_grants_page_lists_the_leads_organisation_only_and_is_audited(
+    api: TestClient, platform: Platform, make_client: MakeClient
+) -> None:
+    from services.admin import principals
+    from services.identity.schemas import RoleGrant
+
+    soon = datetime.now(UTC) + timedelta(days=12)
+    for org, name in ((POLICE, "police analyst"), (COUNCIL, "council analyst")):
+        client = make_client(org=org, roles=("l1_reader",), name=name)
+        principals.set_roles(
+            platform.admin, cli_context(), client.client_id, [RoleGrant("l1_analyst", None, soon)]
+        )
+    _user(platform, "erin", POLICE)
+    assert _sign_in(api, "erin") == 303
+    page = api.get("/ig/grants/expiring")
+    assert page.status_code == 200
+    assert 'href="/ig/grants/expiring"' in page.text
+    assert "police analyst" in page.text and "l1_analyst" in page.text
+    assert "council analyst" not in page.text
+    [listed] = _events_of(platform, "grant.expiring_listed")
+    assert listed.resource_org == POLICE and listed.rows == 1
 
 
 def test_marking_an_alert_reviewed_is_stored_and_audited(

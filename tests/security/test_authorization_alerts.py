@@ -5,6 +5,7 @@ endpoint, the real database (SQLite, or PostgreSQL when TOGETHER_TEST_DATABASE_U
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,6 +17,9 @@ from services.platform import Platform, build_platform
 from tests.fixtures.app import MakeClient, TokenFor, client_maker, token_issuer
 from tests.fixtures.snapshots import Loading, Snapshot, Snapshots, starting_from
 from tests.products.test_level3 import AS_OF, PURPOSE, load_level3_data
+
+# Level 3 is granted only until a date, at most 366 days ahead.
+LEVEL3_UNTIL = (datetime.now(UTC) + timedelta(days=180)).replace(microsecond=0).isoformat()
 
 _ALERTS_VRU = "vru"
 _ALERTS_POLICE = "hampshire-constabulary"
@@ -66,7 +70,10 @@ def _alerts_approved_practitioner(
         json={
             "name": "practitioner",
             "organisation": organisation,
-            "roles": [{"role": "l1_reader"}, {"role": "l3_practitioner", "areas": ["Portsmouth"]}],
+            "roles": [
+                {"role": "l1_reader"},
+                {"role": "l3_practitioner", "areas": ["Portsmouth"], "expires_at": LEVEL3_UNTIL},
+            ],
         },
         headers=_alerts_bearer(admin),
     )
@@ -110,7 +117,11 @@ def test_T11_a_privileged_grant_requested_and_approved_is_an_alert_for_the_ig_le
     assert _alerts_of(api, council_lead, "privileged_grant") == []
     changed = api.put(
         f"/v1/admin/clients/{grantee.client_id}/roles",
-        json={"roles": [{"role": "l3_practitioner", "areas": ["Portsmouth"]}]},
+        json={
+            "roles": [
+                {"role": "l3_practitioner", "areas": ["Portsmouth"], "expires_at": LEVEL3_UNTIL}
+            ]
+        },
         headers=_alerts_bearer(admin),
     )
     assert changed.status_code == 202, changed.text

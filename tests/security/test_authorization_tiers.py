@@ -4,6 +4,7 @@ TOGETHER_TEST_DATABASE_URL is set) and the real policy files."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,6 +19,9 @@ from tests.fixtures.audit_events import refuse_audit_inserts
 from tests.fixtures.cli import run_cli
 from tests.fixtures.snapshots import Loading, Snapshot, Snapshots, starting_from
 from tests.products.test_level3 import AS_OF, PURPOSE, load_level3_data
+
+# Level 3 is granted only until a date, at most 366 days ahead.
+LEVEL3_UNTIL = (datetime.now(UTC) + timedelta(days=180)).replace(microsecond=0).isoformat()
 
 VRU = "vru"
 POLICE = "hampshire-constabulary"
@@ -116,7 +120,9 @@ def test_T11_one_admin_cannot_give_itself_level3(
     # Level 3 in every area, for a client the admin controls: requested, not granted.
     changed = api.put(
         f"/v1/admin/clients/{body['client_id']}/roles",
-        json={"roles": [{"role": "l3_practitioner", "areas": ALL_AREAS}]},
+        json={
+            "roles": [{"role": "l3_practitioner", "areas": ALL_AREAS, "expires_at": LEVEL3_UNTIL}]
+        },
         headers=admin,
     )
     assert changed.status_code == 202, changed.text
@@ -157,7 +163,11 @@ def test_T11_an_ig_lead_of_the_clients_organisation_approves(
     practitioner_token = token_for(practitioner)
     changed = api.put(
         f"/v1/admin/clients/{practitioner.client_id}/roles",
-        json={"roles": [{"role": "l3_practitioner", "areas": ["Portsmouth"]}]},
+        json={
+            "roles": [
+                {"role": "l3_practitioner", "areas": ["Portsmouth"], "expires_at": LEVEL3_UNTIL}
+            ]
+        },
         headers=admin,
     )
     assert changed.status_code == 202, changed.text
@@ -180,7 +190,9 @@ def test_T11_an_ig_lead_of_the_clients_organisation_approves(
     approved = api.post(f"/v1/admin/grant-requests/{request_id}/approve", headers=lead)
     assert approved.status_code == 200, approved.text
     assert approved.json()["state"] == "approved"
-    assert approved.json()["roles"] == [{"role": "l3_practitioner", "area": "Portsmouth"}]
+    assert approved.json()["roles"] == [
+        {"role": "l3_practitioner", "area": "Portsmouth", "expires_at": LEVEL3_UNTIL}
+    ]
     # In force on the client's next request, with the same token.
     assert _authorization_can_read_level3(api, practitioner_token)
     # Decided once: a second approval is refused.
@@ -191,7 +203,9 @@ def test_T11_an_ig_lead_of_the_clients_organisation_approves(
     approvals = [e.details for e in _authorization_events(platform, "grant.approved")]
     assert len(requested) == 1 and len(approvals) == 1
     assert requested[0]["request_id"] == approvals[0]["request_id"] == request_id
-    assert approvals[0]["after"] == [{"role": "l3_practitioner", "area": "Portsmouth"}]
+    assert approvals[0]["after"] == [
+        {"role": "l3_practitioner", "area": "Portsmouth", "expires_at": LEVEL3_UNTIL}
+    ]
     assert approvals[0]["before"] == [{"role": "l1_reader", "area": None}]
     approval_event = _authorization_events(platform, "grant.approved")[-1]
     assert approval_event.actor_org == COUNCIL and approval_event.policy_version
@@ -206,7 +220,12 @@ def test_T11_no_one_approves_their_own_request_or_their_own_grant(
     grantee = make_client(org=VRU, roles=("l1_reader",))
     asked = api.put(
         f"/v1/admin/clients/{grantee.client_id}/roles",
-        json={"roles": [{"role": "l1_reader"}, {"role": "l3_practitioner", "areas": ALL_AREAS}]},
+        json={
+            "roles": [
+                {"role": "l1_reader"},
+                {"role": "l3_practitioner", "areas": ALL_AREAS, "expires_at": LEVEL3_UNTIL},
+            ]
+        },
         headers=both_headers,
     )
     assert asked.status_code == 202, asked.text
@@ -280,7 +299,12 @@ def test_T11_the_installation_approves_from_the_command_line(
     grantee: ClientCredentials = make_client(org=VRU, roles=("l1_reader",))
     asked = api.put(
         f"/v1/admin/clients/{grantee.client_id}/roles",
-        json={"roles": [{"role": "l1_reader"}, {"role": "l3_practitioner", "areas": ["Havant"]}]},
+        json={
+            "roles": [
+                {"role": "l1_reader"},
+                {"role": "l3_practitioner", "areas": ["Havant"], "expires_at": LEVEL3_UNTIL},
+            ]
+        },
         headers=admin,
     )
     request_id = asked.json()["pending"]["request_id"]
