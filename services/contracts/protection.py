@@ -202,6 +202,10 @@ def _as_bytes(values: pa.Array) -> list[bytes | None]:
     return items
 
 
+# Most values one memo keeps (see DistinctMemo.resolve).
+MEMO_MAX_VALUES = 1 << 18
+
+
 class DistinctMemo:
     """Results already computed for earlier batches of one upload, looked up with Arrow.
 
@@ -229,15 +233,24 @@ class DistinctMemo:
         positions = pc.index_in(distinct, value_set=self._values)
         unseen = pc.and_(pc.is_null(positions), pc.is_valid(distinct))
         new_values = pc.filter(distinct, unseen)
-        if len(new_values):
-            new_results = compute(new_values)
-            # New values go to the end of the memo in the order they appear in `distinct`.
-            rank = pc.subtract(pc.cumulative_sum(pc.cast(unseen, pa.int64())), 1)
-            appended = pc.add(rank, len(self._values))
-            positions = pc.if_else(unseen, appended, pc.cast(positions, pa.int64()))
-            self._values = pa.concat_arrays([self._values, new_values])
-            self._results = pa.concat_arrays([self._results, new_results])
-        return pc.take(self._results, positions)
+        if not len(new_values):
+            return pc.take(self._results, positions)
+        new_results = compute(new_values)
+        # New values go to the end of the memo in the order they appear in `distinct`.
+        rank = pc.subtract(pc.cumulative_sum(pc.cast(unseen, pa.int64())), 1)
+        appended = pc.add(rank, len(self._values))
+        positions = pc.if_else(unseen, appended, pc.cast(positions, pa.int64()))
+        values = pa.concat_arrays([self._values, new_values])
+        results = pa.concat_arrays([self._results, new_results])
+        answer = pc.take(results, positions)
+        if len(values) > MEMO_MAX_VALUES:
+            # Bounded: each batch looks the memo up (a hash of all of it) and extends it (a
+            # copy), so an unbounded memo makes a large upload quadratic in time and memory.
+            # Starting again from this batch keeps the values that recur nearby.
+            valid = pc.is_valid(distinct)
+            values, results = pc.filter(distinct, valid), pc.filter(answer, valid)
+        self._values, self._results = values, results
+        return answer
 
 
 def map_distinct(

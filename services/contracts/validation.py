@@ -440,11 +440,11 @@ class BatchValidator:
         self._columns: dict[str, str] = {}  # contract field -> column name in the upload
         self._schema = self._build_schema()
         self._key_columns = [self._key_column(name) for name in contract.key]
-        # Keys of earlier batches, for duplicates across batches. The first batch's keys stay
-        # in Arrow form until a second batch arrives, so a one-batch upload never pays for
-        # Python objects per row.
-        self._earlier_keys: pa.Array | None = None
-        self._earlier_rows: pa.Array | None = None
+        # Each batch's distinct keys and the row each first came from, for duplicates across
+        # batches: compared once, in `finish` (one hash pass over the upload), rather than
+        # each batch against all earlier ones (a pass over everything so far, per batch).
+        self._key_chunks: list[pa.Array] = []
+        self._row_chunks: list[pa.Array] = []
         self._memos: dict[str, DistinctMemo] = {}
 
     # Schema
@@ -898,30 +898,35 @@ class BatchValidator:
             findings.append(_Finding(Rule.DUPLICATE_KEY, None, order, repeated, describe_repeat))
 
         absolute_first = pc.cast(pc.add(first_rows, first_row), pa.int64())
-        # Keys of earlier batches stay in Arrow (distinct keys and the row each first came
-        # from): a hash lookup per batch instead of a Python object per row.
-        if self._earlier_keys is not None and self._earlier_rows is not None:
-            earlier_keys, earlier_rows = self._earlier_keys, self._earlier_rows
-            position = pc.index_in(distinct, value_set=earlier_keys)
-            entry_hit = pc.is_valid(position)
-            if pc.any(entry_hit).as_py():
-                repeated_earlier = pc.and_(is_first, _only_true(pc.take(entry_hit, indices)))
-                entry_position = pc.take(position, indices)
-
-                def describe_earlier(row: int) -> str:
-                    earlier_row = earlier_rows[entry_position[row].as_py()].as_py()
-                    return f"duplicate key ({key_names}): same as row {earlier_row}"
-
-                findings.append(
-                    _Finding(Rule.DUPLICATE_KEY, None, order, repeated_earlier, describe_earlier)
-                )
-            new = pc.invert(entry_hit)
-            self._earlier_keys = pa.concat_arrays([earlier_keys, pc.filter(distinct, new)])
-            self._earlier_rows = pa.concat_arrays([earlier_rows, pc.filter(absolute_first, new)])
-        else:
-            self._earlier_keys = distinct
-            self._earlier_rows = absolute_first
+        valid = pc.is_valid(distinct)
+        self._key_chunks.append(pc.filter(distinct, valid))
+        self._row_chunks.append(pc.filter(absolute_first, valid))
         return findings
+
+    def finish(self, report: ValidationReport) -> None:
+        """Report the keys repeated across batches (call once, after the last batch): each
+        row whose key an earlier batch had, naming the row it first came from."""
+        keys, rows = self._key_chunks, self._row_chunks
+        self._key_chunks, self._row_chunks = [], []
+        if len(keys) < 2:
+            return
+        seen = pa.table(
+            {"key": pa.chunked_array(keys, keys[0].type), "row": pa.chunked_array(rows)}
+        )
+        firsts = seen.group_by("key").aggregate([("row", "min"), ("row", "count")])
+        repeated = firsts.filter(pc.greater(firsts["row_count"], 1))
+        if not repeated.num_rows:
+            return
+        again = seen.join(repeated.select(["key", "row_min"]), "key", join_type="inner")
+        again = again.filter(pc.not_equal(again["row"], again["row_min"])).sort_by("row")
+        key_names = ", ".join(self.contract.key)
+        described = again.slice(0, report.room)
+        for row, earlier in zip(
+            described["row"].to_pylist(), described["row_min"].to_pylist(), strict=True
+        ):
+            message = f"duplicate key ({key_names}): same as row {earlier}"
+            report.add(Violation(row, key_names, Rule.DUPLICATE_KEY, message))
+        report.count(Rule.DUPLICATE_KEY, again.num_rows - described.num_rows)
 
     # Reporting
 

@@ -180,6 +180,7 @@ def parse(job: ParseJob, progress: Callable[[int], None]) -> ParseResult:
                 elif key_parts:
                     key_parts = []  # the upload is rejected; stop holding keys
                 progress(rows)
+            validator.finish(report)
             writer.flush()
         if report.ok and rows == 0:
             report.add(Violation(None, None, Rule.EMPTY, "the file has a header but no data rows"))

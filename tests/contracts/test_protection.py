@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from services.contracts import protection
 from services.contracts.protection import (
     CIPHERTEXT_VERSION,
     DecryptionError,
@@ -214,3 +215,27 @@ def test_person_keys_depend_on_the_key(protector: Protector) -> None:
 def test_person_keys_reject_bad_dates(protector: Protector) -> None:
     with pytest.raises(pa.ArrowInvalid):
         protector.person_keys(text("Smith"), text("Al"), text("2001-02-30"))
+
+
+def test_a_memo_answers_every_batch_right_and_stays_within_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Values seen in earlier batches are not computed again while the memo holds them; past
+    its bound it starts again from the latest batch, and every answer stays right."""
+    monkeypatch.setattr(protection, "MEMO_MAX_VALUES", 5)
+    memo = protection.DistinctMemo()
+    computed: list[str] = []
+
+    def upper(values: pa.Array) -> pa.Array:
+        computed.extend(values.to_pylist())
+        return pa.array([None if v is None else v.upper() for v in values.to_pylist()])
+
+    batches = [["a", "b", None], ["b", "c", "d"], ["a", "e", "f"], ["f", "g", "a"]]
+    for batch in batches:
+        distinct = pa.array(batch)
+        answer = memo.resolve(distinct, upper).to_pylist()
+        assert answer == [None if v is None else v.upper() for v in batch]
+        assert len(memo._values or []) <= 5 + len(batch)
+    # b is known in the second batch; past the bound (the third batch) the memo keeps that
+    # batch's a, e and f, so the fourth computes only g.
+    assert computed == ["a", "b", None, "c", "d", "e", "f", "g"]

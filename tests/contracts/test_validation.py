@@ -303,10 +303,25 @@ def test_duplicate_key_across_batches() -> None:
     report = ValidationReport()
     assert validator.process(batch_of([police_row(1), police_row(2)]), 1, report) is not None
     assert validator.process(batch_of([police_row(3), police_row(4)]), 3, report) is not None
-    assert validator.process(batch_of([police_row(5), police_row(2)]), 5, report) is None
+    # Within its batch the third is clean: the repeat of row 2 shows once the last is in.
+    assert validator.process(batch_of([police_row(5), police_row(2)]), 5, report) is not None
+    assert report.ok
+    validator.finish(report)
     violation = only(report)
     assert (violation.row, violation.rule) == (6, "duplicate_key")
     assert "same as row 2" in violation.message
+
+
+def test_keys_repeated_across_many_batches_are_all_reported_in_row_order() -> None:
+    validator = BatchValidator(police(), PROTECTOR)
+    report = ValidationReport(limit=3)
+    for start in range(1, 41, 4):  # ten batches of four; the last three repeat rows 1-12
+        ids = range(start, start + 4) if start < 29 else range(start - 28, start - 24)
+        validator.process(batch_of([police_row(i) for i in ids]), start, report)
+    validator.finish(report)
+    assert [v.row for v in report.violations] == [29, 30, 31]
+    assert report.totals == {"duplicate_key": 12}
+    assert report.violations[0].message.endswith("same as row 1")
 
 
 def test_integer_keys_compare_as_numbers() -> None:
