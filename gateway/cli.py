@@ -304,6 +304,9 @@ def serve(
 
 
 _AREA_HELP = "Limit the roles to a CSP area (repeatable; all = every area)"
+_EXPIRES_HELP = (
+    "End the roles at this time (ISO 8601 with an offset) or after this date (2027-06-30)"
+)
 
 
 @contextmanager
@@ -331,6 +334,7 @@ def clients_create(
     output: Annotated[
         str, typer.Option("--format", help="json, or env (shell export lines)")
     ] = "json",
+    expires: Annotated[str | None, typer.Option("--expires", help=_EXPIRES_HELP)] = None,
 ) -> None:
     """Create a client; prints its id and secret once (JSON, or shell exports with --format env)."""
     if output not in ("json", "env"):
@@ -344,7 +348,7 @@ def clients_create(
             _cli_context("clients-create"),
             name=name,
             organisation=org,
-            grants=principals.grants_for(role, area or []),
+            grants=principals.grants_for(role, area or [], principals.parse_expiry(expires)),
         )
     if output == "env":
         typer.echo(f"export TOGETHER_CLIENT_ID={created.client_id}")
@@ -388,8 +392,10 @@ def clients_roles(
     client_id: str,
     role: Annotated[list[str], typer.Option("--role", help="Role (repeatable)")],
     area: Annotated[list[str] | None, typer.Option("--area", help=_AREA_HELP)] = None,
+    expires: Annotated[str | None, typer.Option("--expires", help=_EXPIRES_HELP)] = None,
 ) -> None:
-    """Replace a client's roles and areas (audited with before and after)."""
+    """Replace a client's roles and areas, until --expires when given (audited with before
+    and after)."""
     from services.admin import principals
 
     with _admin_platform() as platform:
@@ -397,7 +403,7 @@ def clients_roles(
             platform.admin,
             _cli_context("clients-roles"),
             client_id,
-            principals.grants_for(role, area or []),
+            principals.grants_for(role, area or [], principals.parse_expiry(expires)),
         )
     typer.echo(json.dumps(principals.grants_json(after), indent=2))
 
@@ -512,6 +518,24 @@ def storage_sweep(
     typer.echo(f"removed {len(staged)} staging file(s)")
 
 
+@storage_app.command("check")
+def storage_check(
+    checksums: Annotated[
+        bool, typer.Option(help="Read every object to compare its SHA-256 (sizes always)")
+    ] = True,
+) -> None:
+    """List every dataset version whose stored object is missing or differs from its record
+    (size or SHA-256); exit 1 when any does."""
+    with _admin_platform() as platform, platform.sessions() as session:
+        problems = platform.storage.check(session, checksums=checksums)
+    for problem in problems:
+        typer.echo(f"{problem.dataset_id} v{problem.version}: {problem.path} {problem.problem}")
+    if problems:
+        typer.echo(f"{len(problems)} problem(s)", err=True)
+        raise typer.Exit(1)
+    typer.echo("every stored version is whole")
+
+
 sharing_app = typer.Typer(help="Delta Sharing: the published tables.", no_args_is_help=True)
 app.add_typer(sharing_app, name="sharing")
 
@@ -523,7 +547,7 @@ def sharing_refresh() -> None:
 
     with _admin_platform() as platform:
         deps = platform.sharing
-        snapshots = materialise.refresh_all(deps.products, deps.folder, deps.config)
+        snapshots = materialise.refresh_all(deps.products, deps.store, deps.config)
     for snapshot in snapshots:
         variant = "suppressed" if snapshot.variant.suppressed else "unsuppressed"
         areas = ",".join(snapshot.variant.areas) if snapshot.variant.areas is not None else "all"
@@ -687,6 +711,20 @@ def grants_list(
     typer.echo(json.dumps(rows, indent=2))
 
 
+@grants_app.command("expiring")
+def grants_expiring(
+    days: Annotated[int, typer.Option("--days", help="The window, in days")] = 30,
+) -> None:
+    """List time-bound role grants ending within --days (audited)."""
+    from services.admin import grants
+
+    with _admin_platform() as platform:
+        rows = grants.list_expiring(
+            platform.admin, None, _cli_context("grants-expiring"), days=days
+        )
+    typer.echo(json.dumps(rows, indent=2))
+
+
 @grants_app.command("approve")
 def grants_approve(request_id: str) -> None:
     """Approve a pending grant as the installation (the operator at the server's shell)."""
@@ -825,14 +863,16 @@ def keys_rotate() -> None:
 @keys_app.command("retire")
 def keys_retire(key_id: int) -> None:
     """Remove a data encryption key that no stored file holds ciphertext under (every Parquet
-    file of the data folder is read); refuses while any does, and for the current key."""
+    object of the store is read); refuses while any does, and for the current key."""
     from services.admin import data_keys
     from services.ingestion.key_usage import encryption_keys_in_use
     from services.kit.errors import ConfigurationError
 
     settings = _installed_settings()
     path = _key_file(settings)
-    files = encryption_keys_in_use(settings.data_dir)[key_id]
+    from services.platform import build_store
+
+    files = encryption_keys_in_use(build_store(settings))[key_id]
     if files:
         typer.echo(
             f"error: {files} stored file(s) hold ciphertext under key {key_id}; it stays until "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pydantic import SecretStr
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,6 +23,7 @@ from services.contracts.protection import Protector
 from services.identity.schemas import Principal
 from services.identity.tokens import TokenService
 from services.ingestion.service import IngestionDeps
+from services.kit import metrics
 from services.kit.db import make_engine, session_factory
 from services.kit.epochs import EpochCache, EpochReader
 from services.kit.errors import ConfigurationError, TogetherError
@@ -36,6 +38,7 @@ from services.sharing import materialise
 from services.sharing.service import SharingDeps, build_sharing
 from services.storage import staging
 from services.storage.inputs import InputLimits
+from services.storage.objects import ObjectStore, open_store
 from services.storage.service import Storage
 
 
@@ -96,11 +99,17 @@ class Platform:
         # Requests then find the cache epochs in memory (see services/kit/epochs.py).
         self.epochs.start()
         self.background.watching_epochs = True
+        metrics.read_at_scrape(
+            "together_cache_epoch_age_seconds",
+            "Seconds since this process last read the cache epochs (how far its cached "
+            "principals and versions may lag a change made by another replica)",
+            self.epochs.age,
+        )
         interval = settings.sharing_refresh_seconds
         if interval > 0 and self.sharing.config.tables:
             deps = self.sharing
             refresher = materialise.Refresher(
-                lambda: materialise.refresh_all(deps.products, deps.folder, deps.config), interval
+                lambda: materialise.refresh_all(deps.products, deps.store, deps.config), interval
             )
             refresher.start()
             self.background.refresher = refresher
@@ -118,6 +127,11 @@ class Platform:
         if self.products.async_audit is not None:
             self.products.async_audit.gate = watch.check
         self.background.sealer_watch = watch
+        metrics.read_at_scrape(
+            "together_audit_sealer_lag_seconds",
+            "Age of the oldest committed audit event not yet sealed into the chain (0: none)",
+            watch.lag_seconds,
+        )
         return watch
 
     def stop_background(self) -> None:
@@ -174,6 +188,27 @@ def _schema_problem_or_unreachable(engine: Engine) -> str | None:
         return None
 
 
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def build_store(settings: Settings) -> ObjectStore:
+    """The object store of dataset versions and sharing files (TOGETHER_STORAGE_URL)."""
+    try:
+        return open_store(
+            settings.storage_url,
+            default_root=settings.storage_dir,
+            cache_dir=settings.data_dir / "cache",
+            cache_max_bytes=settings.storage_cache_max_bytes,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            access_key_id=_secret(settings.s3_access_key_id),
+            secret_access_key=_secret(settings.s3_secret_access_key),
+        )
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
 def build_platform(settings: Settings) -> Platform:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     keys = load_keys(settings)
@@ -193,7 +228,7 @@ def build_platform(settings: Settings) -> Platform:
     )
     contracts = load_contracts(settings.contracts_dir)
     policy = PolicyEngine(settings.policies_dir)
-    storage = Storage(settings.storage_dir)
+    storage = Storage(build_store(settings))
     settings.staging_dir.mkdir(parents=True, exist_ok=True)
     # Bodies left by a process that died mid-upload: unreadable ciphertext, removed at start.
     staging.sweep(settings.staging_dir, older_than_seconds=settings.idempotency_lease_seconds)

@@ -7,6 +7,8 @@ The fixtures live in tests/fixtures/ (one plugin per concern); see its package d
 from __future__ import annotations
 
 pytest_plugins = [
+    # Before app: app imports it (the storage backend of its settings).
+    "tests.fixtures.seaweedfs",
     "tests.fixtures.databases",
     "tests.fixtures.app",
     "tests.fixtures.snapshots",

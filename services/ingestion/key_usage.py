@@ -1,20 +1,21 @@
 """Which data encryption keys stored data is under: what decides whether a key may be retired.
 
-Every Parquet file under the data folder is read (the current and older versions of every
-dataset, and any file a crash left behind: a superset, so a key still needed is never reported
-free). Only the encrypted columns are read (``<field>_enc``, binary), once per distinct value.
+Every Parquet object of the store is read, through services/storage/objects.py (the current
+and older versions of every dataset, and any object a crash left behind: a superset, so a key
+still needed is never reported free). Only the encrypted columns are read (``<field>_enc``,
+binary), once per distinct value.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from services.contracts.protection import DecryptionError, ciphertext_key_id
+from services.storage.objects import ObjectStore
 
 _ENCRYPTED_SUFFIX = "_enc"
 
@@ -40,10 +41,13 @@ def _key_ids(column: pa.ChunkedArray) -> set[int]:
     return found
 
 
-def encryption_keys_in_use(data_dir: Path) -> Counter[int]:
-    """Key id -> the number of Parquet files holding ciphertext under it."""
+def encryption_keys_in_use(store: ObjectStore, prefix: str = "") -> Counter[int]:
+    """Key id -> the number of Parquet objects (under `prefix`) holding ciphertext under it."""
     usage: Counter[int] = Counter()
-    for path in sorted(data_dir.rglob("*.parquet")):
+    for item in store.list(prefix):
+        if not item.key.endswith(".parquet"):
+            continue
+        path = store.local_path(item.key)
         names = _encrypted_columns(pq.read_schema(path))
         if not names:
             continue

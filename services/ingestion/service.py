@@ -32,6 +32,7 @@ from services.contracts.validation import ValidationReport
 from services.identity.schemas import Principal
 from services.ingestion import repository, worker
 from services.ingestion.models import IdempotencyRecord, IdempotencyState, Upload
+from services.kit import metrics
 from services.kit.clock import utcnow
 from services.kit.errors import (
     BadRequest,
@@ -320,6 +321,9 @@ def ingest(
         )
     assert result.stored is not None
     try:
+        # The object is in the store, verified, before the version's row commits; an
+        # unreachable store answers 503 STORAGE_UNAVAILABLE and the key is released below.
+        deps.storage.put(result.stored)
         return _finish_accepted(
             deps, principal, ctx, req, contract, upload_id, result.rows, result.stored, started
         )
@@ -496,6 +500,7 @@ def _finish_accepted(
             )
         )
     log.info("upload accepted", extra={"upload_id": upload_id, "rows": rows})
+    metrics.count_upload("accepted", rows)
     return UploadOutcome(201, body)
 
 
@@ -555,6 +560,7 @@ def _finish_rejected(
                 ),
             )
         )
+    metrics.count_upload("refused", rows)
     return UploadOutcome(422, body)
 
 
@@ -631,6 +637,7 @@ def _finish_unreadable(
             )
         )
     log.warning("upload parser failed", extra={"upload_id": upload_id, "reason": reason})
+    metrics.count_upload("refused", 0)
     return UploadOutcome(422, body)
 
 
@@ -656,3 +663,4 @@ def record_refused_upload(
             parameters=parameters,
         ),
     )
+    metrics.count_upload("refused", 0)

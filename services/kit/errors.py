@@ -94,3 +94,27 @@ class ConfigurationError(TogetherError):
     code = "CONFIGURATION_ERROR"
     status = 500
     title = "Configuration error"
+
+
+class StorageUnavailable(TogetherError):
+    """The object store cannot be reached: the request may succeed unchanged later."""
+
+    code = "STORAGE_UNAVAILABLE"
+    status = 503
+    title = "Storage unavailable"
+
+
+class StoredVersionMissing(TogetherError):
+    """A dataset version's object is not in the store although its metadata row names it."""
+
+    code = "STORED_VERSION_MISSING"
+    status = 503
+    title = "Stored version missing"
+
+    def __init__(self, dataset_id: str, version: int) -> None:
+        super().__init__(
+            f"the stored data of dataset {dataset_id!r} version {version} is missing; "
+            "an operator must restore it (see `together storage check`)"
+        )
+        self.dataset_id = dataset_id
+        self.version = version

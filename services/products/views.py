@@ -26,6 +26,7 @@ from services.products.definition import (
     ProductDefinition,
     view_name,
 )
+from services.storage import objects
 
 _DUCKDB_TYPES: dict[FieldType, str] = {
     FieldType.STRING: "VARCHAR",
@@ -46,7 +47,8 @@ def _sql_type(column: StoredColumn) -> str:
 
 def files_relation(files: tuple[Path, ...]) -> str:
     """The Parquet files of one dataset version as one relation."""
-    paths = ", ".join(sql_string(str(path)) for path in files)
+    # A cached copy of an object may have been evicted since the version's paths were read.
+    paths = ", ".join(sql_string(str(objects.present(path))) for path in files)
     return f"read_parquet([{paths}], union_by_name = true)"
 
 

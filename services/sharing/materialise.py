@@ -5,9 +5,10 @@ variant (suppression and areas of the reader) and the suppression threshold, exa
 product cache. That is the fingerprint. Asking for a table's current version computes the
 fingerprint (one query for the source versions) and returns the version stored under it, or
 materialises a new one: the engine runs with the same inputs as a JSON read of the product, the
-result is written as Parquet (fsync, rename, fsync the folder), and only then is the version
-committed. Two processes materialising the same fingerprint at once both write a file; the
-unique constraint keeps one version, and the other process's file is removed.
+result is written as Parquet to the object store (durable and verified there), and only then is
+the version committed. Two processes (replicas) materialising the same fingerprint at once both
+write an object under a fresh random name; the unique constraint keeps one version, and the
+other process's object is removed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -29,7 +29,6 @@ from services.authz.service import ProductAccess
 from services.kit.background import PeriodicThread
 from services.kit.clock import utcnow
 from services.kit.errors import TogetherError
-from services.kit.files import write_durably
 from services.kit.ids import new_id
 from services.kit.uow import transaction
 from services.products import compute, disclosure, formats
@@ -41,6 +40,8 @@ from services.sharing import protocol
 from services.sharing.config import PublishedTable, SharingConfig, parameter_pairs
 from services.sharing.models import SharingFile, SharingTableVersion
 from services.storage import service as storage_service
+from services.storage.objects import ObjectStore
+from services.storage.service import SHARING_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class Snapshot:
     schema_string: str
     created_at: str
     file_id: str
-    file_path: Path
+    file_key: str  # the object's key in the store
     size_bytes: int
     sha256: str
 
@@ -84,13 +85,9 @@ def today() -> date:
     return utcnow().date()
 
 
-def files_dir(data_dir: Path) -> Path:
-    return data_dir / "sharing"
-
-
 def current_snapshot(
     products: ProductDeps,
-    folder: Path,
+    store: ObjectStore,
     table: PublishedTable,
     variant: Variant,
     *,
@@ -107,7 +104,7 @@ def current_snapshot(
     fingerprint = _fingerprint(table, definition, normalised, sources, variant, products.k)
     for _attempt in range(5):
         with products.sessions() as session:
-            found = _by_fingerprint(session, folder, table.key, fingerprint)
+            found = _by_fingerprint(session, store, table.key, fingerprint)
         if found is not None:
             return found
         result = compute.run(
@@ -121,7 +118,7 @@ def current_snapshot(
         )
         created = _store(
             products.sessions,
-            folder,
+            store,
             table,
             definition,
             variant,
@@ -161,7 +158,7 @@ def _fingerprint(
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _snapshot(folder: Path, version: SharingTableVersion, file: SharingFile) -> Snapshot:
+def _snapshot(store: ObjectStore, version: SharingTableVersion, file: SharingFile) -> Snapshot:
     return Snapshot(
         table_key=version.table_key,
         version=version.version,
@@ -174,14 +171,14 @@ def _snapshot(folder: Path, version: SharingTableVersion, file: SharingFile) -> 
         schema_string=version.schema_string,
         created_at=version.created_at.isoformat(),
         file_id=file.id,
-        file_path=folder / file.path,
+        file_key=SHARING_PREFIX + file.path,
         size_bytes=file.size_bytes,
         sha256=file.sha256,
     )
 
 
 def _by_fingerprint(
-    session: Session, folder: Path, table_key: str, fingerprint: str
+    session: Session, store: ObjectStore, table_key: str, fingerprint: str
 ) -> Snapshot | None:
     row = session.execute(
         select(SharingTableVersion, SharingFile)
@@ -191,22 +188,24 @@ def _by_fingerprint(
             SharingTableVersion.fingerprint == fingerprint,
         )
     ).first()
-    return None if row is None else _snapshot(folder, row[0], row[1])
+    return None if row is None else _snapshot(store, row[0], row[1])
 
 
-def snapshot_of_file(session: Session, folder: Path, file_id: str) -> tuple[Snapshot, str] | None:
+def snapshot_of_file(
+    session: Session, store: ObjectStore, file_id: str
+) -> tuple[Snapshot, str] | None:
     """A file's snapshot and the table it belongs to (for a file URL)."""
     row = session.execute(
         select(SharingTableVersion, SharingFile)
         .join(SharingFile, SharingFile.version_pk == SharingTableVersion.id)
         .where(SharingFile.id == file_id)
     ).first()
-    return None if row is None else (_snapshot(folder, row[0], row[1]), row[0].product)
+    return None if row is None else (_snapshot(store, row[0], row[1]), row[0].product)
 
 
 def _store(
     factory: sessionmaker[Session],
-    folder: Path,
+    store: ObjectStore,
     table: PublishedTable,
     definition: ProductDefinition,
     variant: Variant,
@@ -216,22 +215,21 @@ def _store(
     rows: int,
     body: bytes,
 ) -> Snapshot | None:
-    """Write the file durably, then commit the version; None when another writer won.
+    """Write the object durably, then commit the version; None when another writer won.
 
     The version row is bookkeeping with no event of its own: what a recipient reads of it is
     audited by the query or file read that asked for it (``sharing.queried``,
     ``sharing.file_read``), and the refresher materialises for no reader at all.
     """
-    folder.mkdir(parents=True, exist_ok=True)
     file_id = new_id()
-    # The name is a fresh random id: the folder tells nothing about the tables in it.
+    # The name is a fresh random id: the store tells nothing about the tables in it.
     name = f"{new_id()}.parquet"
-    write_durably(folder / name, body)
+    store.put_bytes(SHARING_PREFIX + name, body)
     try:
         with transaction(factory) as session:
             return _add_version(
                 session,
-                folder,
+                store,
                 table,
                 definition,
                 variant,
@@ -244,13 +242,13 @@ def _store(
                 body,
             )
     except IntegrityError:
-        (folder / name).unlink(missing_ok=True)
+        store.delete(SHARING_PREFIX + name)
         return None
 
 
 def _add_version(
     session: Session,
-    folder: Path,
+    store: ObjectStore,
     table: PublishedTable,
     definition: ProductDefinition,
     variant: Variant,
@@ -295,7 +293,7 @@ def _add_version(
         sha256=hashlib.sha256(body).hexdigest(),
     )
     session.add(file)
-    return _snapshot(folder, version, file)
+    return _snapshot(store, version, file)
 
 
 def known_variants(session: Session, table: PublishedTable) -> set[Variant]:
@@ -310,7 +308,7 @@ def known_variants(session: Session, table: PublishedTable) -> set[Variant]:
     return found
 
 
-def refresh_all(products: ProductDeps, folder: Path, config: SharingConfig) -> list[Snapshot]:
+def refresh_all(products: ProductDeps, store: ObjectStore, config: SharingConfig) -> list[Snapshot]:
     """Bring every table up to date for every variant it has had (both variants at Level 1).
 
     Run by each server process every few minutes and by ``together sharing refresh``: a new
@@ -324,7 +322,7 @@ def refresh_all(products: ProductDeps, folder: Path, config: SharingConfig) -> l
             variants |= {Variant(True, None), Variant(False, None)}
         for variant in sorted(variants, key=lambda v: (v.suppressed, v.areas or ())):
             try:
-                refreshed.append(current_snapshot(products, folder, table, variant))
+                refreshed.append(current_snapshot(products, store, table, variant))
             except TogetherError as exc:
                 # One table that cannot be made today must not hold up the others.
                 log.warning("cannot materialise %s: %s", table.key, exc.detail)

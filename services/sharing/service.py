@@ -37,6 +37,7 @@ from services.sharing import materialise, protocol, urls
 from services.sharing.config import PublishedTable, SharingConfig, load_sharing, share_id
 from services.sharing.materialise import Snapshot, Variant
 from services.sharing.urls import FileGrant, UrlRefused
+from services.storage.objects import LocalStore, ObjectMissing, ObjectStore
 
 AUDIENCE_SUFFIX = ":delta-sharing"
 PROFILE_TYPES = ("bearer_token", "oauth_client_credentials")
@@ -51,10 +52,19 @@ class SharingDeps:
     tokens: TokenService
     platform_tokens: TokenService
     url_key: bytes
-    folder: Path
+    # Where materialised files are (keys under sharing/): the platform's object store.
+    store: ObjectStore
     endpoint: str | None
     # How long a file URL stays valid (short: it opens the file without a bearer token).
     url_lifetime_seconds: int = urls.URL_LIFETIME_SECONDS
+
+
+def _sharing_store(settings: Settings, products: ProductDeps) -> ObjectStore:
+    # The default local store keeps materialisations where they always were (the data
+    # folder's sharing/); any configured store holds them under its own sharing/ prefix.
+    if settings.storage_url is None and isinstance(products.storage.store, LocalStore):
+        return LocalStore(settings.data_dir)
+    return products.storage.store
 
 
 def build_sharing(
@@ -74,7 +84,7 @@ def build_sharing(
         tokens=tokens,
         platform_tokens=platform_tokens,
         url_key=urls.derive_key(keys.hmac_key),
-        folder=materialise.files_dir(settings.data_dir),
+        store=_sharing_store(settings, products),
         endpoint=settings.sharing_endpoint,
         url_lifetime_seconds=settings.sharing_url_lifetime_seconds,
     )
@@ -274,7 +284,7 @@ def open_table(
         raise Forbidden(f"you may not read {table.key} (Level {table.level})")
     try:
         snapshot = materialise.current_snapshot(
-            deps.products, deps.folder, table, Variant.of(access, table.level)
+            deps.products, deps.store, table, Variant.of(access, table.level)
         )
     except AreaNotPermitted:
         # The table's fixed csp parameter names an area outside the reader's.
@@ -479,7 +489,12 @@ def read_file(
                 },
             ),
         )
-    return FileRead(snapshot.file_path, snapshot.size_bytes)
+    try:
+        # From the store, through the local cache of an S3 store: any replica can answer.
+        path = deps.store.local_path(snapshot.file_key)
+    except ObjectMissing:
+        raise NotFound("the file of this URL is no longer stored") from None
+    return FileRead(path, snapshot.size_bytes)
 
 
 def _check_grant(
@@ -499,7 +514,7 @@ def _check_grant(
             raise UrlRefused("another_recipient", grant)
     with deps.products.sessions() as session:
         principal = identity_service.active_principal(session, grant.recipient)
-        found = materialise.snapshot_of_file(session, deps.folder, grant.file_id)
+        found = materialise.snapshot_of_file(session, deps.store, grant.file_id)
     if principal is None:
         raise UrlRefused("recipient_disabled", grant)
     if found is None:
@@ -513,7 +528,7 @@ def _check_grant(
         raise UrlRefused("access_withdrawn", grant)
     if Variant.of(access, table.level) != snapshot.variant:
         raise UrlRefused("disclosure_changed", grant)
-    if not snapshot.file_path.is_file():
+    if deps.store.info(snapshot.file_key) is None:
         raise UrlRefused("file_missing", grant)
     return principal, snapshot, table, access
 

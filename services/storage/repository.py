@@ -68,3 +68,19 @@ def current_version_rows(session: Session, dataset_ids: list[str]) -> list[Any]:
 
 def all_referenced_paths(session: Session) -> set[str]:
     return set(session.execute(select(VersionFile.path)).scalars())
+
+
+def all_version_files(session: Session) -> list[Any]:
+    """Every file of every version (a file appears once per version that holds it)."""
+    statement = (
+        select(
+            DatasetVersion.dataset_id,
+            DatasetVersion.version,
+            VersionFile.path,
+            VersionFile.size_bytes,
+            VersionFile.sha256,
+        )
+        .join(VersionFile, VersionFile.version_pk == DatasetVersion.id)
+        .order_by(DatasetVersion.dataset_id, DatasetVersion.version, VersionFile.id)
+    )
+    return list(session.execute(statement).all())

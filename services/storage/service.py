@@ -1,9 +1,10 @@
 """Immutable dataset versions on Parquet. The only package that does pyarrow file IO.
 
-Durability order: write the file under a temporary name, fsync it, rename it into place, fsync
-the directory (services/kit/files.py), and only then commit the metadata row that points at it.
-A row therefore never points at a file that is not durable; a file with no row (a crash between
-the two) is an orphan that no reader can see, removed by `sweep_orphans`.
+Durability order: write the file under a temporary name and fsync it, put it into the object
+store (services/storage/objects.py: a durable rename in a local folder, or an upload to S3 whose
+size is read back), and only then commit the metadata row that points at it. A row therefore
+never points at an object that is not durable; an object with no row (a crash between the two)
+is an orphan that no reader can see, removed by `sweep_orphans`.
 """
 
 from __future__ import annotations
@@ -21,21 +22,24 @@ import pyarrow.parquet as pq
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.kit import files as durable
 from services.kit.clock import utcnow
+from services.kit.errors import StorageUnavailable, StoredVersionMissing
 from services.kit.ids import new_id
 from services.storage import repository
 from services.storage.models import Dataset, DatasetVersion, UploadMode, VersionFile
+from services.storage.objects import LocalStore, ObjectMissing, ObjectStore, S3Store
 
 PARQUET_COMPRESSION = "zstd"
 
 
 @dataclass(frozen=True)
 class StoredFile:
-    relative_path: str
+    relative_path: str  # the object's key in the store
     row_count: int
     size_bytes: int
     sha256: str
+    # The finished, fsynced local file that `Storage.put` moves into the store.
+    staged: str
 
 
 @dataclass(frozen=True)
@@ -48,30 +52,58 @@ class VersionInfo:
     created_at: str
 
 
+@dataclass(frozen=True)
+class StoredProblem:
+    """A version file the store does not hold as its metadata row describes."""
+
+    dataset_id: str
+    version: int
+    path: str
+    problem: str  # "missing", "size" or "sha256"
+
+
 class Storage:
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    @property
+    def root(self) -> Path:
+        """The local folder files are written in before they are stored: the store's folder,
+        or the cache of an S3 store (where the staged files and the cached copies are)."""
+        if isinstance(self.store, S3Store):
+            return self.store.cache.root
+        assert isinstance(self.store, LocalStore)
+        return self.store.root
 
     def dataset_dir(self, dataset_id: str) -> Path:
         return self.root / dataset_id
 
     def absolute(self, relative_path: str) -> Path:
-        return self.root / relative_path
+        """A local file with the object's bytes: in place, or a cached copy of an object."""
+        return self.store.local_path(relative_path)
 
     def new_writer(
         self, dataset_id: str, schema: pa.Schema, *, name: str | None = None
     ) -> ParquetVersionWriter:
         """A writer of one new file, named `name` (a server id) or a fresh id."""
-        directory = self.dataset_dir(dataset_id)
-        directory.mkdir(parents=True, exist_ok=True)
-        return ParquetVersionWriter(self.root, directory, schema, name=name)
+        key = f"{dataset_id}/{name or new_id()}.parquet"
+        return ParquetVersionWriter(key, self.store.staging_path(key), schema)
+
+    def put(self, stored: StoredFile) -> None:
+        """Move a finished file into the store, durable and verified there (its row commits
+        after this, never before). Done by the process that commits the row, not the parser
+        child: an unreachable store is then a StorageUnavailable (503) where it can be answered.
+        """
+        self.store.put_file(Path(stored.staged), stored.relative_path)
 
     def discard(self, dataset_id: str, name: str) -> None:
         """Remove what a writer of `name` left (its partial or finished file), if anything:
-        for a writer in a process that died, or a file whose version was never committed."""
-        directory = self.dataset_dir(dataset_id)
-        (directory / f".{name}.parquet.partial").unlink(missing_ok=True)
-        (directory / f"{name}.parquet").unlink(missing_ok=True)
+        for a writer in a process that died, or a file whose version was never committed.
+        An unreachable store leaves the object to `sweep_orphans` (it has no row)."""
+        key = f"{dataset_id}/{name}.parquet"
+        self.store.staging_path(key).unlink(missing_ok=True)
+        with contextlib.suppress(StorageUnavailable):
+            self.store.delete(key)
 
     def read_columns(self, files: tuple[Path, ...], columns: list[str]) -> pa.Table:
         tables = [pq.read_table(path, columns=columns) for path in files]
@@ -80,33 +112,62 @@ class Storage:
         return pa.concat_tables(tables)
 
     def sweep_orphans(self, session: Session, *, older_than_seconds: float = 3600) -> list[str]:
-        """Delete files no version references, once they are old enough not to be in flight."""
+        """Delete objects no version references, once they are old enough not to be in flight."""
         referenced = repository.all_referenced_paths(session)
         removed: list[str] = []
-        if not self.root.exists():
-            return removed
         cutoff = time.time() - older_than_seconds
-        for path in self.root.rglob("*"):
-            if not path.is_file():
+        for item in self.store.list():
+            if item.key in referenced or item.mtime > cutoff:
                 continue
-            relative = path.relative_to(self.root).as_posix()
-            if relative in referenced or path.stat().st_mtime > cutoff:
+            # Sharing materialisations are referenced by their own rows, swept by sharing.
+            if item.key.startswith(SHARING_PREFIX):
                 continue
-            path.unlink(missing_ok=True)
-            removed.append(relative)
+            self.store.delete(item.key)
+            removed.append(item.key)
+        if isinstance(self.store, S3Store):
+            # Downloads and uploads a dead process left in the cache.
+            for path in self.store.cache.stale_partials(cutoff):
+                path.unlink(missing_ok=True)
         return removed
+
+    def check(self, session: Session, *, checksums: bool = True) -> list[StoredProblem]:
+        """Every version file whose object is missing or differs from its metadata row."""
+        problems: list[StoredProblem] = []
+        # Appended versions share files: each object is examined once.
+        verdicts: dict[str, str | None] = {}
+        for row in repository.all_version_files(session):
+            if row.path not in verdicts:
+                verdicts[row.path] = self._examine(row.path, row.size_bytes, row.sha256, checksums)
+            problem = verdicts[row.path]
+            if problem is not None:
+                problems.append(StoredProblem(row.dataset_id, row.version, row.path, problem))
+        return problems
+
+    def _examine(self, key: str, size: int, sha256: str, checksums: bool) -> str | None:
+        found = self.store.info(key)
+        if found is None:
+            return "missing"
+        if found.size != size:
+            return "size"
+        if checksums:
+            try:
+                if self.store.sha256(key) != sha256:
+                    return "sha256"
+            except ObjectMissing:
+                return "missing"
+        return None
+
+
+# Keys under this prefix are Delta Sharing materialisations (services/sharing/materialise.py).
+SHARING_PREFIX = "sharing/"
 
 
 class ParquetVersionWriter:
     """Writes one new immutable file; `finish` makes it durable and returns its description."""
 
-    def __init__(
-        self, root: Path, directory: Path, schema: pa.Schema, *, name: str | None = None
-    ) -> None:
-        self._root = root
-        self._directory = directory
-        self._final = directory / f"{name or new_id()}.parquet"
-        self._temp = directory / f".{self._final.name}.partial"
+    def __init__(self, key: str, temp: Path, schema: pa.Schema) -> None:
+        self._key = key
+        self._temp = temp
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
             self._temp, schema, compression=PARQUET_COMPRESSION
         )
@@ -138,6 +199,7 @@ class ParquetVersionWriter:
         self._temp.unlink(missing_ok=True)
 
     def finish(self) -> StoredFile:
+        """The file complete and fsynced locally; `Storage.put` then puts it into the store."""
         assert self._writer is not None
         self.flush()
         self._pool.shutdown(wait=True)
@@ -148,14 +210,20 @@ class ParquetVersionWriter:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
             os.fsync(handle.fileno())
-        size = self._temp.stat().st_size
-        durable.publish(self._temp, self._final)
         return StoredFile(
-            relative_path=self._final.relative_to(self._root).as_posix(),
+            relative_path=self._key,
             row_count=self.rows,
-            size_bytes=size,
+            size_bytes=self._temp.stat().st_size,
             sha256=digest.hexdigest(),
+            staged=str(self._temp),
         )
+
+
+def _resolve(storage: Storage, dataset_id: str, version: int, path: str) -> Path:
+    try:
+        return storage.absolute(path)
+    except ObjectMissing:
+        raise StoredVersionMissing(dataset_id, version) from None
 
 
 def current_version(session: Session, storage: Storage, dataset_id: str) -> VersionInfo | None:
@@ -171,7 +239,7 @@ def current_version(session: Session, storage: Storage, dataset_id: str) -> Vers
         version=version.version,
         contract_version=version.contract_version,
         row_count=version.row_count,
-        files=tuple(storage.absolute(f.path) for f in files),
+        files=tuple(_resolve(storage, dataset_id, version.version, f.path) for f in files),
         created_at=version.created_at.isoformat(),
     )
 
@@ -209,7 +277,7 @@ def current_versions(
     found: dict[str, VersionInfo] = {}
     for row in repository.current_version_rows(session, dataset_ids):
         info = found.get(row.dataset_id)
-        path = storage.absolute(row.path)
+        path = _resolve(storage, row.dataset_id, row.version, row.path)
         files = (path,) if info is None else (*info.files, path)
         found[row.dataset_id] = VersionInfo(
             dataset_id=row.dataset_id,

@@ -108,7 +108,7 @@ def check_answers(api: TestClient, platform: Platform, token_for: TokenFor, toda
     for table in deps.config.tables:
         for suppressed in (True, False):
             snapshot = materialise.current_snapshot(
-                deps.products, deps.folder, table, materialise.Variant(suppressed, None)
+                deps.products, deps.store, table, materialise.Variant(suppressed, None)
             )
             assert snapshot.row_count > 0, (table.key, snapshot.parameters)
 

@@ -29,7 +29,7 @@ from services.ingestion.key_usage import encryption_keys_in_use
 from services.kit.errors import ConfigurationError
 from services.kit.keys import EncryptionKeys, load_keys, write_key_file
 from services.kit.settings import Settings
-from services.platform import Platform, build_platform
+from services.platform import Platform, build_platform, build_store
 from tests.fixtures.app import ClientCredentials, MakeClient, TokenFor
 from tests.fixtures.cli import run_cli
 from tests.products.test_engine import occ
@@ -122,7 +122,7 @@ def test_T42_rotated_key_writes_new_data_and_level3_reads_old_and_new(
 
     # Before rotation: police data under the original key (format 1).
     _keys_upload(api, police_token, "police.occurrences", police(occurrences()))
-    assert set(encryption_keys_in_use(settings.data_dir)) == {0}
+    assert set(encryption_keys_in_use(build_store(settings))) == {0}
 
     rotated = run_cli(settings, "keys", "rotate")
     assert rotated.returncode == 0, rotated.stderr
@@ -137,12 +137,9 @@ def test_T42_rotated_key_writes_new_data_and_level3_reads_old_and_new(
         # A police version that adds to the old one: its rows are under both keys.
         later = occ("L80", "2024-06-25 09:00:00", "3b", "34B", suspects=[_KEYS_PERSON_A])
         _keys_upload(restarted, police_token, "police.occurrences", police([later]), "append")
-        police_dirs = {
-            path.parent for path in settings.data_dir.rglob("*.parquet") if "police" in str(path)
-        }
-        assert len(police_dirs) == 1
-        assert set(encryption_keys_in_use(police_dirs.pop())) == {0, 1}
-        usage = encryption_keys_in_use(settings.data_dir)
+        store = build_store(settings)
+        assert set(encryption_keys_in_use(store, "police.occurrences")) == {0, 1}
+        usage = encryption_keys_in_use(store)
         assert set(usage) == {0, 1}
         assert usage[1] >= 2
 

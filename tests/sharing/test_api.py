@@ -487,7 +487,7 @@ def test_concurrent_materialisations_keep_one_version(
     deps = platform.sharing
     table = deps.config.find("strategic", "violence", "flags")
     snapshot = materialise.current_snapshot(
-        deps.products, deps.folder, table, materialise.Variant(True, None)
+        deps.products, deps.store, table, materialise.Variant(True, None)
     )
     with platform.sessions() as session:
         fingerprint = session.scalars(
@@ -495,10 +495,10 @@ def test_concurrent_materialisations_keep_one_version(
                 SharingTableVersion.table_key == table.key
             )
         ).one()
-    before = sorted(p.name for p in deps.folder.iterdir())
+    before = [item.key for item in deps.store.list("sharing")]
     lost = materialise._store(
         deps.products.sessions,
-        deps.folder,
+        deps.store,
         table,
         deps.products.catalogue["sv-flags"],
         materialise.Variant(True, None),
@@ -506,11 +506,11 @@ def test_concurrent_materialisations_keep_one_version(
         snapshot.parameters,
         snapshot.sources,
         snapshot.row_count,
-        snapshot.file_path.read_bytes(),
+        deps.store.local_path(snapshot.file_key).read_bytes(),
     )
     assert lost is None
-    assert sorted(p.name for p in deps.folder.iterdir()) == before
+    assert [item.key for item in deps.store.list("sharing")] == before
     again = materialise.current_snapshot(
-        deps.products, deps.folder, table, materialise.Variant(True, None)
+        deps.products, deps.store, table, materialise.Variant(True, None)
     )
     assert (again.version, again.file_id) == (snapshot.version, snapshot.file_id)
