@@ -160,9 +160,12 @@ def parse(job: ParseJob, progress: Callable[[int], None]) -> ParseResult:
     try:
         date_fields = frozenset(f.name for f in contract.fields if f.type.value == "date")
         limits = replace(job.limits, date_fields=date_fields)
-        body_path = job.body_path if job.staged is None else job.staged.decrypt_to_memory()
-        reader = open_input(body_path, job.media_type, limits, job.charset)
+        # A staged body is decrypted as the readers read it, a chunk at a time: never whole.
+        body = job.body_path if job.staged is None else job.staged
+        reader = open_input(body, job.media_type, limits, job.charset)
         usable = validator.check_header(list(reader.column_names), report)
+        if not usable:
+            reader.close()
         key_columns = validator.key_columns()
         key_parts: list[pa.Table] = []
         if usable:

@@ -17,12 +17,14 @@ from __future__ import annotations
 import base64
 import codecs
 import csv
+import io
 import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -67,6 +69,30 @@ _BOMS = (
     (codecs.BOM_UTF16_LE, "UTF-16"),
     (codecs.BOM_UTF16_BE, "UTF-16"),
 )
+
+
+class Body(Protocol):
+    """A body to read: each `open` gives a fresh seekable binary file of `size` bytes (a file
+    on disk, or a staged body decrypted as it is read), so a reader may pass over it twice."""
+
+    @property
+    def size(self) -> int: ...
+
+    def open(self) -> BinaryIO | io.BufferedReader: ...
+
+
+@dataclass(frozen=True)
+class FileBody:
+    """A plain file of the server's own (the demo loader's generated data, tests)."""
+
+    path: Path
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+    def open(self) -> BinaryIO:
+        return open(self.path, "rb")
 
 
 class InputFormatError(Exception):
@@ -117,10 +143,25 @@ class InputLimits:
 
 
 class InputReader:
+    """Batches of string columns. A reader that holds the body open closes it when its batches
+    end (or fail), and on `close`, for a reader whose batches are never asked for."""
+
     column_names: list[str]
+    _handle: BinaryIO | io.BufferedReader | None = None
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         raise NotImplementedError
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> InputReader:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 def _as_strings(batch: pa.RecordBatch, date_fields: frozenset[str]) -> pa.RecordBatch:
@@ -166,8 +207,8 @@ def _as_strings(batch: pa.RecordBatch, date_fields: frozenset[str]) -> pa.Record
 # What the first bytes say
 
 
-def _head(path: Path, size: int = 8) -> bytes:
-    with open(path, "rb") as handle:
+def _head(body: Body, size: int = 8) -> bytes:
+    with body.open() as handle:
         return handle.read(size)
 
 
@@ -187,9 +228,9 @@ def _foreign_body(head: bytes) -> str | None:
     return None
 
 
-def _refuse_foreign_text(path: Path, media_type: str, charset: str | None) -> None:
+def _refuse_foreign_text(body: Body, media_type: str, charset: str | None) -> None:
     """A text body must start like text of its declared type and encoding."""
-    head = _head(path)
+    head = _head(body)
     found = _foreign_body(head)
     if found is not None:
         raise InputFormatError(found, row=None)
@@ -228,10 +269,10 @@ def _likely_encoding(byte: int) -> str:
     return ""
 
 
-def _locate_undecodable(path: Path, codec: str) -> InputFormatError:
+def _locate_undecodable(body: Body, codec: str) -> InputFormatError:
     """The first line that does not decode, with the byte's offset in the file."""
     offset = 0
-    with open(path, "rb") as handle:
+    with body.open() as handle:
         for number, line in enumerate(handle, start=1):
             try:
                 line.decode(codec)
@@ -275,7 +316,7 @@ class TextScan:
     multiline_values: bool  # a quoted value holds a line break
 
 
-def scan_text(path: Path, codec: str = "utf-8", *, quotes: bool = True) -> TextScan:
+def scan_text(body: Body | Path, codec: str = "utf-8", *, quotes: bool = True) -> TextScan:
     """Check a text body in one streaming pass; raise ``InputFormatError`` naming the line.
 
     Every byte must decode in ``codec`` (a NUL is refused too: text has none), no line may be
@@ -288,13 +329,14 @@ def scan_text(path: Path, codec: str = "utf-8", *, quotes: bool = True) -> TextS
     odd = False  # inside a quoted value
     opened = 0  # the line where that value opened
     multiline = False
-    with open(path, "rb") as handle:
+    body = _as_body(body)
+    with body.open() as handle:
         while True:
             chunk = handle.read(_TEXT_CHUNK)
             try:
                 text = decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError:
-                raise _locate_undecodable(path, codec) from None
+                raise _locate_undecodable(body, codec) from None
             if "\x00" in text:
                 before = text[: text.index("\x00")]
                 number = lines + before.count("\n") + 1
@@ -335,17 +377,19 @@ def scan_text(path: Path, codec: str = "utf-8", *, quotes: bool = True) -> TextS
 
 
 class CsvReader(InputReader):
-    def __init__(self, path: Path, limits: InputLimits, charset: str | None = None) -> None:
-        self.path = path
+    def __init__(self, body: Body, limits: InputLimits, charset: str | None = None) -> None:
+        self.body = body
         self.limits = limits
         self.codec = charset or "utf-8"
-        _refuse_foreign_text(path, MEDIA_CSV, charset)
-        scan = scan_text(path, self.codec)
+        _refuse_foreign_text(body, MEDIA_CSV, charset)
+        scan = scan_text(body, self.codec)
         self._multiline = scan.multiline_values
         # The header is the first record (a quoted name may even hold a line break); a UTF-8
         # byte-order mark before it is dropped, as Excel's "CSV UTF-8" writes one.
         encoding = "utf-8-sig" if self.codec == "utf-8" else self.codec
-        with open(path, newline="", encoding=encoding, errors="strict") as handle:
+        with io.TextIOWrapper(
+            body.open(), newline="", encoding=encoding, errors="strict"
+        ) as handle:
             header = next(csv.reader(handle), None)
         if not header or not any(name.strip() for name in header):
             raise InputFormatError("the file is empty: a header row is required")
@@ -377,9 +421,10 @@ class CsvReader(InputReader):
             newlines_in_values=self._multiline, invalid_row_handler=self._on_invalid
         )
         rows = 0
+        handle = self._handle = self.body.open()
         try:
             reader = pacsv.open_csv(
-                self.path, read_options=read_options, convert_options=convert, parse_options=parse
+                handle, read_options=read_options, convert_options=convert, parse_options=parse
             )
             for batch in reader:
                 rows += batch.num_rows
@@ -396,19 +441,21 @@ class CsvReader(InputReader):
                     row=self._bad_row,
                 ) from exc
             raise InputFormatError("the file is not valid CSV") from exc
+        finally:
+            self.close()
 
 
-def _parquet_footer_problem(path: Path) -> str | None:
+def _parquet_footer_problem(body: Body) -> str | None:
     """Why a Parquet file's footer cannot be trusted to a parser, or None.
 
     The footer (the Thrift-encoded metadata) is what a malformed or hostile file uses to make a
     reader allocate or recurse without bound; its length is checked against the file and a
     bound before any of it is parsed.
     """
-    size = path.stat().st_size
+    size = body.size
     if size < 12:
         return "the body is too short to be a Parquet file"
-    with open(path, "rb") as handle:
+    with body.open() as handle:
         handle.seek(size - 8)
         tail = handle.read(8)
     if tail[4:] != _PARQUET_MAGIC:
@@ -458,9 +505,9 @@ def _schema_problem(file: pq.ParquetFile) -> str | None:
 
 
 class ParquetReader(InputReader):
-    def __init__(self, path: Path, limits: InputLimits) -> None:
+    def __init__(self, body: Body, limits: InputLimits) -> None:
         self.limits = limits
-        head = _head(path)
+        head = _head(body)
         if not head.startswith(_PARQUET_MAGIC):
             found = _foreign_body(head)
             if found is None and head.lstrip()[:1] == b"{":
@@ -468,28 +515,34 @@ class ParquetReader(InputReader):
             elif found is None:
                 found = "the body is not a Parquet file (it does not start with PAR1): CSV text?"
             raise InputFormatError(found)
-        problem = _parquet_footer_problem(path)
+        problem = _parquet_footer_problem(body)
         if problem is not None:
             raise InputFormatError(problem)
+        self._handle = body.open()
         try:
             self._file = pq.ParquetFile(
-                path,
+                self._handle,
                 thrift_string_size_limit=MAX_PARQUET_FOOTER_BYTES,
                 thrift_container_size_limit=1_000_000,
             )
             metadata = self._file.metadata
             problem = _schema_problem(self._file)
         except (pa.ArrowException, OSError, ValueError) as exc:
+            self.close()
             raise InputFormatError("the Parquet file's metadata cannot be read") from exc
-        if problem is not None:
-            raise InputFormatError(problem)
-        if metadata.num_rows > limits.max_rows:
-            raise InputFormatError(f"the file has more than {limits.max_rows} rows")
-        uncompressed = sum(
-            metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)
-        )
-        if uncompressed > limits.max_decompressed_bytes:
-            raise InputFormatError("the Parquet file decompresses beyond the size limit")
+        try:
+            if problem is not None:
+                raise InputFormatError(problem)
+            if metadata.num_rows > limits.max_rows:
+                raise InputFormatError(f"the file has more than {limits.max_rows} rows")
+            uncompressed = sum(
+                metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)
+            )
+            if uncompressed > limits.max_decompressed_bytes:
+                raise InputFormatError("the Parquet file decompresses beyond the size limit")
+        except InputFormatError:
+            self.close()
+            raise
         self.column_names = list(self._file.schema_arrow.names)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
@@ -512,6 +565,8 @@ class ParquetReader(InputReader):
                 yield _as_strings(batch, self.limits.date_fields)
         except (pa.ArrowException, OSError) as exc:
             raise InputFormatError("the Parquet file is corrupt or unreadable") from exc
+        finally:
+            self.close()
 
 
 _KIND_NAMES = {
@@ -581,7 +636,7 @@ def _is_iso_time(text: str) -> bool:
 
 
 def _locate_ndjson_problem(
-    path: Path, skip_objects: int, schema: pa.Schema | None
+    body: Body, skip_objects: int, schema: pa.Schema | None
 ) -> InputFormatError | None:
     """Find the first line Arrow refused and say why, naming the line and the field.
 
@@ -597,7 +652,7 @@ def _locate_ndjson_problem(
             fixed[name] = _arrow_kind(data_type)
     seen: dict[str, tuple[str, int]] = {}
     objects = 0
-    with open(path, "rb") as handle:
+    with body.open() as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -689,7 +744,7 @@ def _may_nest(lines: bytes) -> bool:
     return _NESTED.search(lines.translate(None, _WHITESPACE)) is not None
 
 
-def _refuse_nesting(path: Path) -> None:
+def _refuse_nesting(body: Body) -> None:
     """Refuse objects or arrays inside a record before Arrow's JSON parser sees the file.
 
     Arrow's parser recurses once per level of nesting: a line nested some thousands of levels
@@ -700,7 +755,7 @@ def _refuse_nesting(path: Path) -> None:
     exception rather than a crash.
     """
     rest = b""
-    with open(path, "rb") as handle:
+    with body.open() as handle:
         while True:
             chunk = handle.read(_SCAN_CHUNK)
             lines = rest + chunk
@@ -708,7 +763,7 @@ def _refuse_nesting(path: Path) -> None:
                 cut = lines.rfind(b"\n") + 1
                 lines, rest = lines[:cut], lines[cut:]
             if lines and _may_nest(lines):
-                found = _locate_ndjson_problem(path, 0, None)
+                found = _locate_ndjson_problem(body, 0, None)
                 if found is not None:
                     raise found
                 return  # the brackets were inside strings: nothing nested
@@ -717,15 +772,15 @@ def _refuse_nesting(path: Path) -> None:
 
 
 class NdjsonReader(InputReader):
-    def __init__(self, path: Path, limits: InputLimits) -> None:
-        self.path = path
+    def __init__(self, body: Body, limits: InputLimits) -> None:
+        self.body = body
         self.limits = limits
-        _refuse_foreign_text(path, MEDIA_NDJSON, None)
+        _refuse_foreign_text(body, MEDIA_NDJSON, None)
         # Bounded lines first: the nesting scan below holds a line at a time.
-        scan_text(path, quotes=False)
-        _refuse_nesting(path)
-        source = pa.input_stream(str(path))
-        if _head(path, 3) == codecs.BOM_UTF8:
+        scan_text(body, quotes=False)
+        _refuse_nesting(body)
+        source = self._handle = body.open()
+        if _head(body, 3) == codecs.BOM_UTF8:
             source.read(3)  # JSON readers may ignore a byte-order mark (RFC 8259); Arrow cannot
         try:
             self._reader = pajson.open_json(
@@ -734,7 +789,8 @@ class NdjsonReader(InputReader):
                 parse_options=pajson.ParseOptions(newlines_in_values=False),
             )
         except pa.ArrowInvalid as exc:
-            found = _locate_ndjson_problem(path, 0, None)
+            self.close()
+            found = _locate_ndjson_problem(body, 0, None)
             raise found or InputFormatError(
                 "the body is not newline-delimited JSON objects"
             ) from exc
@@ -742,8 +798,9 @@ class NdjsonReader(InputReader):
         if any(pa.types.is_nested(t) or pa.types.is_binary(t) for t in schema.types):
             # An object or array seen first fixes a nested type rather than failing; the
             # first block holds it, so the scan stops there.
-            found = _locate_ndjson_problem(path, 0, None)
+            found = _locate_ndjson_problem(body, 0, None)
             if found is not None:
+                self.close()
                 raise found
         self.column_names = list(schema.names)
 
@@ -758,22 +815,30 @@ class NdjsonReader(InputReader):
                 rows += batch.num_rows
                 yield _as_strings(batch, self.limits.date_fields)
         except pa.ArrowInvalid as exc:
-            found = _locate_ndjson_problem(self.path, rows, self._reader.schema)
+            found = _locate_ndjson_problem(self.body, rows, self._reader.schema)
             raise found or InputFormatError(
                 "the body is not newline-delimited JSON with consistent value types"
             ) from exc
+        finally:
+            self.close()
+
+
+def _as_body(body: Body | Path) -> Body:
+    return FileBody(body) if isinstance(body, Path) else body
 
 
 def open_input(
-    path: Path, media_type: str, limits: InputLimits, charset: str | None = None
+    body: Body | Path, media_type: str, limits: InputLimits, charset: str | None = None
 ) -> InputReader:
-    """The reader of a body; ``charset`` is the codec ``parse_content_type`` gave (CSV only)."""
+    """The reader of a body (a file's path, or a `Body` such as a staged upload decrypted as it
+    is read); ``charset`` is the codec ``parse_content_type`` gave (CSV only)."""
+    body = _as_body(body)
     if media_type == MEDIA_CSV:
-        return CsvReader(path, limits, charset)
+        return CsvReader(body, limits, charset)
     if charset is not None:
         raise UnsupportedCharset(f"{media_type} is read as UTF-8 only")
     if media_type == MEDIA_PARQUET:
-        return ParquetReader(path, limits)
+        return ParquetReader(body, limits)
     if media_type == MEDIA_NDJSON:
-        return NdjsonReader(path, limits)
+        return NdjsonReader(body, limits)
     raise ValueError(f"unsupported media type {media_type}")

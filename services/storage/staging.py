@@ -10,9 +10,11 @@ reordered, dropped or the file truncated without the tag check failing.
 The file stays locked (`flock`) by the process that owns it while its upload runs; `sweep`
 removes every staging file that no live process holds and that is older than a grace period.
 
-Reading: `decrypt_to_memory` writes the plaintext into an anonymous in-memory file (`memfd`) of
-the parsing process, which the readers open by its `/proc/self/fd` path; the clear text never
-reaches a disk.
+Reading: `open_plain` gives a seekable file object that decrypts the chunk a read falls in (the
+chunks have a fixed size, so any offset maps to one chunk), checking its tag each time. The
+readers read through it, several passes if they need them: the clear text is never written
+anywhere, and a parser holds one chunk of it at a time beyond its own buffers, whatever the
+body's size (a 2 GB body decrypted whole into memory would take 2 GB).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import io
 import os
 import time
 import zlib
@@ -58,31 +61,15 @@ class StagedBody:
         full, rest = divmod(self.content_bytes, CHUNK)
         return [CHUNK] * full + [rest]
 
-    def decrypt_to(self, out_fd: int) -> None:
-        """Write the plaintext to `out_fd`, checking every chunk's tag (a tampered or truncated
-        file raises `cryptography.exceptions.InvalidTag`)."""
-        aead = AESGCM(self.key)
-        sizes = self.chunks()
-        with open(self.path, "rb") as handle:
-            if handle.read(len(_MAGIC)) != _MAGIC:
-                raise ValueError("not a staging file")
-            for index, size in enumerate(sizes):
-                sealed = handle.read(size + _TAG)
-                plain = aead.decrypt(_nonce(index, index == len(sizes) - 1), sealed, None)
-                view = memoryview(plain)
-                while view:
-                    view = view[os.write(out_fd, view) :]
-            if handle.read(1):
-                raise ValueError("the staging file is longer than its body")
+    @property
+    def size(self) -> int:
+        """The plaintext's size (a reader's `Body`)."""
+        return self.content_bytes
 
-    def decrypt_to_memory(self) -> Path:
-        """The plaintext in an anonymous in-memory file of this process; its path for readers.
-
-        The file lives as long as this process (or until `os.close` of its descriptor)."""
-        fd = os.memfd_create("upload-body", os.MFD_CLOEXEC)
-        self.decrypt_to(fd)
-        os.lseek(fd, 0, os.SEEK_SET)
-        return Path(f"/proc/self/fd/{fd}")
+    def open(self) -> io.BufferedReader:
+        """The plaintext as a seekable, read-only file object, decrypted chunk by chunk as it
+        is read (a reader's `Body`); a tampered chunk raises `InvalidTag` when read."""
+        return io.BufferedReader(_PlainReader(self), buffer_size=CHUNK)
 
     def release(self) -> None:
         """Delete the ciphertext and forget the key (the upload is over)."""
@@ -91,6 +78,76 @@ class StagedBody:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class _PlainReader(io.RawIOBase):
+    """Random access to a staged body's plaintext: the chunk holding an offset is decrypted
+    (its tag checked) when first read from, and the last one is kept."""
+
+    def __init__(self, staged: StagedBody) -> None:
+        self._aead = AESGCM(staged.key)
+        self._sizes = staged.chunks()
+        self._size = staged.content_bytes
+        self._file = open(staged.path, "rb")  # noqa: SIM115 (closed with this object)
+        if self._file.read(len(_MAGIC)) != _MAGIC:
+            self._file.close()
+            raise ValueError("not a staging file")
+        expected = len(_MAGIC) + self._size + _TAG * len(self._sizes)
+        if os.fstat(self._file.fileno()).st_size != expected:
+            self._file.close()
+            raise ValueError("the staging file's length does not match its body")
+        self._position = 0
+        self._cached: tuple[int, bytes] | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            position = offset
+        elif whence == io.SEEK_CUR:
+            position = self._position + offset
+        elif whence == io.SEEK_END:
+            position = self._size + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if position < 0:
+            raise ValueError("negative seek position")
+        self._position = position
+        return position
+
+    def _chunk(self, index: int) -> bytes:
+        if self._cached is not None and self._cached[0] == index:
+            return self._cached[1]
+        self._file.seek(len(_MAGIC) + index * (CHUNK + _TAG))
+        sealed = self._file.read(self._sizes[index] + _TAG)
+        plain = self._aead.decrypt(_nonce(index, index == len(self._sizes) - 1), sealed, None)
+        self._cached = (index, plain)
+        return plain
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        target = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(target) and self._position < self._size:
+            index, within = divmod(self._position, CHUNK)
+            chunk = self._chunk(index)
+            take = min(len(chunk) - within, len(target) - done)
+            target[done : done + take] = chunk[within : within + take]
+            done += take
+            self._position += take
+        return done
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+            self._cached = None
+        super().close()
 
 
 class StagingWriter:
