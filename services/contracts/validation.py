@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from services.contracts.columns import StoredColumn, StoredKind, query_column, stored_columns
+from services.contracts.keyhash import KeyLedger
 from services.contracts.model import (
     Classification,
     Contract,
@@ -440,11 +441,10 @@ class BatchValidator:
         self._columns: dict[str, str] = {}  # contract field -> column name in the upload
         self._schema = self._build_schema()
         self._key_columns = [self._key_column(name) for name in contract.key]
-        # Each batch's distinct keys and the row each first came from, for duplicates across
-        # batches: compared once, in `finish` (one hash pass over the upload), rather than
-        # each batch against all earlier ones (a pass over everything so far, per batch).
-        self._key_chunks: list[pa.Array] = []
-        self._row_chunks: list[pa.Array] = []
+        # Each batch's distinct keys (as 128 bits of hash) and the row each first came from,
+        # for duplicates across batches: compared once, in `finish` (one sort over the upload),
+        # rather than each batch against all earlier ones (a pass over everything so far).
+        self._keys = KeyLedger()
         self._memos: dict[str, DistinctMemo] = {}
 
     # Schema
@@ -899,34 +899,21 @@ class BatchValidator:
 
         absolute_first = pc.cast(pc.add(first_rows, first_row), pa.int64())
         valid = pc.is_valid(distinct)
-        self._key_chunks.append(pc.filter(distinct, valid))
-        self._row_chunks.append(pc.filter(absolute_first, valid))
+        self._keys.add(pc.filter(distinct, valid), pc.filter(absolute_first, valid))
         return findings
 
     def finish(self, report: ValidationReport) -> None:
         """Report the keys repeated across batches (call once, after the last batch): each
         row whose key an earlier batch had, naming the row it first came from."""
-        keys, rows = self._key_chunks, self._row_chunks
-        self._key_chunks, self._row_chunks = [], []
-        if len(keys) < 2:
+        found, earlier = self._keys.repeats()
+        if not len(found):
             return
-        seen = pa.table(
-            {"key": pa.chunked_array(keys, keys[0].type), "row": pa.chunked_array(rows)}
-        )
-        firsts = seen.group_by("key").aggregate([("row", "min"), ("row", "count")])
-        repeated = firsts.filter(pc.greater(firsts["row_count"], 1))
-        if not repeated.num_rows:
-            return
-        again = seen.join(repeated.select(["key", "row_min"]), "key", join_type="inner")
-        again = again.filter(pc.not_equal(again["row"], again["row_min"])).sort_by("row")
         key_names = ", ".join(self.contract.key)
-        described = again.slice(0, report.room)
-        for row, earlier in zip(
-            described["row"].to_pylist(), described["row_min"].to_pylist(), strict=True
-        ):
-            message = f"duplicate key ({key_names}): same as row {earlier}"
+        room = report.room
+        for row, first in zip(found[:room].tolist(), earlier[:room].tolist(), strict=True):
+            message = f"duplicate key ({key_names}): same as row {first}"
             report.add(Violation(row, key_names, Rule.DUPLICATE_KEY, message))
-        report.count(Rule.DUPLICATE_KEY, again.num_rows - described.num_rows)
+        report.count(Rule.DUPLICATE_KEY, len(found) - min(room, len(found)))
 
     # Reporting
 

@@ -36,7 +36,7 @@ MEDIA_CSV = "text/csv"
 MEDIA_PARQUET = "application/vnd.apache.parquet"
 MEDIA_NDJSON = "application/x-ndjson"
 SUPPORTED_MEDIA = (MEDIA_CSV, MEDIA_PARQUET, MEDIA_NDJSON)
-_BLOCK = 32 << 20
+_BLOCK = 8 << 20
 _PARQUET_MAGIC = b"PAR1"
 
 # The longest line a text body may have, in characters: a record of the widest contract is a
