@@ -44,3 +44,26 @@ def test_the_security_table_is_the_tests() -> None:
     generated = module.table(module.collect())
     assert f"{module.START}\n{generated}{module.END}" in README
     assert "**missing**" not in generated
+
+
+def test_the_benchmark_table_is_the_last_published_run() -> None:
+    """The README's benchmark table is docs/benchmarks.json rendered (`make bench` publishes
+    both), and every figure there has the fields the table shows."""
+    import json
+    import sys
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    sys.path.insert(0, str(scripts))
+    try:
+        import bench_report
+        import benchkit
+    finally:
+        sys.path.remove(str(scripts))
+    document = json.loads(benchkit.PUBLISHED_FILE.read_text())
+    assert document["figures"], "the published run has no figures"
+    for key, figure in document["figures"].items():
+        assert set(benchkit.FIELDS) <= set(figure), key
+        assert figure["result"] in {"PASS", "FAIL", "info"}, key
+    assert bench_report.readme_table(README) == bench_report.render(document)
+    header = bench_report.readme_table(README).splitlines()[2]
+    assert header == "| " + " | ".join(bench_report.HEADINGS[f] for f in benchkit.FIELDS) + " |"
