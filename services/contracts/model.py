@@ -363,6 +363,9 @@ class Contract(BaseModel):
     lawful_basis: str
     purposes: Annotated[list[Annotated[str, Field(pattern=PURPOSE_PATTERN)]], Field(min_length=1)]
     retention: str
+    # The date or timestamp field the retention counts from: a row whose value is before today
+    # minus `retention` has expired. Reference data with no date (not personal data) omits it.
+    retention_from: Annotated[str, Field(pattern=FIELD_NAME_PATTERN)] | None = None
     description: str | None = None
     key: Annotated[list[str], Field(min_length=1)]
     person: PersonSpec | None = None
@@ -423,6 +426,7 @@ class Contract(BaseModel):
                             "timestamp",
                         )
                     )
+        problems.extend(self._retention_from_problems(by_name))
         if self.person is not None:
             expected = {
                 "surname": FieldType.STRING,
@@ -451,6 +455,43 @@ class Contract(BaseModel):
         if problems:
             raise _rule_error(problems)
         return self
+
+    def _retention_from_problems(self, by_name: dict[str, ContractField]) -> list[Problem]:
+        """Retention is enforced by comparing the stored values with a cutoff day: the field
+        must hold a date, on every row, in the clear. A date of birth would erase people by
+        their age, not by the age of the record."""
+        name = self.retention_from
+        if name is None:
+            return []
+        where: tuple[str | int, ...] = ("retention_from",)
+        found = by_name.get(name)
+        if found is None:
+            return [(where, f"{name!r} is not a declared field")]
+        if found.type.value not in _DATED:
+            return [
+                (
+                    where,
+                    f"{name!r} is a {found.type} field, not a date or timestamp",
+                )
+            ]
+        if self.person is not None and name == self.person.dob:
+            return [(where, f"{name!r} is the date of birth, not the record's date")]
+        problems: list[Problem] = []
+        if not found.required:
+            problems.append(
+                (
+                    where,
+                    f"{name!r} must be required (a row without it would never expire)",
+                )
+            )
+        if found.protected:
+            problems.append(
+                (
+                    where,
+                    f"{name!r} is stored protected and cannot be compared with a date",
+                )
+            )
+        return problems
 
     # Helpers for the rest of the platform.
 

@@ -1,0 +1,1 @@
+"""Retention: which rows a contract's retention has expired."""
