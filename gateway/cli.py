@@ -281,6 +281,27 @@ def db_upgrade(revision: str = "head") -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url, revision)
     typer.echo(f"database at revision {revision}")
+    if revision == "head":
+        # A fresh installation's first load makes the shipped contracts active; afterwards a
+        # changed file becomes a draft waiting for sign-off (see `together contracts load`).
+        from services.lifecycle.service import load_into_database
+
+        results = load_into_database(
+            settings.resolved_database_url, settings.contracts_dir, _cli_context("db-upgrade")
+        )
+        _echo_loaded(results)
+
+
+def _echo_loaded(results: list[Any]) -> int:
+    """Print what loading the contracts did; the number refused."""
+    refused = 0
+    for result in results:
+        if result.outcome == "unchanged" and not result.detail:
+            continue
+        detail = f": {result.detail}" if result.detail else ""
+        typer.echo(f"contract {result.dataset} {result.version or ''} {result.outcome}{detail}")
+        refused += result.outcome == "refused"
+    return refused
 
 
 # Where `together serve` listens unless told otherwise.
@@ -484,6 +505,59 @@ def contracts_lint(
         typer.echo(f"{errors} error(s)", err=True)
         raise typer.Exit(1)
     typer.echo(f"{target}: contracts OK")
+
+
+@contracts_app.command("load")
+def contracts_load() -> None:
+    """Record each new or changed contract file as a draft (the first load of an installation
+    makes them active); exit status 1 when a file is refused."""
+    from services.lifecycle import service as lifecycle
+
+    with _admin_platform() as platform:
+        results = lifecycle.load_directory(
+            platform.lifecycle, _cli_context("contracts-load"), platform.settings.contracts_dir
+        )
+    if _echo_loaded(results):
+        raise typer.Exit(1)
+    typer.echo(f"{len(results)} contract file(s) read")
+
+
+@contracts_app.command("signoff")
+def contracts_signoff(
+    dataset: str,
+    version: str,
+    as_org: Annotated[str, typer.Option("--as-org", help="The owner's organisation, or vru")],
+) -> None:
+    """Sign off a draft for an organisation as the installation (audited with its hash)."""
+    from services.lifecycle import service as lifecycle
+
+    with _admin_platform() as platform:
+        signed = lifecycle.sign_off(
+            platform.lifecycle, None, _cli_context("contracts-signoff"), dataset, version, as_org
+        )
+    typer.echo(json.dumps(signed, indent=2))
+
+
+@contracts_app.command("activate")
+def contracts_activate(dataset: str, version: str) -> None:
+    """Make an approved version active as the installation; the active one is retired."""
+    from services.lifecycle import service as lifecycle
+
+    with _admin_platform() as platform:
+        active = lifecycle.activate(
+            platform.lifecycle, None, _cli_context("contracts-activate"), dataset, version
+        )
+    typer.echo(json.dumps(active, indent=2))
+
+
+@contracts_app.command("versions")
+def contracts_versions(dataset: str) -> None:
+    """The changelog of a contract: each version, its state, changes and sign-offs."""
+    from services.lifecycle import service as lifecycle
+
+    with _admin_platform() as platform:
+        versions = lifecycle.changelog(platform.lifecycle, dataset)
+    typer.echo(json.dumps(versions, indent=2))
 
 
 @keys_app.command("generate")

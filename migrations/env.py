@@ -7,6 +7,7 @@ import services.authz.models
 import services.identity.models
 import services.ingestion.models
 import services.kit.models
+import services.lifecycle.models
 import services.products.models
 import services.sharing.models
 import services.storage.models  # noqa: F401  (every model registers its table on Base)

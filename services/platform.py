@@ -4,6 +4,7 @@ is the one place where a server process's background threads start and stop."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 from pydantic import SecretStr
 from sqlalchemy import Engine, text
@@ -30,6 +31,8 @@ from services.kit.errors import ConfigurationError, TogetherError
 from services.kit.keys import load_keys
 from services.kit.migrate import schema_problem
 from services.kit.settings import Settings
+from services.lifecycle import service as lifecycle_service
+from services.lifecycle.service import LifecycleDeps
 from services.products.config import PartnershipConfig, load_partnership
 from services.products.loading import load_catalogue
 from services.products.service import ProductDeps
@@ -80,6 +83,7 @@ class Platform:
     sharing: SharingDeps
     admin: AdminDeps
     review: ReviewDeps
+    lifecycle: LifecycleDeps
     background: Background = field(default_factory=Background)
 
     def start_background(self) -> None:
@@ -246,6 +250,11 @@ def build_platform(settings: Settings) -> Platform:
         parse_memory_bytes=settings.upload_parse_memory_bytes,
         parse_silence_seconds=settings.upload_parse_silence_seconds,
     )
+    # Uploads validate against each contract's active version, stored in the database.
+    lifecycle = LifecycleDeps(
+        sessions=sessions, policy=policy, storage=storage, protector=ingestion.protector
+    )
+    ingestion.active_contract = partial(lifecycle_service.active_contract, lifecycle)
     partnership = load_partnership(settings.partnership_file, contracts)
     epochs = EpochReader(engine)
     products = ProductDeps(
@@ -294,4 +303,5 @@ def build_platform(settings: Settings) -> Platform:
         sharing=sharing,
         admin=admin,
         review=review,
+        lifecycle=lifecycle,
     )

@@ -30,6 +30,7 @@ from services.audit.review import FILTER_NAMES, MAX_EXPORT_LIMIT
 from services.identity import oidc
 from services.kit.errors import BadRequest, TogetherError
 from services.kit.partnership import ORGANISATIONS
+from services.lifecycle import service as lifecycle_service
 from services.platform import Platform
 from services.review import service as review_service
 from services.review.repository import ActorName
@@ -423,3 +424,75 @@ async def expiring_grants(user: SignedIn, platform: PlatformDep) -> Response:
     except TogetherError as exc:
         return _error(user, exc)
     return _render("expiring_grants.html", user=user, grants=found, days=EXPIRING_DAYS)
+
+
+@router.get("/contracts")
+async def contracts(user: SignedIn, platform: PlatformDep) -> Response:
+    """Drafts and approved versions the lead may sign off or activate, with each change and,
+    for a major one, the check of the data held against the draft."""
+    if user is None:
+        return _to_sign_in()
+    try:
+        found = await run_in_threadpool(
+            lifecycle_service.signable, platform.lifecycle, user.principal
+        )
+    except TogetherError as exc:
+        return _error(user, exc)
+    organisation = user.principal.organisation
+    for version in found:
+        signers = {s["signed_by"] for s in version["signoffs"]}
+        version["can_sign"] = user.ctx.actor not in signers and organisation in (
+            version["owner"],
+            lifecycle_service.VRU,
+        )
+    return _render("contracts.html", user=user, versions=found, organisation=organisation)
+
+
+async def _contract_step(
+    request: Request, user: WebUser, platform: Platform, dataset: str, version: str, step: str
+) -> Response:
+    form = await auth.read_form(request)
+    path = f"/ig/contracts/{quote(dataset, safe='')}/{quote(version, safe='')}/{step}"
+    try:
+        await run_in_threadpool(auth.check_csrf, platform, request, form, path)
+        if step == "signoff":
+            await run_in_threadpool(
+                lifecycle_service.sign_off,
+                platform.lifecycle,
+                user.principal,
+                user.ctx,
+                dataset,
+                version,
+                user.principal.organisation,
+                form.get("content_sha256") or None,
+            )
+        else:
+            await run_in_threadpool(
+                lifecycle_service.activate,
+                platform.lifecycle,
+                user.principal,
+                user.ctx,
+                dataset,
+                version,
+            )
+    except TogetherError as exc:
+        return _error(user, exc)
+    return RedirectResponse(f"/ig/contracts#contract-{dataset}-{version}", status_code=303)
+
+
+@router.post("/contracts/{dataset}/{version}/signoff")
+async def sign_off_contract(
+    dataset: str, version: str, request: Request, user: SignedIn, platform: PlatformDep
+) -> Response:
+    if user is None:
+        return _to_sign_in()
+    return await _contract_step(request, user, platform, dataset, version, "signoff")
+
+
+@router.post("/contracts/{dataset}/{version}/activate")
+async def activate_contract(
+    dataset: str, version: str, request: Request, user: SignedIn, platform: PlatformDep
+) -> Response:
+    if user is None:
+        return _to_sign_in()
+    return await _contract_step(request, user, platform, dataset, version, "activate")

@@ -40,6 +40,12 @@ class AuditAction(StrEnum):
     UPLOAD_VIEWED = "upload.viewed"
     UPLOADS_LISTED = "upload.listed"  # a client's own uploads, one page
     DATASET_VIEWED = "dataset.viewed"  # a dataset's contract and current version
+    # contract lifecycle (services/lifecycle): the resource is the dataset, `resource_org` its
+    # owner; details name the contract version and its content hash.
+    CONTRACT_LOADED = "contract.loaded"  # a new or changed file recorded (draft, or installed)
+    CONTRACT_SIGNED_OFF = "contract.signed_off"  # one IG lead's sign-off of a draft
+    CONTRACT_APPROVED = "contract.approved"  # the second sign-off: the draft is approved
+    CONTRACT_ACTIVATED = "contract.activated"  # the owner's activation; the previous retires
     # products
     PRODUCT_READ = "product.read"
     PRODUCT_REFUSED = "product.refused"  # a permitted reader's malformed request: nothing computed

@@ -27,6 +27,10 @@ class Action(StrEnum):
     # Approving a pending grant of a role that needs a second person (SECOND_PERSON_ROLES).
     GRANT_APPROVE = "grant:approve"
     METRICS_READ = "metrics:read"
+    # Signing off a contract draft for an organisation (the owner's, or the VRU's), and the
+    # owner activating an approved version (services/lifecycle).
+    CONTRACT_SIGNOFF = "contract:signoff"
+    CONTRACT_ACTIVATE = "contract:activate"
 
 
 class ResourceType(StrEnum):
@@ -40,6 +44,9 @@ class ResourceType(StrEnum):
     GRANTS = "grants"
     # The process's operational figures (counts and timings; no personal data).
     METRICS = "metrics"
+    # A contract version; its owner is the organisation a sign-off is given for (the dataset's
+    # owner or the VRU), and for activation the dataset's owner.
+    CONTRACTS = "contracts"
 
 
 ROLES: tuple[str, ...] = tuple(role.value for role in Role)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -78,6 +79,10 @@ class IngestionDeps:
     # without reporting progress (services/ingestion/worker.py).
     parse_memory_bytes: int = 4 << 30
     parse_silence_seconds: float = 120.0
+    # The active version of a dataset's contract, from its stored text (services/lifecycle,
+    # wired by services.platform): an upload validates against it, never against the file on
+    # disk, which may be a newer draft. It raises a 409 naming the state when none is active.
+    active_contract: Callable[[str], Contract] | None = None
 
 
 @dataclass
@@ -136,7 +141,20 @@ def authorize_upload(
         raise BadRequest("mode must be 'append' or 'replace'")
     if contract.status is not Status.ACTIVE:
         raise BadRequest(f"contract {contract.id} {contract.version} is retired")
-    return contract
+    try:
+        return active_version(deps, contract)
+    except TogetherError:
+        record_refused_upload(
+            deps, ctx, contract.id, contract.owner, "contract not active", {"mode": mode}
+        )
+        raise
+
+
+def active_version(deps: IngestionDeps, contract: Contract) -> Contract:
+    """The contract an upload to `contract.id` validates against: its active version."""
+    if deps.active_contract is None:
+        return contract
+    return deps.active_contract(contract.id)
 
 
 def _fingerprint(req: UploadRequest) -> str:
@@ -284,7 +302,7 @@ def ingest(
     Failures after the claim release it (when the database can still be reached), so that a
     retry with the same key runs again rather than waiting for the lease to lapse.
     """
-    contract = get_contract(deps, req.dataset_id)
+    contract = active_version(deps, get_contract(deps, req.dataset_id))
     upload_id = new_id()
     if req.idempotency_key is not None:
         replay = _claim_key(deps, principal, ctx, req, upload_id)

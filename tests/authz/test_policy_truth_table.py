@@ -66,6 +66,8 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.ASSESSMENT_WRITE: NOTHING,
         Action.GRANT_APPROVE: NOTHING,
         Action.METRICS_READ: NOTHING,
+        Action.CONTRACT_SIGNOFF: NOTHING,
+        Action.CONTRACT_ACTIVATE: NOTHING,
     },
     Role.L1_READER: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -76,6 +78,8 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.ASSESSMENT_WRITE: NOTHING,
         Action.GRANT_APPROVE: NOTHING,
         Action.METRICS_READ: NOTHING,
+        Action.CONTRACT_SIGNOFF: NOTHING,
+        Action.CONTRACT_ACTIVATE: NOTHING,
     },
     Role.L1_ANALYST: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -86,6 +90,8 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.ASSESSMENT_WRITE: NOTHING,
         Action.GRANT_APPROVE: NOTHING,
         Action.METRICS_READ: NOTHING,
+        Action.CONTRACT_SIGNOFF: NOTHING,
+        Action.CONTRACT_ACTIVATE: NOTHING,
     },
     Role.L2_READER: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -96,6 +102,8 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.ASSESSMENT_WRITE: NOTHING,
         Action.GRANT_APPROVE: NOTHING,
         Action.METRICS_READ: NOTHING,
+        Action.CONTRACT_SIGNOFF: NOTHING,
+        Action.CONTRACT_ACTIVATE: NOTHING,
     },
     Role.L3_PRACTITIONER: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -106,6 +114,8 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.ASSESSMENT_WRITE: (Grant(ResourceType.LEVEL3, rid="habitual-knife-carriers"),),
         Action.GRANT_APPROVE: NOTHING,
         Action.METRICS_READ: NOTHING,
+        Action.CONTRACT_SIGNOFF: NOTHING,
+        Action.CONTRACT_ACTIVATE: NOTHING,
     },
     Role.IG_LEAD: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -116,6 +126,8 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.ASSESSMENT_WRITE: NOTHING,
         Action.GRANT_APPROVE: (Grant(ResourceType.GRANTS, "own_org"),),
         Action.METRICS_READ: NOTHING,
+        Action.CONTRACT_SIGNOFF: (Grant(ResourceType.CONTRACTS, "own_org"),),
+        Action.CONTRACT_ACTIVATE: (Grant(ResourceType.CONTRACTS, "own_org"),),
     },
     Role.OPERATOR: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -126,6 +138,8 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.ASSESSMENT_WRITE: NOTHING,
         Action.GRANT_APPROVE: NOTHING,
         Action.METRICS_READ: (Grant(ResourceType.METRICS),),
+        Action.CONTRACT_SIGNOFF: NOTHING,
+        Action.CONTRACT_ACTIVATE: NOTHING,
     },
     Role.ADMIN: {
         Action.DATASET_UPLOAD: NOTHING,
@@ -136,6 +150,8 @@ TRUTH_TABLE: dict[Role, dict[Action, tuple[Grant, ...]]] = {
         Action.ASSESSMENT_WRITE: NOTHING,
         Action.GRANT_APPROVE: NOTHING,
         Action.METRICS_READ: NOTHING,
+        Action.CONTRACT_SIGNOFF: NOTHING,
+        Action.CONTRACT_ACTIVATE: NOTHING,
     },
 }
 

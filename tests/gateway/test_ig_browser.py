@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from services.admin import accounts as people_admin
@@ -27,7 +28,7 @@ from services.identity.schemas import RoleGrant
 from services.kit.clock import utcnow
 from services.kit.settings import Settings
 from services.platform import Platform
-from tests.fixtures.app import MakeClient, cli_context
+from tests.fixtures.app import ClientCredentials, MakeClient, cli_context
 from tests.fixtures.audit_events import COUNCIL, POLICE, clock_at, level3_read, make_event
 from tests.live import LiveServer, settings_env, together_bin
 
@@ -305,3 +306,107 @@ def test_pages_name_actors_fit_1280_px_and_export_with_the_session(
             if e.parameters.get("format") in ("csv", "ndjson")
         ]
     assert [p["format"] for p in exports] == ["csv", "ndjson"]
+
+
+def test_two_ig_leads_sign_off_a_contract_draft_and_the_owner_activates_it(
+    settings: Settings,
+    platform: Platform,
+    tmp_path: Path,
+    browser_page: object,
+    make_client: MakeClient,
+    token_for: Callable[[ClientCredentials], str],
+    api: TestClient,
+) -> None:
+    from playwright.sync_api import Page, expect
+
+    from services.lifecycle import service as lifecycle
+    from tests.ingestion.helpers import police_rows, to_csv
+    from tests.ingestion.test_uploads import push
+
+    page: Page = browser_page  # type: ignore[assignment]
+    for username, org in (("hana", POLICE), ("victor", "vru")):
+        people_admin.create_user(
+            platform.admin,
+            cli_context(),
+            username=username,
+            organisation=org,
+            role="ig_lead",
+            password=PASSWORD,
+        )
+    rows = police_rows(200)
+    over_60 = sum(1 for row in rows if row["victim_age"] and int(row["victim_age"]) > 60)
+    assert push(api, token_for(make_client()), to_csv(rows)).status_code == 201
+    # The owner proposes 2.0.0: victims over 60 would be refused (a narrower domain: major).
+    proposal = tmp_path / "contracts"
+    proposal.mkdir()
+    source = (settings.contracts_dir / "police.occurrences.yaml").read_text(encoding="utf-8")
+    (proposal / "police.occurrences.yaml").write_text(
+        source.replace("version: 1.0.0", "version: 2.0.0").replace(
+            "    minimum: 0\n    maximum: 120\n", "    minimum: 0\n    maximum: 60\n"
+        ),
+        encoding="utf-8",
+    )
+    loaded = lifecycle.load_directory(platform.lifecycle, cli_context(), proposal)
+    assert [r.outcome for r in loaded] == ["draft"]
+    draft = "section[id='contract-police.occurrences-2.0.0']"
+
+    def sign_in(username: str) -> None:
+        page.goto(server.url + "/ig/sign-in")
+        page.fill("#username", username)
+        page.fill("#password", PASSWORD)
+        page.click("button:has-text('Sign in')")
+        expect(page).to_have_url(server.url + "/ig/events")
+        page.click("nav >> text=Contracts")
+        expect(page).to_have_url(server.url + "/ig/contracts")
+
+    server = LiveServer(settings, tmp_path / "server.log")
+    try:
+        page.set_viewport_size({"width": 1280, "height": 800})
+        sign_in("hana")
+        section = page.locator(draft)
+        expect(section.locator(".state")).to_have_text("draft")
+        expect(section).to_contain_text("major change against 1.0.0")
+        expect(section.locator("table.changes")).to_contain_text("maximum 120 -> 60")
+        # The report of the data held is on the page before anyone signs.
+        expect(section.locator(".validation")).to_contain_text(f"{over_60} violation")
+        expect(section.locator("table.totals")).to_contain_text("maximum")
+        _fits(page, "contracts")
+        section.locator("button:has-text('Sign off for hampshire-constabulary')").click()
+        expect(page.locator(draft).locator("ul.signoffs")).to_contain_text("user:hana")
+        expect(page.locator(draft).locator("button")).to_have_count(0)
+        page.click("button:has-text('Sign out')")
+
+        sign_in("victor")
+        page.locator(draft).locator("button:has-text('Sign off for vru')").click()
+        expect(page.locator(draft).locator(".state")).to_have_text("approved")
+        # Only the owner activates.
+        expect(page.locator(draft).locator("button")).to_have_count(0)
+        page.click("button:has-text('Sign out')")
+
+        sign_in("hana")
+        page.locator(draft).locator("button:has-text('Activate')").click()
+        expect(page.locator("main")).to_contain_text("No contract version waits")
+    finally:
+        server.stop()
+
+    states = {
+        v["version"]: v["state"]
+        for v in lifecycle.changelog(platform.lifecycle, "police.occurrences")
+    }
+    assert states == {"2.0.0": "active", "1.0.0": "retired"}
+    with platform.sessions() as session:
+        steps = [
+            (e.action, e.actor)
+            for e in session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.action.like("contract.%"))
+                .order_by(AuditEvent.seq)
+            )
+        ]
+    assert steps == [
+        ("contract.loaded", "test"),
+        ("contract.signed_off", "user:hana"),
+        ("contract.signed_off", "user:victor"),
+        ("contract.approved", "user:victor"),
+        ("contract.activated", "user:hana"),
+    ]
