@@ -58,12 +58,11 @@ def stall_problem(
     """What is behind, in one sentence, or None when the sealer keeps up."""
     oldest = _oldest_unsealed(session, now)
     window = timedelta(seconds=window_seconds)
-    if oldest is not None:
-        if now - oldest > window:
-            return (
-                f"audit events committed {int((now - oldest).total_seconds())} s ago are not "
-                f"sealed yet (policy window {window_seconds:g} s): the audit sealer is stalled"
-            )
+    if oldest is not None and now - oldest > window:
+        return (
+            f"audit events committed {int((now - oldest).total_seconds())} s ago are not "
+            f"sealed yet (policy window {window_seconds:g} s): the audit sealer is stalled"
+        )
     last = session.execute(
         select(AuditCheckpoint.issued_at).order_by(AuditCheckpoint.seq.desc()).limit(1)
     ).scalar_one_or_none()
