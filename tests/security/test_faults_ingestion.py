@@ -285,7 +285,7 @@ def test_T19_parser_over_its_memory_budget_is_422_and_the_server_unaffected(
 ) -> None:
     """The parse child runs under an address-space limit (RLIMIT_AS): a file whose parse needs
     more than the budget ends the child (MemoryError or an abort), not the server."""
-    platform.ingestion.parse_memory_bytes = 16 << 20
+    platform.ingestion.parse_memory_bytes = 4 << 20
     body = to_csv(police_rows(60_000, seed=15))
     response = api.post(
         "/v1/datasets/police.occurrences/uploads",
