@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from services.admin import principals
 from services.audit.models import AuditEvent
@@ -22,6 +22,7 @@ from services.platform import Platform
 from services.sharing import urls
 from services.sharing.models import SharingTableVersion
 from tests.fixtures.app import cli_context
+from tests.fixtures.audit_events import refuse_audit_inserts
 from tests.fixtures.snapshots import Loading, Snapshot, Snapshots, starting_from
 from tests.ingestion.helpers import police_rows, to_csv
 from tests.sharing.helpers import LEVEL1_TABLES, LEVEL2_TABLES, PARAMS, api_rows, sharing_settings
@@ -395,35 +396,9 @@ def test_profiles(api: TestClient, people: dict[str, Any], platform: Platform) -
     assert api.get("/delta-sharing/shares", headers=_bearer(token)).status_code == 401
 
 
-def _block_audit(platform: Platform, action: str) -> None:
-    with platform.engine.begin() as connection:
-        if platform.engine.dialect.name == "sqlite":
-            connection.execute(
-                text(
-                    "CREATE TRIGGER block_sharing BEFORE INSERT ON audit_events "
-                    f"WHEN NEW.action = '{action}' "
-                    "BEGIN SELECT RAISE(ABORT, 'audit store unavailable'); END"
-                )
-            )
-        else:
-            connection.execute(
-                text(
-                    "CREATE FUNCTION block_sharing() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                    f"BEGIN IF NEW.action = '{action}' THEN "
-                    "RAISE EXCEPTION 'audit store unavailable'; END IF; RETURN NEW; END $$"
-                )
-            )
-            connection.execute(
-                text(
-                    "CREATE TRIGGER block_sharing BEFORE INSERT ON audit_events "
-                    "FOR EACH ROW EXECUTE FUNCTION block_sharing()"
-                )
-            )
-
-
 def test_no_audit_no_file_url(api: TestClient, people: dict[str, Any], platform: Platform) -> None:
     """A query that cannot be audited gives 503 and no file URL (T25)."""
-    _block_audit(platform, "sharing.queried")
+    refuse_audit_inserts(platform.engine, "sharing.queried")
     response = _query(api, people["reader_token"], "strategic.violence.flags")
     assert response.status_code == 503
     assert response.json()["errorCode"] == "TEMPORARILY_UNAVAILABLE"
@@ -433,7 +408,7 @@ def test_no_audit_no_file_url(api: TestClient, people: dict[str, Any], platform:
 def test_no_audit_no_bytes(api: TestClient, people: dict[str, Any], platform: Platform) -> None:
     """A file read that cannot be audited gives 503 and not a byte of the file (T25)."""
     lines = _lines(_query(api, people["reader_token"], "strategic.violence.flags"))
-    _block_audit(platform, "sharing.file_read")
+    refuse_audit_inserts(platform.engine, "sharing.file_read")
     response = api.get(lines[2]["file"]["url"])
     assert response.status_code == 503
     assert b"PAR1" not in response.content

@@ -26,7 +26,13 @@ def settings(
     key_file: Path,
     audit_key_file: Path,
 ) -> Settings:
-    base = plain_settings(data_dir, database_url, key_file, audit_key_file)
+    return on_backend(
+        plain_settings(data_dir, database_url, key_file, audit_key_file), backend, request
+    )
+
+
+def on_backend(base: Settings, backend: str, request: pytest.FixtureRequest) -> Settings:
+    """`base` storing in the local folder, or in this test's prefix of the run's S3 server."""
     if backend == "local":
         return base.model_copy(update={"storage_url": None})
     server: SeaweedServer = request.getfixturevalue("seaweedfs")

@@ -18,10 +18,10 @@ from gateway.app import create_app
 from services.kit.settings import Settings
 from services.platform import Platform, build_platform
 from services.sharing import materialise
-from tests.fixtures.seaweedfs import SeaweedServer
 from tests.fixtures.snapshots import Loading
 from tests.sharing.helpers import sharing_settings
 from tests.sharing.test_api import load_people
+from tests.storage.conftest import on_backend
 
 TABLE = "strategic.violence.flags"
 QUERY = "/delta-sharing/shares/strategic/schemas/violence/tables/flags/query"
@@ -36,12 +36,9 @@ def settings(
     key_file: Path,
     audit_key_file: Path,
 ) -> Settings:
-    base = sharing_settings(data_dir, database_url, key_file, audit_key_file)
-    if backend == "local":
-        return base.model_copy(update={"storage_url": None})
-    server: SeaweedServer = request.getfixturevalue("seaweedfs")
-    prefix: str = request.getfixturevalue("s3_prefix")
-    return base.model_copy(update=server.settings_update(prefix))
+    return on_backend(
+        sharing_settings(data_dir, database_url, key_file, audit_key_file), backend, request
+    )
 
 
 @pytest.fixture
