@@ -75,6 +75,7 @@ bench: install
 	$(BIN)/python scripts/bench_products.py
 	$(BIN)/python scripts/bench_audit.py
 	$(BIN)/python scripts/bench_sharing.py
+	$(BIN)/python scripts/bench_storage.py
 	$(BIN)/python scripts/bench_report.py --publish
 
 clean:

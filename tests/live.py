@@ -69,12 +69,24 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log_path, "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [together_bin(), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=settings_env(settings, **extra_env),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        try:
+            self.process = subprocess.Popen(
+                [together_bin(), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                env=settings_env(settings, **extra_env),
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+            )
+        except BaseException:
+            self._log.close()
+            raise
+        try:
+            self._wait_until_healthy(log_path)
+        except BaseException:
+            # Ended, and its log closed, before the error reaches the test.
+            self.stop()
+            raise
+
+    def _wait_until_healthy(self, log_path: Path) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -84,8 +96,7 @@ class LiveServer:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("server did not start in 30 s")
+        raise RuntimeError(f"server did not start in 30 s; see {log_path}")
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)

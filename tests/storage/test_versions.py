@@ -1,19 +1,28 @@
 """Dataset versions in the store, through the real API and CLI, on both backends: a missing
 object answers a clear 503 and is audited, `together storage check` lists it, `sweep` removes
-orphans, and a store that stops during an upload commits nothing and lets the key be retried."""
+orphans, and a store that stops during an upload (between two uploads, or while a version's
+object is being put) commits nothing and lets the key be retried."""
 
 from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
+import pyarrow.fs as pafs
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
 from gateway.app import create_app
+from services.audit.catalogue import AuditAction
+from services.ingestion.models import Upload
 from services.kit.settings import Settings
 from services.platform import Platform, build_platform
 from services.storage import repository
+from services.storage.models import DatasetVersion
+from services.storage.objects import S3Store
 from tests.fixtures.app import client_maker, token_issuer
 from tests.fixtures.audit_events import events
 from tests.fixtures.cli import run_cli
@@ -79,12 +88,12 @@ def test_check_finds_a_changed_object_and_sweep_removes_orphans(
     assert {item.key for item in store.list()} == before - {orphan}
 
 
-def _push(api: TestClient, token: str, key: str) -> int:
+def _push(api: TestClient, token: str, key: str, body: bytes | None = None) -> int:
     """The status of one upload; a 503 must be the store's."""
     response = api.post(
         UPLOAD,
         params={"mode": "replace"},
-        content=to_csv(police_rows(200, seed=3)),
+        content=to_csv(police_rows(200, seed=3)) if body is None else body,
         headers={
             "Authorization": f"Bearer {token}",
             "Content-Type": "text/csv",
@@ -124,6 +133,125 @@ def test_store_stopping_during_an_upload_commits_nothing_and_the_key_retries(
                 with platform.sessions() as session:
                     versions = repository.current_version_of(session, "police.occurrences")
                     assert versions is not None and versions.version == 2
+        finally:
+            platform.close()
+    finally:
+        own.stop()
+
+
+class _StreamStoppingTheStore:
+    """An object being written to S3; the server is stopped once its first bytes are in."""
+
+    def __init__(self, inner: pafs.NativeFile, owner: _FilesystemStoppingTheStore) -> None:
+        self._inner = inner
+        self._owner = owner
+
+    def __enter__(self) -> _StreamStoppingTheStore:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        try:
+            self._inner.close()
+        except OSError:
+            self._owner.failed_after_stop = self._owner.stopped
+            raise
+
+    def write(self, data: bytes) -> int:
+        if self._owner.stopped:
+            self._owner.writes_after_stop += 1
+        written: int = self._inner.write(data)
+        if not self._owner.stopped:
+            self._owner.stopped = True
+            self._owner.server.stop()
+        return written
+
+
+class _FilesystemStoppingTheStore:
+    """The store's own S3 client, except that the first object it writes stops the server
+    after that object's first chunk: the put is under way, its other bytes and its completion
+    still to come. Everything else (and every later write) is the real client's."""
+
+    def __init__(self, inner: pafs.FileSystem, server: SeaweedServer) -> None:
+        self._inner = inner
+        self.server = server
+        self.stopped = False
+        self.writes_after_stop = 0
+        self.failed_after_stop = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def open_output_stream(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        stream = self._inner.open_output_stream(path, *args, **kwargs)
+        return stream if self.stopped else _StreamStoppingTheStore(stream, self)
+
+
+def _committed(platform: Platform) -> tuple[int, int, int]:
+    """Police versions, uploads and `dataset.ingested` events in the database."""
+    with platform.sessions() as session:
+        versions = session.scalar(
+            select(func.count())
+            .select_from(DatasetVersion)
+            .where(DatasetVersion.dataset_id == "police.occurrences")
+        )
+        uploads = session.scalar(select(func.count()).select_from(Upload))
+    ingested = len(events(platform, AuditAction.DATASET_INGESTED))
+    return int(versions or 0), int(uploads or 0), ingested
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["s3"], indirect=True)
+def test_store_stopping_while_a_version_is_put_commits_nothing_and_the_key_retries(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server of this test's own: stopping it disturbs no other test.
+    own = SeaweedServer(tmp_path / "s3")
+    own.start()
+    try:
+        local = settings.model_copy(update=own.settings_update("outage"))
+        platform = build_platform(local)
+        try:
+            store = platform.storage.store
+            assert isinstance(store, S3Store)
+            client = _FilesystemStoppingTheStore(store._fs, own)
+            monkeypatch.setattr(store, "_fs", client)
+            # Large enough that its version's file is several chunks of the put.
+            body = to_csv(police_rows(20_000, seed=3))
+            key = str(uuid.uuid4())
+            with TestClient(create_app(local, platform)) as api:
+                token = token_issuer(api)(client_maker(platform)())
+                assert _push(api, token, key, body) == 503
+                # The server stopped inside the put, which then failed on what was left.
+                assert client.stopped and client.failed_after_stop
+                assert client.writes_after_stop >= 1
+                assert _committed(platform) == (0, 0, 0)
+
+                own.start()
+                # No object was left behind: the put never completed.
+                assert [o.key for o in store.list("police.occurrences")] == []
+                retried = api.post(
+                    UPLOAD,
+                    params={"mode": "replace"},
+                    content=body,
+                    headers={
+                        "Authorization": f"Bearer {token}",
+                        "Content-Type": "text/csv",
+                        "Idempotency-Key": key,
+                    },
+                )
+                assert retried.status_code == 201, retried.text
+                assert retried.json()["version"] == 1
+                # The retry was the one upload: a second retry replays it.
+                assert _push(api, token, key, body) in (200, 201)
+                assert _committed(platform) == (1, 1, 1)
+                [ingested] = events(platform, AuditAction.DATASET_INGESTED)
+                assert ingested.details["upload_id"] == retried.json()["upload_id"]
+                assert len(store.list("police.occurrences")) == 1
         finally:
             platform.close()
     finally:
