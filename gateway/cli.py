@@ -610,6 +610,104 @@ def storage_check(
     typer.echo("every stored version is whole")
 
 
+retention_app = typer.Typer(
+    help="Retention: rows past their contract's retention.", no_args_is_help=True
+)
+app.add_typer(retention_app, name="retention")
+deletions_app = typer.Typer(help="Deletion certificates.", no_args_is_help=True)
+app.add_typer(deletions_app, name="deletions")
+
+
+@retention_app.command("run")
+def retention_run(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be removed; change nothing")
+    ] = False,
+    today: Annotated[
+        str | None,
+        typer.Option(help="Count retention back from this day (YYYY-MM-DD) instead of today"),
+    ] = None,
+) -> None:
+    """Remove every row past its contract's retention (a new version without them, the older
+    files that hold them deleted), each dataset with a signed certificate; finishes any
+    deletion a process left half done. Exit 3 when another process is running it now."""
+    from datetime import date
+
+    from services.retention import service as retention_service
+
+    try:
+        day = date.fromisoformat(today) if today else None
+    except ValueError as exc:
+        typer.echo(f"error: --today {today!r} is not a date (YYYY-MM-DD)", err=True)
+        raise typer.Exit(2) from exc
+    with _admin_platform() as platform:
+        outcomes = retention_service.run_retention(
+            platform.governance, dry_run=dry_run, today=day, ctx=_cli_context("retention")
+        )
+    if outcomes is None:
+        typer.echo("another process is running retention now; nothing done", err=True)
+        raise typer.Exit(3)
+    verb = "would remove" if dry_run else "removed"
+    for outcome in outcomes:
+        if "skipped" in outcome.detail:
+            typer.echo(f"{outcome.dataset}: skipped: {outcome.detail['skipped']}")
+            continue
+        cutoff = outcome.detail.get("cutoff")
+        certificate = f", certificate {outcome.certificate}" if outcome.certificate else ""
+        typer.echo(
+            f"{outcome.dataset}: {verb} {outcome.rows_removed} row(s) dated before "
+            f"{cutoff}{certificate}"
+        )
+
+
+@deletions_app.command("list")
+def deletions_list(dataset: str) -> None:
+    """Every deletion of a dataset with its signed certificate, as JSON (newest first)."""
+    from services.retention.service import certificates_of
+
+    with _admin_platform() as platform:
+        found = certificates_of(platform.governance, dataset)
+    typer.echo(json.dumps(found, indent=2))
+
+
+@deletions_app.command("verify")
+def deletions_verify(
+    file: Annotated[
+        Path, typer.Argument(help="A certificate saved from a dataset's /deletions answer")
+    ],
+    key: Annotated[
+        list[str],
+        typer.Option(
+            "--key",
+            help="Published audit public key: base64, a PEM file, or a saved "
+            "/v1/audit/checkpoints answer (repeatable)",
+        ),
+    ],
+) -> None:
+    """Verify a deletion certificate offline: exit 0 when intact and signed by a given key,
+    1 naming what is wrong, 2 when the files cannot be read."""
+    from services.retention.certificates import verify
+
+    try:
+        keys = _trusted_keys(key)
+        document = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    problems = verify(document, keys)
+    if problems:
+        for problem in problems:
+            typer.echo(f"FAILED: {problem}")
+        raise typer.Exit(1)
+    body = document["certificate"]
+    typer.echo(
+        f"OK: {body['kind']} of {body['dataset']}, certificate {body['certificate_id']}: "
+        f"{body['rows_removed']} row(s), {len(body['files_deleted'])} file(s) deleted, "
+        f"audit events {body['audit_seq_start']} to {body['audit_seq_end']}, "
+        f"certified {body['certified_at']}, key {body['key_id']}"
+    )
+
+
 sharing_app = typer.Typer(help="Delta Sharing: the published tables.", no_args_is_help=True)
 app.add_typer(sharing_app, name="sharing")
 

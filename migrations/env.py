@@ -9,6 +9,7 @@ import services.ingestion.models
 import services.kit.models
 import services.lifecycle.models
 import services.products.models
+import services.retention.models
 import services.sharing.models
 import services.storage.models  # noqa: F401  (every model registers its table on Base)
 from services.kit.db import Base, make_engine

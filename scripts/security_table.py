@@ -81,8 +81,6 @@ PROVES: dict[int, str] = {
 # under its own number).
 NOT_AUTOMATED: dict[int, str] = {
     39: "a load figure, not a test: `make bench` measures throughput with every read audited",
-    43: "not built yet: retention, erasure and correction come with contract governance",
-    46: "not built yet: subject access comes with contract governance",
 }
 
 

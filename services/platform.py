@@ -25,6 +25,7 @@ from services.identity.schemas import Principal
 from services.identity.tokens import TokenService
 from services.ingestion.service import IngestionDeps
 from services.kit import metrics
+from services.kit.background import PeriodicThread
 from services.kit.db import make_engine, session_factory
 from services.kit.epochs import EpochCache, EpochReader
 from services.kit.errors import ConfigurationError, TogetherError
@@ -35,7 +36,13 @@ from services.lifecycle import service as lifecycle_service
 from services.lifecycle.service import LifecycleDeps
 from services.products.config import PartnershipConfig, load_partnership
 from services.products.loading import load_catalogue
+from services.products.people import person_ids
 from services.products.service import ProductDeps
+from services.retention import service as retention_service
+from services.retention.rewrite import DeletionDeps
+from services.retention.service import GovernanceDeps
+from services.retention.subject_access import SubjectAccessDeps
+from services.review import service as review_service
 from services.review.service import ReviewDeps
 from services.sharing import materialise
 from services.sharing.service import SharingDeps, build_sharing
@@ -61,6 +68,7 @@ class Background:
     # Whether the sealer keeps up; refuses Level 2 and 3 reads when not (audit/freshness.py).
     sealer_watch: SealerWatch | None = None
     refresher: materialise.Refresher | None = None
+    retention: PeriodicThread | None = None
     watching_epochs: bool = False
 
 
@@ -84,6 +92,8 @@ class Platform:
     admin: AdminDeps
     review: ReviewDeps
     lifecycle: LifecycleDeps
+    governance: GovernanceDeps
+    subject_access: SubjectAccessDeps
     background: Background = field(default_factory=Background)
 
     def start_background(self) -> None:
@@ -117,6 +127,16 @@ class Platform:
             )
             refresher.start()
             self.background.refresher = refresher
+        if settings.retention_interval_seconds > 0:
+            # Every server runs it; the lease lets one replica at a time do the work.
+            governance = self.governance
+            retention = PeriodicThread(
+                "retention",
+                lambda: retention_service.run_retention(governance),
+                settings.retention_interval_seconds,
+            )
+            retention.start()
+            self.background.retention = retention
 
     def watch_sealer(self) -> SealerWatch:
         """Refuse Level 2 and 3 reads (and answer 503 at /readyz) whenever the audit sealer
@@ -145,6 +165,8 @@ class Platform:
             audit_service.set_read_gate(self.engine, None)
             if self.products.async_audit is not None:
                 self.products.async_audit.gate = None
+        if running.retention is not None:
+            running.retention.stop()
         if running.refresher is not None:
             running.refresher.stop()
         if running.sealer is not None:
@@ -286,6 +308,34 @@ def build_platform(settings: Settings) -> Platform:
         settings=settings,
         audit_signer=audit_signer,
     )
+    deletion = DeletionDeps(
+        sessions=sessions,
+        storage=storage,
+        signer=audit_signer,
+        rebuild_sharing=(
+            (lambda: materialise.refresh_all(sharing.products, sharing.store, sharing.config))
+            if sharing.config.tables
+            else None
+        ),
+    )
+    governance = GovernanceDeps(
+        sessions=sessions,
+        policy=policy,
+        deletion=deletion,
+        protector=ingestion.protector,
+        contracts=contracts,
+        active_contract=partial(lifecycle_service.active_contract, lifecycle),
+    )
+    subject_access = SubjectAccessDeps(
+        sessions=sessions,
+        policy=policy,
+        storage=storage,
+        protector=ingestion.protector,
+        contracts=contracts,
+        active_contract=partial(lifecycle_service.active_contract, lifecycle),
+        person_ids=partial(person_ids, ingestion.protector),
+        review_scope=partial(review_service.authorise, review),
+    )
     return Platform(
         settings=settings,
         engine=engine,
@@ -304,4 +354,6 @@ def build_platform(settings: Settings) -> Platform:
         admin=admin,
         review=review,
         lifecycle=lifecycle,
+        governance=governance,
+        subject_access=subject_access,
     )

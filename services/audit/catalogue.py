@@ -46,6 +46,16 @@ class AuditAction(StrEnum):
     CONTRACT_SIGNED_OFF = "contract.signed_off"  # one IG lead's sign-off of a draft
     CONTRACT_APPROVED = "contract.approved"  # the second sign-off: the draft is approved
     CONTRACT_ACTIVATED = "contract.activated"  # the owner's activation; the previous retires
+    # data governance (services/retention): the resource is the dataset, `resource_org` its
+    # owner. A deletion starts (its new version current, the files to delete listed) and is
+    # certified when every file is gone; a withdrawal is requested, then confirmed or refused.
+    DATASET_WITHDRAWAL_REQUESTED = "dataset.withdrawal_requested"
+    DATASET_WITHDRAWAL_REFUSED = "dataset.withdrawal_refused"
+    DELETION_STARTED = "deletion.started"
+    DELETION_CERTIFIED = "deletion.certified"
+    DELETIONS_LISTED = "deletion.listed"  # a dataset's certificates were read
+    RETENTION_CHECKED = "retention.checked"  # a dry run: what a retention run would remove
+    SUBJECT_ACCESS = "subject_access.answered"  # an IG lead's subject access export
     # products
     PRODUCT_READ = "product.read"
     PRODUCT_REFUSED = "product.refused"  # a permitted reader's malformed request: nothing computed

@@ -31,6 +31,14 @@ class Action(StrEnum):
     # owner activating an approved version (services/lifecycle).
     CONTRACT_SIGNOFF = "contract:signoff"
     CONTRACT_ACTIVATE = "contract:activate"
+    # Data governance (services/retention): a partner system asks to withdraw its dataset and
+    # its IG lead confirms (or refuses); the IG lead erases or rectifies one person's rows; both
+    # read the dataset's deletion certificates; an IG lead answers a subject access request.
+    DATASET_WITHDRAW = "dataset:withdraw"
+    DELETION_CONFIRM = "deletion:confirm"
+    PERSON_ERASE = "person:erase"
+    DELETIONS_READ = "deletions:read"
+    SUBJECT_ACCESS = "subject:access"
 
 
 class ResourceType(StrEnum):
@@ -47,6 +55,9 @@ class ResourceType(StrEnum):
     # A contract version; its owner is the organisation a sign-off is given for (the dataset's
     # owner or the VRU), and for activation the dataset's owner.
     CONTRACTS = "contracts"
+    # The people a subject access request asks about; owned by the requester's organisation
+    # (an IG lead answers for the data their organisation is responsible for).
+    PEOPLE = "people"
 
 
 ROLES: tuple[str, ...] = tuple(role.value for role in Role)

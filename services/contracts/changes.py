@@ -163,6 +163,11 @@ def classify(old: Contract, new: Contract) -> ChangeReport:
         longer = _days(new.retention) > _days(old.retention)
         kind = major if longer else minor
         out.append(Change(kind, contract, f"retention {old.retention} -> {new.retention}"))
+    if old.retention_from != new.retention_from:
+        # Another date to count from can expire rows a reader relies on, or keep some longer.
+        out.append(
+            Change(major, contract, f"retention_from {old.retention_from} -> {new.retention_from}")
+        )
     for name in ("lawful_basis", "dpia_reference", "key", "person", "sector"):
         if getattr(old, name) != getattr(new, name):
             out.append(Change(major, contract, f"{name} changed"))

@@ -118,3 +118,19 @@ class StoredVersionMissing(TogetherError):
         )
         self.dataset_id = dataset_id
         self.version = version
+
+
+class SourceWithdrawn(TogetherError):
+    """A product needs a dataset its owner has withdrawn (every version deleted)."""
+
+    code = "SOURCE_WITHDRAWN"
+    status = 409
+    title = "A source dataset was withdrawn"
+
+    def __init__(self, dataset_ids: list[str]) -> None:
+        names = ", ".join(sorted(dataset_ids))
+        super().__init__(
+            f"this needs {names}, which its owner has withdrawn; it answers again once the "
+            "owner shares the dataset again"
+        )
+        self.dataset_ids = sorted(dataset_ids)

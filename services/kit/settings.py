@@ -260,6 +260,14 @@ class Settings(BaseSettings):
         description="Lifetime of a file URL given in a sharing query's answer (bound to its "
         "recipient; refused once the recipient is disabled); at most 15 minutes",
     )
+    retention_interval_seconds: float = Field(
+        default=86400,
+        ge=0,
+        le=7 * 86400,
+        description="How often the servers run retention (one replica at a time), removing rows "
+        "past their contract's retention with a signed certificate; 0: only `together "
+        "retention run`",
+    )
     sharing_refresh_seconds: float = Field(
         default=300,
         ge=0,

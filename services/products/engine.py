@@ -18,7 +18,7 @@ import itertools
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import Decimal
 from fractions import Fraction
@@ -76,6 +76,9 @@ class ProductResult:
     # exports (Parquet) even when suppression has left a column without a single value. Rows
     # hold dates and timestamps as ISO text (the JSON answer); the exports turn them back.
     column_types: dict[str, str] = field(default_factory=dict)
+    # The contract version each source's data was validated against, for the read's audit
+    # event (what a reader was shown, under which agreement).
+    contract_versions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,8 @@ def run(
         notes["missing_sources"] = missing
         notes["message"] = "no data has been pushed yet for " + ", ".join(missing)
         types = _column_types(defn, columns, [])
-        return _result(defn, params, sources, columns, [], notes, types, suppress, threshold)
+        empty = _result(defn, params, sources, columns, [], notes, types, suppress, threshold)
+        return replace(empty, contract_versions=_contract_versions(versions, sources))
     inputs = RunInputs(defn, params, versions, visible)
     con = duckdb.connect()
     try:
@@ -154,7 +158,14 @@ def run(
         con.close()
     if level3:
         rows = _within_areas(defn, rows, areas)
-    return _finish(defn, params, sources, columns, rows, notes, types, suppress, threshold)
+    result = _finish(defn, params, sources, columns, rows, notes, types, suppress, threshold)
+    return replace(result, contract_versions=_contract_versions(versions, sources))
+
+
+def _contract_versions(
+    versions: Mapping[str, VersionInfo], sources: dict[str, int]
+) -> dict[str, str]:
+    return {dataset: versions[dataset].contract_version for dataset in sources}
 
 
 def check_definition(defn: ProductDefinition, schemas: Mapping[str, pa.Schema]) -> None:

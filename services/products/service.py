@@ -512,6 +512,7 @@ def _read_record(
     """The audit event of a successful read."""
     details: dict[str, Any] = {
         "sources": result.sources,
+        "contract_versions": result.contract_versions,
         "suppressed": suppression_applies(definition.level, access),
         "areas": sorted(access.areas) if access.areas is not None else None,
     }

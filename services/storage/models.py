@@ -24,6 +24,8 @@ class Dataset(Base):
     id: Mapped[str] = mapped_column(String(100), primary_key=True)
     current_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Set when its owner withdrew it (every version deleted); cleared by a new upload.
+    withdrawn_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class DatasetVersion(Base):
@@ -40,6 +42,10 @@ class DatasetVersion(Base):
     row_count: Mapped[int] = mapped_column(BigInteger)
     upload_id: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Set when a deletion (services/retention) removed one of its files: the version can no
+    # longer be read, and its rows say which deletion certificate took it.
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    purged_by: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
 
 class VersionFile(Base):

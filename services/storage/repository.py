@@ -71,7 +71,8 @@ def all_referenced_paths(session: Session) -> set[str]:
 
 
 def all_version_files(session: Session) -> list[Any]:
-    """Every file of every version (a file appears once per version that holds it)."""
+    """Every file of every version still held (a file appears once per version that holds it;
+    a version a deletion purged has no files left to check)."""
     statement = (
         select(
             DatasetVersion.dataset_id,
@@ -81,6 +82,16 @@ def all_version_files(session: Session) -> list[Any]:
             VersionFile.sha256,
         )
         .join(VersionFile, VersionFile.version_pk == DatasetVersion.id)
+        .where(DatasetVersion.purged_at.is_(None))
         .order_by(DatasetVersion.dataset_id, DatasetVersion.version, VersionFile.id)
     )
     return list(session.execute(statement).all())
+
+
+def withdrawn(session: Session, dataset_ids: list[str]) -> list[str]:
+    """Which of these datasets their owners have withdrawn (and not shared again since)."""
+    return list(
+        session.execute(
+            select(Dataset.id).where(Dataset.id.in_(dataset_ids), Dataset.withdrawn_at.is_not(None))
+        ).scalars()
+    )

@@ -13,17 +13,20 @@ import contextlib
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.kit.clock import utcnow
-from services.kit.errors import StorageUnavailable, StoredVersionMissing
+from services.kit.errors import SourceWithdrawn, StorageUnavailable, StoredVersionMissing
 from services.kit.ids import new_id
 from services.storage import repository
 from services.storage.models import Dataset, DatasetVersion, UploadMode, VersionFile
@@ -110,6 +113,46 @@ class Storage:
         if not tables:
             return pa.table({})
         return pa.concat_tables(tables)
+
+    def stored_rows(
+        self, key: str, columns: list[str], rows: Callable[[pa.Table], pa.Array | pa.ChunkedArray]
+    ) -> int:
+        """How many rows of a stored object `rows` marks, reading only `columns` (KeyError
+        naming them when the object has not got them: a file of an older contract)."""
+        parquet = pq.ParquetFile(self.absolute(key))
+        missing = [c for c in columns if c not in parquet.schema_arrow.names]
+        if missing:
+            raise KeyError(f"{key} has no column {', '.join(missing)}")
+        marked = rows(parquet.read(columns=columns))
+        return int(pc.sum(marked).as_py() or 0)
+
+    def object_rows(self, key: str) -> int:
+        return int(pq.ParquetFile(self.absolute(key)).metadata.num_rows)
+
+    def rewrite_without(
+        self,
+        dataset_id: str,
+        key: str,
+        rows: Callable[[pa.Table], pa.Array | pa.ChunkedArray],
+        *,
+        batch_rows: int = 64 * 1024,
+    ) -> StoredFile:
+        """A new object of `dataset_id` holding the rows of `key` that `rows` does not mark,
+        in bounded memory whatever the file's size, put into the store (its row commits after).
+        """
+        parquet = pq.ParquetFile(self.absolute(key))
+        writer = self.new_writer(dataset_id, parquet.schema_arrow)
+        try:
+            for batch in parquet.iter_batches(batch_size=batch_rows):
+                table = pa.Table.from_batches([batch])
+                for part in table.filter(pc.invert(rows(table))).to_batches():
+                    writer.write(part)
+            stored = writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        self.put(stored)
+        return stored
 
     def sweep_orphans(self, session: Session, *, older_than_seconds: float = 3600) -> list[str]:
         """Delete objects no version references, once they are old enough not to be in flight."""
@@ -287,6 +330,11 @@ def current_versions(
             files=files,
             created_at=row.created_at.isoformat(),
         )
+    missing = [d for d in dataset_ids if d not in found]
+    if missing:
+        withdrawn = repository.withdrawn(session, missing)
+        if withdrawn:
+            raise SourceWithdrawn(withdrawn)
     return found
 
 
@@ -324,7 +372,12 @@ def publish(
         if previous is not None:
             previous_files = repository.version_files(session, previous.id)
             previous_rows = previous.row_count
-    number = (dataset.current_version or 0) + 1
+    # The highest number ever used, not the current one: a withdrawn dataset has no current
+    # version but keeps the numbers (and rows) of the versions it had.
+    highest = session.execute(
+        select(func.max(DatasetVersion.version)).where(DatasetVersion.dataset_id == dataset_id)
+    ).scalar_one()
+    number = int(highest or 0) + 1
     version = DatasetVersion(
         id=new_id(),
         dataset_id=dataset_id,
@@ -358,5 +411,7 @@ def publish(
     )
     dataset.current_version = number
     dataset.updated_at = now
+    # Sharing again after a withdrawal.
+    dataset.withdrawn_at = None
     session.flush()
     return number

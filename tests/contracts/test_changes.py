@@ -80,6 +80,10 @@ def _shorter_retention(document: dict[str, Any]) -> None:
     document["retention"] = "P5Y6M"
 
 
+def _retention_from(document: dict[str, Any]) -> None:
+    document["retention_from"] = "committed_at"
+
+
 def _longer_strings(document: dict[str, Any]) -> None:
     _field(document, "suspect_forename")["max_length"] += 50
 
@@ -117,6 +121,11 @@ def _description(document: dict[str, Any]) -> None:
         (_retype, ChangeKind.MAJOR, "field victim_age: type integer -> string"),
         (_add_purpose, ChangeKind.MAJOR, "contract: purposes added: research"),
         (_longer_retention, ChangeKind.MAJOR, "contract: retention P6Y -> P7Y"),
+        (
+            _retention_from,
+            ChangeKind.MAJOR,
+            "contract: retention_from recorded_date -> committed_at",
+        ),
         (_shorter_strings, ChangeKind.MAJOR, "field suspect_forename: max_length"),
         (_now_required, ChangeKind.MAJOR, "field victim_gender: now required"),
         (_unprotect, ChangeKind.MAJOR, "suspect_nominal_ref: protection identifier -> none"),
