@@ -5,8 +5,8 @@ is shared); both run the audit sealer, the checkpoint writer and the cache-epoch
 every server process does. The test checks what an operator running N replicas relies on:
 an upload on one is read on the other at once, an Idempotency-Key held by one is honoured by
 the other, a revocation on one reaches the other within the epoch bound, the two keep one
-audit chain and one checkpoint sequence, and both materialising a shared table keep one
-version of it.
+audit chain and one checkpoint sequence, both materialising a shared table keep one
+version of it, and both running retention at once remove the expired rows once (the lease).
 """
 
 from __future__ import annotations
@@ -17,19 +17,28 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import select
 
 from services.audit.chain import verify_chain
-from services.audit.models import AuditCheckpoint
+from services.audit.models import AuditCheckpoint, AuditEvent
+from services.demo.generate import generate_police
 from services.ingestion.models import IdempotencyRecord, IdempotencyState
+from services.kit.clock import utcnow
 from services.kit.settings import Settings
 from services.platform import Platform
+from services.retention import certificates
+from services.retention.cutoff import cutoff_day
+from services.retention.models import DataDeletion, DeletionKind
+from services.storage import service as storage_service
 from tests.fixtures.app import ClientCredentials
 from tests.fixtures.cli import run_cli, run_cli_bytes
 from tests.fixtures.seaweedfs import SeaweedServer
@@ -42,6 +51,7 @@ pytestmark = pytest.mark.slow
 CHECKPOINT_SECONDS = 1.0  # frequent checkpoints, so that both replicas write several
 SEAL_SECONDS = 0.25
 BOUND_SECONDS = 2.0  # the design bound is 0.25 s plus one query; margin for a busy machine
+RETENTION_SECONDS = 1.0
 QUERY = "/delta-sharing/shares/strategic/schemas/violence/tables/flags/query"
 
 
@@ -69,9 +79,10 @@ def settings(
 class Replicas:
     """Replica A and replica B; either can be stopped and started again on its own folder."""
 
-    def __init__(self, settings: Settings, folder: Path) -> None:
+    def __init__(self, settings: Settings, folder: Path, **extra_env: str) -> None:
         self._settings = settings
         self._folder = folder
+        self._extra_env = extra_env
         self.started: list[LiveServer] = []
         try:
             self.a = self.start("a")
@@ -84,7 +95,9 @@ class Replicas:
         data_dir = self._folder / f"replica-{name}"
         data_dir.mkdir(exist_ok=True)
         own = self._settings.model_copy(update={"data_dir": data_dir})
-        server = LiveServer(own, self._folder / f"{name}.log", **_env(self._settings))
+        server = LiveServer(
+            own, self._folder / f"{name}.log", **_env(self._settings), **self._extra_env
+        )
         self.started.append(server)
         return server
 
@@ -114,15 +127,27 @@ def _env(settings: Settings) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def replicas(platform: Platform, tmp_path: Path) -> Iterator[Replicas]:
-    started = Replicas(platform.settings, tmp_path)
+def _running(platform: Platform, folder: Path, **extra_env: str) -> Iterator[Replicas]:
+    started = Replicas(platform.settings, folder, **extra_env)
     try:
         yield started
     finally:
         started.stop_all()
     # Neither replica logged a failed round (a sealer or checkpoint conflict, say).
     assert started.logged_problems() == []
+
+
+@pytest.fixture
+def replicas(platform: Platform, tmp_path: Path) -> Iterator[Replicas]:
+    yield from _running(platform, tmp_path)
+
+
+@pytest.fixture
+def retaining_replicas(platform: Platform, tmp_path: Path) -> Iterator[Replicas]:
+    """Both replicas run retention every second: their runs meet at the lease."""
+    yield from _running(
+        platform, tmp_path, TOGETHER_RETENTION_INTERVAL_SECONDS=str(RETENTION_SECONDS)
+    )
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -376,3 +401,65 @@ def test_two_replicas_materialising_one_table_at_once_keep_one_version(
     # One object in the store for the one version: the loser's is gone.
     objects = list(platform.sharing.store.list("sharing"))
     assert [item.size for item in objects] == [a[1]], objects
+
+
+def _retention_deletions(platform: Platform, dataset: str) -> list[DataDeletion]:
+    with platform.sessions() as session:
+        return list(
+            session.execute(
+                select(DataDeletion).where(
+                    DataDeletion.dataset_id == dataset,
+                    DataDeletion.kind == DeletionKind.RETENTION.value,
+                )
+            ).scalars()
+        )
+
+
+def test_both_replicas_running_retention_at_once_remove_expired_rows_once(
+    platform: Platform,
+    retaining_replicas: Replicas,
+    make_client: Callable[..., ClientCredentials],
+) -> None:
+    dataset = "police.occurrences"
+    rows = [
+        row | {"occurrence_ref": f"R-{row['occurrence_ref']}"}
+        for row in generate_police(400, seed=21, start=date(2019, 6, 1), end=date(2021, 6, 1))
+    ]
+    contract = platform.governance.active_contract(dataset)
+    cutoff = cutoff_day(contract.retention, utcnow().date()).isoformat()
+    expired = sum(1 for row in rows if row["recorded_date"] < cutoff)
+    assert 0 < expired < len(rows)
+    police = make_client()
+    replicas = retaining_replicas
+    accepted = _upload(replicas.a, replicas.token(replicas.a, police), dataset, to_csv(rows))
+    assert accepted.status_code == 201, accepted.text
+
+    deadline = time.monotonic() + 60
+    while not any(d.state == "certified" for d in _retention_deletions(platform, dataset)):
+        assert time.monotonic() < deadline, "no retention run certified a deletion in 60 s"
+        time.sleep(0.2)
+    # Several more rounds of each replica, each finding the lease free or the rows gone.
+    time.sleep(4 * RETENTION_SECONDS)
+
+    (deletion,) = _retention_deletions(platform, dataset)
+    assert deletion.state == "certified" and deletion.rows_removed == expired
+    assert deletion.body is not None and deletion.signature is not None
+    keys = {k.key_id: k.raw for k in platform.audit_signer.published_keys()}
+    document = certificates.published(deletion.body, deletion.signature)
+    assert certificates.verify(document, keys) == []
+    assert document["certificate"]["criteria"]["cutoff"] == cutoff
+    with platform.sessions() as session:
+        started = session.execute(
+            select(AuditEvent).where(
+                AuditEvent.action == "deletion.started", AuditEvent.resource == dataset
+            )
+        ).scalars()
+        assert [event.details["deletion"] for event in started] == [deletion.id]
+        info = storage_service.current_version(session, platform.storage, dataset)
+        check = verify_chain(session)
+    assert info is not None and info.version == deletion.to_version
+    current = pa.concat_tables([pq.read_table(path) for path in info.files])
+    assert current.num_rows == len(rows) - expired
+    assert pc.min(current.column("recorded_date")).as_py().isoformat() >= cutoff
+    assert check.ok, check
+    assert replicas.logged_problems() == []
