@@ -34,6 +34,7 @@ from services.kit.migrate import schema_problem
 from services.kit.settings import Settings
 from services.lifecycle import service as lifecycle_service
 from services.lifecycle.service import LifecycleDeps
+from services.products import service as products_service
 from services.products.config import PartnershipConfig, load_partnership
 from services.products.loading import load_catalogue
 from services.products.people import person_ids
@@ -317,6 +318,7 @@ def build_platform(settings: Settings) -> Platform:
             if sharing.config.tables
             else None
         ),
+        forget_cached=partial(products_service.forget_dataset, products),
     )
     governance = GovernanceDeps(
         sessions=sessions,
@@ -325,6 +327,7 @@ def build_platform(settings: Settings) -> Platform:
         protector=ingestion.protector,
         contracts=contracts,
         active_contract=partial(lifecycle_service.active_contract, lifecycle),
+        retention_contract=partial(lifecycle_service.governing_contract, lifecycle),
     )
     subject_access = SubjectAccessDeps(
         sessions=sessions,

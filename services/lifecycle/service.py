@@ -278,6 +278,21 @@ def active_contract(deps: LifecycleDeps, dataset_id: str) -> Contract:
     return parse(deps, active)
 
 
+def governing_contract(deps: LifecycleDeps, dataset_id: str) -> Contract:
+    """The contract whose retention a dataset's rows follow: the active version, else (a
+    contract retired with no successor takes no uploads, but its data is still kept only as
+    long as it said) the version retired last; `ContractNotActive` when neither exists."""
+    with deps.sessions() as session:
+        rows = _versions(session, dataset_id)
+    active = _active(rows)
+    if active is not None:
+        return parse(deps, active)
+    retired = [(row.retired_at, row) for row in rows if row.retired_at is not None]
+    if retired:
+        return parse(deps, max(retired, key=lambda pair: pair[0])[1])
+    return active_contract(deps, dataset_id)
+
+
 # The changelog and the sign-off page
 
 

@@ -396,6 +396,18 @@ def current_versions(
     return dict(deps.versions_cache.get(tuple(sources), epoch, load))
 
 
+def forget_dataset(deps: ProductDeps, dataset_id: str) -> int:
+    """Drop this process's cached results computed from any version of `dataset_id` (after a
+    deletion: no cached figure keeps counting rows that are gone). Other processes never serve
+    theirs again (a result is keyed by its sources' versions, and those are no longer current)
+    and evict them in time. The number dropped."""
+    with deps.cache_lock:
+        stale = [key for key in deps.cache if any(d == dataset_id for d, _ in key[2])]
+        for key in stale:
+            del deps.cache[key]
+    return len(stale)
+
+
 def _cache_key(
     deps: ProductDeps,
     definition: ProductDefinition,

@@ -79,6 +79,8 @@ class DeletionDeps:
     # Rebuilds the shared tables after their materialisations were deleted (None: rebuilt by
     # the next query that asks for them).
     rebuild_sharing: Callable[[], object] | None = None
+    # Forgets this process's cached product results computed from a dataset.
+    forget_cached: Callable[[str], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -489,6 +491,9 @@ def complete(deps: DeletionDeps, ctx: RequestContext, deletion_id: str) -> None:
             for f in shared
         ]
         shared_ids = [f.id for f in shared]
+        dataset_id = row.dataset_id
+    if deps.forget_cached is not None:
+        deps.forget_cached(dataset_id)
     store = deps.storage.store
     for key in keys:
         store.delete(key)

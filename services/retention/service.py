@@ -58,9 +58,11 @@ class GovernanceDeps:
     policy: PolicyEngine
     deletion: DeletionDeps
     protector: Protector
-    # The shipped contracts (owners) and the active version of a dataset's contract.
+    # The shipped contracts (owners), the active version of a dataset's contract, and the one
+    # its retention follows (the active one, else the one retired last).
     contracts: dict[str, Contract]
     active_contract: Callable[[str], Contract]
+    retention_contract: Callable[[str], Contract]
 
 
 # Retention
@@ -119,7 +121,7 @@ def _retain(
     deps: GovernanceDeps, ctx: RequestContext, dataset_id: str, day: date, dry_run: bool
 ) -> RetentionOutcome | None:
     try:
-        contract = deps.active_contract(dataset_id)
+        contract = deps.retention_contract(dataset_id)
     except TogetherError as exc:
         # A dataset whose contract has no active version keeps its rows until it has one;
         # the run says so rather than guess which retention applies.

@@ -405,3 +405,49 @@ def test_each_deletion_is_audited_before_it_takes_effect(
     assert started.action == "deletion.started"
     assert started.details["deletion"] == row.id
     assert started.resource == POLICE and started.resource_org == OWNER
+
+
+def test_a_retired_contracts_data_still_follows_its_retention(
+    api: TestClient, platform: Platform, police_token: str
+) -> None:
+    from services.kit.clock import utcnow
+    from services.lifecycle.models import ContractVersion, VersionState
+
+    rows = _loaded(api, police_token)
+    # The contract retired with no successor: it takes no uploads, its rows still expire.
+    with platform.sessions() as session:
+        row = session.execute(
+            select(ContractVersion).where(ContractVersion.dataset_id == POLICE)
+        ).scalar_one()
+        row.state = VersionState.RETIRED
+        row.retired_at = utcnow()
+        session.commit()
+    assert push(api, police_token, to_csv(_rows(5, seed=8)), mode="append").status_code == 409
+    outcomes = governance.run_retention(platform.governance, today=TODAY)
+    assert outcomes is not None
+    police = next(o for o in outcomes if o.dataset == POLICE)
+    assert police.rows_removed == _expired(rows) and police.certificate is not None
+
+
+def test_a_deletion_drops_the_cached_results_computed_from_the_rows(
+    api: TestClient,
+    platform: Platform,
+    police_token: str,
+    make_client: MakeClient,
+    token_for: TokenFor,
+) -> None:
+    _loaded(api, police_token)
+    analyst = token_for(make_client(org="hiwfrs", roles=("l1_analyst",)))
+    early = {"from": "2023-01-01", "to": "2023-07-01", "by": "csp"}
+    before = api.get("/v1/products/sv-counts", params=early, headers=_bearer(analyst))
+    assert before.status_code == 200
+    assert any(platform.products.cache), "the read was cached"
+    governance.run_retention(platform.governance, today=TODAY)
+    assert not any(any(d == POLICE for d, _ in key[2]) for key in platform.products.cache), (
+        "no cached result of the police data survives the deletion"
+    )
+    after = api.get("/v1/products/sv-counts", params=early, headers=_bearer(analyst))
+    assert after.status_code == 200
+    # Every row of the first half of 2023 was recorded before the cutoff: none is counted now.
+    assert after.json()["sources"][POLICE] == 3
+    assert after.json() != before.json()
