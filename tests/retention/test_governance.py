@@ -214,9 +214,15 @@ def test_a_withdrawal_needs_the_owners_ig_lead_and_leaves_products_a_clear_409(
     )
     decision = f"/v1/datasets/{POLICE}/withdrawals/{request['id']}/decision"
     other_lead = token_for(make_client(org="hiwfrs", roles=("ig_lead",)))
-    assert (
-        api.post(decision, json={"confirm": True}, headers=_bearer(other_lead)).status_code == 403
+    theirs = api.post(decision, json={"confirm": True}, headers=_bearer(other_lead))
+    made_up = api.post(
+        decision.replace(request["id"], "00000000-0000-4000-8000-000000000000"),
+        json={"confirm": True},
+        headers=_bearer(other_lead),
     )
+    # Another organisation learns nothing from the id: the same refusal for a real or made-up one.
+    assert theirs.status_code == made_up.status_code == 403
+    assert theirs.json()["detail"] == made_up.json()["detail"]
     lead = token_for(make_client(org=OWNER, roles=("ig_lead",)))
     confirmed = api.post(decision, json={"confirm": True}, headers=_bearer(lead))
     assert confirmed.status_code == 200, confirmed.text

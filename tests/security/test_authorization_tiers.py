@@ -460,6 +460,9 @@ _AUTHORIZATION_NOT_OWNED = {
     "token": "a signed, recipient-bound file capability (tests/sharing)",
     "client_id": "administrators manage every organisation's clients by design (scope any)",
     "person_id": "the IG pages (cookie sessions) are the authentication and audit helpers'",
+    "deletion_id": "a deletion is addressed under its dataset, and only the dataset's owner may "
+    "act on it: anyone else is refused (403) before the id is looked up, alike for any id "
+    "(tests/retention/test_governance.py)",
 }
 
 
