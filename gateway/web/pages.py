@@ -1,13 +1,17 @@
 """Server-rendered pages for information-governance leads, under /ig/.
 
 Pages authenticate with the signed session cookie (`SignedIn`), never with a bearer token, and
-run the same audited use cases as the API (`services.review.service`). No page runs JavaScript;
-every value is escaped by Jinja2's autoescaping; every form carries the session's CSRF token.
+run the same audited use cases as the API (`services.review.service`, and for data governance
+`services.retention`). No page runs JavaScript; every value is escaped by Jinja2's autoescaping;
+every form carries the session's CSRF token. A person's identifying values travel only in POST
+bodies, never in a URL (paths and query strings end up in proxy and access logs).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from datetime import date
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 
 from gateway.deps import PlatformDep, request_context
 from gateway.routes.audit_review import to_csv, to_ndjson
+from gateway.routes.subject_access import to_csv as subject_access_csv
 from gateway.web import auth
 from gateway.web.auth import SignedIn, WebUser
 from services.admin import grants as grants_service
@@ -27,11 +32,16 @@ from services.admin import sign_in as sign_in_service
 from services.audit.alerts import RULE_TITLES, RULES
 from services.audit.catalogue import AuditAction, Outcome
 from services.audit.review import FILTER_NAMES, MAX_EXPORT_LIMIT
+from services.contracts.model import Contract, Protection
 from services.identity import oidc
-from services.kit.errors import BadRequest, TogetherError
+from services.kit.errors import BadRequest, NotFound, TogetherError
 from services.kit.partnership import ORGANISATIONS
 from services.lifecycle import service as lifecycle_service
 from services.platform import Platform
+from services.retention import service as governance
+from services.retention import subject_access
+from services.retention.models import DeletionKind, DeletionState
+from services.retention.selectors import PersonQuery
 from services.review import service as review_service
 from services.review.repository import ActorName
 
@@ -496,3 +506,310 @@ async def activate_contract(
     if user is None:
         return _to_sign_in()
     return await _contract_step(request, user, platform, dataset, version, "activate")
+
+
+# Data governance: withdrawals, erasures, their certificates, and subject access
+
+DELETIONS = "/ig/deletions"
+SUBJECT_ACCESS = "/ig/subject-access"
+# The API's bounds on the same values (gateway/routes/governance.py, subject_access.py).
+MAX_IDENTIFIER_NAME = 64
+MAX_IDENTIFIER_VALUE = 200
+MAX_NAME = 100
+MAX_REASON = 500
+MAX_CASE_REFERENCE = 100
+MAX_UPLOAD_ID = 36
+OPEN_WITHDRAWAL = (DeletionState.REQUESTED.value, DeletionState.DELETING.value)
+
+
+def _distinct(values: Iterable[Any]) -> list[str]:
+    """A field's values across the person's rows, each once, in the order first held."""
+    seen: dict[str, None] = {}
+    for value in values:
+        if value is None:
+            text = "(empty)"
+        elif isinstance(value, bool):
+            text = "true" if value else "false"  # as the CSV and the API write them
+        else:
+            text = str(value)
+        seen.setdefault(text, None)
+    return list(seen)
+
+
+templates.filters["distinct"] = _distinct
+
+
+def _identifiers(contracts: Iterable[Contract]) -> list[str]:
+    return sorted(
+        {
+            spec.name
+            for contract in contracts
+            for spec in contract.fields
+            if spec.protection is Protection.IDENTIFIER
+        }
+    )
+
+
+def _field(form: dict[str, str], name: str, limit: int, label: str) -> str | None:
+    value = form.get(name, "").strip()
+    if len(value) > limit:
+        raise BadRequest(f"{label} is longer than {limit} characters")
+    return value or None
+
+
+def _person_query(form: dict[str, str]) -> PersonQuery:
+    """The person a form names: an identifier (its name and value), and/or surname, forename
+    and date of birth. A blank field is not given; the use case says what is missing."""
+    name = _field(form, "identifier_name", MAX_IDENTIFIER_NAME, "the identifier's name")
+    value = _field(form, "identifier_value", MAX_IDENTIFIER_VALUE, "the identifier")
+    if value and not name:
+        raise BadRequest("choose which identifier the value is")
+    dob_text = _field(form, "dob", 10, "the date of birth")
+    try:
+        dob = date.fromisoformat(dob_text) if dob_text else None
+    except ValueError as exc:
+        raise BadRequest("the date of birth is written YYYY-MM-DD") from exc
+    return PersonQuery(
+        identifiers={name: value} if name and value else {},
+        surname=_field(form, "surname", MAX_NAME, "the surname"),
+        forename=_field(form, "forename", MAX_NAME, "the forename"),
+        dob=dob,
+    )
+
+
+def _deletion_url(dataset: str, deletion_id: str, suffix: str = "") -> str:
+    return f"{DELETIONS}/{quote(dataset, safe='')}/{quote(deletion_id, safe='')}{suffix}"
+
+
+def _erasure_contract(platform: Platform, dataset: str) -> Contract:
+    """The contract an erasure is matched against: the active version, else the shipped one
+    (a dataset with nothing active yet still shows its form; the use case decides)."""
+    try:
+        return platform.governance.active_contract(dataset)
+    except TogetherError:
+        return platform.contracts[dataset]
+
+
+def _owned_deletions(platform: Platform, user: WebUser) -> list[dict[str, Any]]:
+    """Each dataset the lead's organisation owns, with its deletions (one audited listing per
+    dataset, as the API's) and what an erasure form may ask of it."""
+    organisation = user.principal.organisation
+    found = []
+    for dataset in sorted(d for d, c in platform.contracts.items() if c.owner == organisation):
+        deletions = governance.list_deletions(
+            platform.governance, user.principal, user.ctx, dataset
+        )
+        contract = _erasure_contract(platform, dataset)
+        found.append(
+            {
+                "id": dataset,
+                "title": platform.contracts[dataset].title,
+                "open": [
+                    d
+                    for d in deletions
+                    if d["kind"] == DeletionKind.WITHDRAWAL.value and d["state"] in OPEN_WITHDRAWAL
+                ],
+                "deletions": deletions,
+                "identifiers": _identifiers([contract]),
+                "by_name": contract.person is not None,
+            }
+        )
+    return found
+
+
+@router.get("/deletions")
+async def deletions(user: SignedIn, platform: PlatformDep) -> Response:
+    """The lead's organisation's datasets: withdrawals waiting for a decision, every deletion
+    with its certificate, and a form to erase or rectify one person's rows."""
+    if user is None:
+        return _to_sign_in()
+    try:
+        found = await run_in_threadpool(_owned_deletions, platform, user)
+    except TogetherError as exc:
+        return _error(user, exc)
+    return _render(
+        "deletions.html",
+        user=user,
+        datasets=found,
+        organisation=user.principal.organisation,
+        names=await _names(platform, (d["requested_by"] for s in found for d in s["deletions"])),
+    )
+
+
+@router.post("/deletions/{dataset}/withdrawals/{deletion_id}/decision")
+async def decide_withdrawal(
+    dataset: str, deletion_id: str, request: Request, user: SignedIn, platform: PlatformDep
+) -> Response:
+    if user is None:
+        return _to_sign_in()
+    try:
+        form = await auth.read_form(request)
+        await run_in_threadpool(
+            auth.check_csrf,
+            platform,
+            request,
+            form,
+            _deletion_url(dataset, deletion_id, "/decision"),
+        )
+        decision = form.get("decision")
+        if decision not in ("confirm", "refuse"):
+            raise BadRequest("the decision is confirm or refuse")
+        found = await run_in_threadpool(
+            partial(governance.decide_withdrawal, confirm=decision == "confirm"),
+            platform.governance,
+            user.principal,
+            user.ctx,
+            dataset,
+            deletion_id,
+        )
+    except TogetherError as exc:
+        return _error(user, exc)
+    return RedirectResponse(_deletion_url(dataset, found["id"]), status_code=303)
+
+
+@router.post("/deletions/{dataset}/erasures")
+async def erase_person(
+    dataset: str, request: Request, user: SignedIn, platform: PlatformDep
+) -> Response:
+    if user is None:
+        return _to_sign_in()
+    try:
+        form = await auth.read_form(request)
+        await run_in_threadpool(
+            auth.check_csrf,
+            platform,
+            request,
+            form,
+            f"{DELETIONS}/{quote(dataset, safe='')}/erasures",
+        )
+        erasure = governance.ErasureRequest(
+            person=_person_query(form),
+            reason=_field(form, "reason", MAX_REASON, "the reason") or "",
+            case_reference=_field(form, "case_reference", MAX_CASE_REFERENCE, "the case reference")
+            or "",
+            rectification=form.get("rectification") == "1",
+            corrected_upload=_field(form, "corrected_upload", MAX_UPLOAD_ID, "the upload id"),
+        )
+        found = await run_in_threadpool(
+            governance.erase, platform.governance, user.principal, user.ctx, dataset, erasure
+        )
+    except TogetherError as exc:
+        return _error(user, exc)
+    return RedirectResponse(_deletion_url(dataset, found["id"]), status_code=303)
+
+
+def _one_deletion(
+    platform: Platform, user: WebUser, dataset: str, deletion_id: str
+) -> dict[str, Any]:
+    """One deletion of the dataset, through the audited listing: refused alike, whatever the
+    id, to anyone the listing refuses."""
+    for found in governance.list_deletions(platform.governance, user.principal, user.ctx, dataset):
+        if found["id"] == deletion_id:
+            return found
+    raise NotFound(f"no deletion {deletion_id!r} of {dataset}")
+
+
+# Declared before the deletion's page, whose path would otherwise take the `.json`.
+@router.get("/deletions/{dataset}/{deletion_id}.json")
+async def deletion_certificate(
+    dataset: str, deletion_id: str, user: SignedIn, platform: PlatformDep
+) -> Response:
+    """The signed certificate as a file: the API's document, which `together deletions verify`
+    checks offline with the published key."""
+    if user is None:
+        return _to_sign_in()
+    try:
+        found = await run_in_threadpool(_one_deletion, platform, user, dataset, deletion_id)
+        if "certificate" not in found:
+            raise NotFound(f"deletion {deletion_id} has no certificate: it is {found['state']}")
+    except TogetherError as exc:
+        return _error(user, exc)
+    body = json.dumps(found, indent=2, ensure_ascii=False) + "\n"
+    return Response(
+        body.encode("utf-8"),
+        media_type="application/json",
+        headers={
+            "Content-Disposition": f'attachment; filename="deletion-certificate-{found["id"]}.json"'
+        },
+    )
+
+
+@router.get("/deletions/{dataset}/{deletion_id}")
+async def deletion(
+    dataset: str, deletion_id: str, user: SignedIn, platform: PlatformDep
+) -> Response:
+    """One deletion: where a decision or an erasure lands, with its certificate's summary."""
+    if user is None:
+        return _to_sign_in()
+    try:
+        found = await run_in_threadpool(_one_deletion, platform, user, dataset, deletion_id)
+    except TogetherError as exc:
+        return _error(user, exc)
+    actors = [found["requested_by"], found.get("certificate", {}).get("confirmed_by")]
+    return _render(
+        "deletion.html",
+        user=user,
+        d=found,
+        download=_deletion_url(dataset, found["id"], ".json"),
+        names=await _names(platform, actors),
+    )
+
+
+@router.get("/subject-access")
+async def subject_access_form(user: SignedIn, platform: PlatformDep) -> Response:
+    if user is None:
+        return _to_sign_in()
+    return _render(
+        "subject_access.html",
+        user=user,
+        identifiers=_identifiers(platform.contracts.values()),
+        asked={},
+        answer=None,
+    )
+
+
+@router.post("/subject-access")
+async def subject_access_answer(
+    request: Request, user: SignedIn, platform: PlatformDep
+) -> Response:
+    """The answer as tables, or (`format=csv`) the API's CSV of the same answer; each is one
+    audited subject access request."""
+    if user is None:
+        return _to_sign_in()
+    try:
+        form = await auth.read_form(request)
+        await run_in_threadpool(auth.check_csrf, platform, request, form, SUBJECT_ACCESS)
+        fmt = form.get("format") or "html"
+        if fmt not in ("html", "csv"):
+            raise BadRequest("format is html or csv")
+        document = await run_in_threadpool(
+            subject_access.answer,
+            platform.subject_access,
+            user.principal,
+            user.ctx,
+            _person_query(form),
+            "csv" if fmt == "csv" else "json",
+        )
+    except TogetherError as exc:
+        return _error(user, exc)
+    if fmt == "csv":
+        return Response(
+            subject_access_csv(document),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="subject-access.csv"'},
+        )
+    asked = {
+        k: form.get(k, "").strip()
+        for k in ("identifier_name", "identifier_value", "surname", "forename", "dob")
+    }
+    return _render(
+        "subject_access.html",
+        user=user,
+        identifiers=_identifiers(platform.contracts.values()),
+        asked=asked,
+        answer=document,
+        classifications=subject_access.CLASSIFICATIONS,
+        events=document["reads"],
+        names=await _names(platform, (e["actor"] for e in document["reads"])),
+        next_url=None,
+    )

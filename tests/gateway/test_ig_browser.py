@@ -410,3 +410,78 @@ def test_two_ig_leads_sign_off_a_contract_draft_and_the_owner_activates_it(
         ("contract.approved", "user:victor"),
         ("contract.activated", "user:hana"),
     ]
+
+
+def test_an_ig_lead_answers_a_subject_access_request_and_confirms_a_withdrawal(
+    settings: Settings,
+    platform: Platform,
+    tmp_path: Path,
+    browser_page: object,
+    api: TestClient,
+    police_token: str,
+) -> None:
+    from playwright.sync_api import Page, expect
+
+    from services.retention import certificates
+    from tests.ingestion.helpers import police_rows, to_csv
+    from tests.ingestion.test_uploads import push
+
+    page: Page = browser_page  # type: ignore[assignment]
+    people_admin.create_user(
+        platform.admin,
+        cli_context(),
+        username="sofia",
+        organisation=POLICE,
+        role="ig_lead",
+        password=PASSWORD,
+    )
+    rows = police_rows(60)
+    assert push(api, police_token, to_csv(rows)).status_code == 201
+    suspect = next(row for row in rows if row["suspect_nominal_ref"])
+    asked = api.delete(
+        "/v1/datasets/police.occurrences", headers={"Authorization": f"Bearer {police_token}"}
+    )
+    assert asked.status_code == 202, asked.text
+    deletion_id = asked.json()["id"]
+
+    server = LiveServer(settings, tmp_path / "server.log")
+    try:
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.goto(server.url + "/ig/sign-in")
+        page.fill("#username", "sofia")
+        page.fill("#password", PASSWORD)
+        page.click("button:has-text('Sign in')")
+        expect(page).to_have_url(server.url + "/ig/events")
+
+        page.click("nav >> text=Subject access")
+        expect(page).to_have_url(server.url + "/ig/subject-access")
+        page.select_option("#sar-identifier-name", "suspect_nominal_ref")
+        page.fill("#sar-identifier-value", suspect["suspect_nominal_ref"])
+        page.click("button:has-text('Search')")
+        # The answer of a POST: the person's values are nowhere in the address.
+        expect(page).to_have_url(server.url + "/ig/subject-access")
+        expect(page.locator("table.sar-datasets")).to_contain_text("police.occurrences")
+        expect(page.locator("table.sar-fields")).to_contain_text(suspect["suspect_surname"])
+        _fits(page, "subject-access")
+        with page.expect_download() as csv_download:
+            page.click("button:has-text('Download CSV')")
+        exported = Path(csv_download.value.path()).read_text()
+        assert exported.startswith("section,dataset,owner"), exported[:200]
+
+        page.click("nav >> text=Deletions")
+        expect(page).to_have_url(server.url + "/ig/deletions")
+        _fits(page, "deletions")
+        page.locator(f"#withdrawal-{deletion_id}").locator(
+            "button:has-text('Confirm withdrawal')"
+        ).click()
+        expect(page).to_have_url(server.url + f"/ig/deletions/police.occurrences/{deletion_id}")
+        expect(page.get_by_role("status")).to_contain_text("Certified: 60 rows removed")
+        with page.expect_download() as certificate_download:
+            page.click("text=Download the signed certificate")
+        document = json.loads(Path(certificate_download.value.path()).read_text())
+    finally:
+        server.stop()
+
+    keys = {k.key_id: k.raw for k in platform.audit_signer.published_keys()}
+    assert certificates.verify(document, keys) == []
+    assert document["certificate"]["confirmed_by"] == "user:sofia"
