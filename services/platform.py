@@ -40,7 +40,7 @@ from services.products.loading import load_catalogue
 from services.products.people import person_ids
 from services.products.service import ProductDeps
 from services.retention import service as retention_service
-from services.retention.rewrite import DeletionDeps
+from services.retention.rewrite import DeletedCopies, DeletionDeps
 from services.retention.service import GovernanceDeps
 from services.retention.subject_access import SubjectAccessDeps
 from services.review import service as review_service
@@ -70,6 +70,7 @@ class Background:
     sealer_watch: SealerWatch | None = None
     refresher: materialise.Refresher | None = None
     retention: PeriodicThread | None = None
+    deleted_copies: PeriodicThread | None = None
     watching_epochs: bool = False
 
 
@@ -138,6 +139,15 @@ class Platform:
             )
             retention.start()
             self.background.retention = retention
+        # A deletion made by another replica: forget this process's copies of what it deleted.
+        deleted_copies = PeriodicThread(
+            "deleted-copies",
+            DeletedCopies(self.governance.deletion),
+            settings.deleted_copies_interval_seconds,
+            run_at_start=True,
+        )
+        deleted_copies.start()
+        self.background.deleted_copies = deleted_copies
 
     def watch_sealer(self) -> SealerWatch:
         """Refuse Level 2 and 3 reads (and answer 503 at /readyz) whenever the audit sealer
@@ -166,6 +176,8 @@ class Platform:
             audit_service.set_read_gate(self.engine, None)
             if self.products.async_audit is not None:
                 self.products.async_audit.gate = None
+        if running.deleted_copies is not None:
+            running.deleted_copies.stop()
         if running.retention is not None:
             running.retention.stop()
         if running.refresher is not None:
@@ -319,6 +331,7 @@ def build_platform(settings: Settings) -> Platform:
             else None
         ),
         forget_cached=partial(products_service.forget_dataset, products),
+        sharing_store=sharing.store,
     )
     governance = GovernanceDeps(
         sessions=sessions,

@@ -268,6 +268,13 @@ class Settings(BaseSettings):
         "past their contract's retention with a signed certificate; 0: only `together "
         "retention run`",
     )
+    deleted_copies_interval_seconds: float = Field(
+        default=60,
+        gt=0,
+        le=3600,
+        description="How soon each server process removes its local copies of data that "
+        "another replica deleted (cached object copies, cached product results)",
+    )
     sharing_refresh_seconds: float = Field(
         default=300,
         ge=0,

@@ -19,6 +19,11 @@ A deletion runs in three steps, each safe to be killed in:
    the deletion `deleting`; `complete_pending` (every retention run, and the next erasure or
    withdrawal of the dataset) finishes it. Deleting a missing object is not an error, so a
    step repeated is harmless.
+
+The process that deletes also drops its own cached copies. Every other server process finds
+the deletion within `TOGETHER_DELETED_COPIES_INTERVAL_SECONDS` (`DeletedCopies`, a background
+thread) and removes what it holds of the same data: its read-through copies of the deleted
+objects and its cached product results computed from the dataset.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from services.retention.selectors import Selector
 from services.sharing.models import SharingFile, SharingTableVersion
 from services.storage import repository
 from services.storage.models import DatasetVersion, VersionFile
-from services.storage.objects import ObjectMissing
+from services.storage.objects import ObjectMissing, ObjectStore
 from services.storage.service import SHARING_PREFIX, Storage, StoredFile
 
 log = logging.getLogger(__name__)
@@ -81,6 +86,13 @@ class DeletionDeps:
     rebuild_sharing: Callable[[], object] | None = None
     # Forgets this process's cached product results computed from a dataset.
     forget_cached: Callable[[str], object] | None = None
+    # Where the Delta Sharing materialisations are (None: the dataset store; the default local
+    # layout keeps them in the data folder's sharing/, beside the datasets' folder).
+    sharing_store: ObjectStore | None = None
+
+    @property
+    def shared_files(self) -> ObjectStore:
+        return self.sharing_store if self.sharing_store is not None else self.storage.store
 
 
 @dataclass(frozen=True)
@@ -494,11 +506,10 @@ def complete(deps: DeletionDeps, ctx: RequestContext, deletion_id: str) -> None:
         dataset_id = row.dataset_id
     if deps.forget_cached is not None:
         deps.forget_cached(dataset_id)
-    store = deps.storage.store
     for key in keys:
-        store.delete(key)
+        deps.storage.store.delete(key)
     for item in shared_json:
-        store.delete(str(item["key"]))
+        deps.shared_files.delete(str(item["key"]))
     with audited(deps.sessions, "certifying a deletion") as uow:
         session = uow.session
         row = session.get(DataDeletion, deletion_id, with_for_update=True)
@@ -587,3 +598,55 @@ def certificate_body(row: DataDeletion) -> dict[str, Any]:
         "audit_seq_end": row.audit_seq_end,
         "certified_at": _iso(row.certified_at),
     }
+
+
+class DeletedCopies:
+    """Forgets, in this process, what the deletions of any replica deleted: local copies of
+    the deleted objects (an S3 store's read-through cache) and cached product results computed
+    from the dataset. Each deletion is handled until it is certified (its last file deleted),
+    then never again; a new process handles every deletion once, at start."""
+
+    def __init__(self, deps: DeletionDeps) -> None:
+        self._deps = deps
+        self._done: set[str] = set()
+
+    def __call__(self) -> int:
+        """Forget what the deletions not yet handled deleted; the number of copies removed."""
+        deps = self._deps
+        live = (DeletionState.DELETING.value, DeletionState.CERTIFIED.value)
+        with deps.sessions() as session:
+            ids = [
+                deletion_id
+                for deletion_id in session.execute(
+                    select(DataDeletion.id).where(DataDeletion.state.in_(live))
+                ).scalars()
+                if deletion_id not in self._done
+            ]
+            found = [
+                row
+                for start in range(0, len(ids), 500)
+                for row in session.execute(
+                    select(
+                        DataDeletion.id,
+                        DataDeletion.state,
+                        DataDeletion.dataset_id,
+                        DataDeletion.files,
+                        DataDeletion.sharing_files,
+                    ).where(DataDeletion.id.in_(ids[start : start + 500]))
+                ).all()
+            ]
+        removed = 0
+        for deletion_id, state, dataset_id, files, sharing_files in found:
+            if deps.forget_cached is not None:
+                deps.forget_cached(dataset_id)
+            copies = [(deps.storage.store, item) for item in files or []] + [
+                (deps.shared_files, item) for item in sharing_files or []
+            ]
+            for store, item in copies:
+                if store.forget_local_copy(str(item["key"])):
+                    removed += 1
+            if state == DeletionState.CERTIFIED.value:
+                self._done.add(deletion_id)
+        if removed:
+            log.info("removed %d local copies of deleted objects", removed)
+        return removed

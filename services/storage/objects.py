@@ -18,6 +18,7 @@ import hashlib
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -30,6 +31,11 @@ from services.kit.errors import StorageUnavailable
 from services.kit.ids import new_id
 
 _CHUNK = 1 << 20
+# A cold read fetches an object in parts of this size, this many at once: one stream of small
+# reads costs a round trip a megabyte (measured on SeaweedFS: 60 MB in 620 ms by 1 MB reads,
+# 230 ms by 8 MB parts four at a time).
+_PART = 8 << 20
+_PARTS_AT_ONCE = 4
 
 
 class ObjectMissing(Exception):
@@ -71,6 +77,11 @@ class ObjectStore(Protocol):
     def sha256(self, key: str) -> str: ...
 
     def delete(self, key: str) -> None: ...
+
+    def forget_local_copy(self, key: str) -> bool:
+        """Remove this process's local copy of an object another process deleted; True when
+        there was one. The store itself is not touched."""
+        ...
 
     def list(self, prefix: str = "") -> list[ObjectInfo]: ...
 
@@ -137,6 +148,10 @@ class LocalStore:
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
+
+    def forget_local_copy(self, key: str) -> bool:
+        # The folder is the store: there is no copy beside the object.
+        return False
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         base = self.root / prefix if prefix else self.root
@@ -305,15 +320,31 @@ class S3Store:
         return self.cache.admit(temp, key)
 
     def _download(self, key: str, temp: Path, size: int) -> None:
+        """`key`'s bytes into `temp`: parts of `_PART` bytes fetched by up to `_PARTS_AT_ONCE`
+        ranged requests at once, each written at its offset (memory: the parts in flight)."""
         try:
-            with self._fs.open_input_stream(self._full(key)) as source, open(temp, "wb") as sink:
-                while chunk := source.read(_CHUNK):
-                    sink.write(chunk)
+            with self._fs.open_input_file(self._full(key)) as source:
+                descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+
+                    def fetch(offset: int) -> int:
+                        part = source.read_at(min(_PART, size - offset), offset)
+                        os.pwrite(descriptor, part, offset)
+                        return len(part)
+
+                    offsets = range(0, size, _PART)
+                    if len(offsets) <= 1:
+                        fetched = sum(fetch(offset) for offset in offsets)
+                    else:
+                        with ThreadPoolExecutor(min(_PARTS_AT_ONCE, len(offsets))) as pool:
+                            fetched = sum(pool.map(fetch, offsets))
+                finally:
+                    os.close(descriptor)
         except FileNotFoundError:
             raise ObjectMissing(key) from None
         except OSError as exc:
             raise StorageUnavailable(f"reading {key}") from exc
-        if temp.stat().st_size != size:
+        if fetched != size or temp.stat().st_size != size:
             raise StorageUnavailable(f"{key} was read short")
 
     def open_read(self, key: str) -> BinaryIO:
@@ -349,6 +380,14 @@ class S3Store:
         except OSError as exc:
             raise StorageUnavailable(f"deleting {key}") from exc
         self.cache.path(key).unlink(missing_ok=True)
+
+    def forget_local_copy(self, key: str) -> bool:
+        path = self.cache.path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         base = f"{self._base}/{prefix}".rstrip("/")

@@ -6,7 +6,8 @@ every server process does. The test checks what an operator running N replicas r
 an upload on one is read on the other at once, an Idempotency-Key held by one is honoured by
 the other, a revocation on one reaches the other within the epoch bound, the two keep one
 audit chain and one checkpoint sequence, both materialising a shared table keep one
-version of it, and both running retention at once remove the expired rows once (the lease).
+version of it, both running retention at once remove the expired rows once (the lease), and
+a replica removes its cached copies of objects another process deleted.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ from services.kit.clock import utcnow
 from services.kit.settings import Settings
 from services.platform import Platform
 from services.retention import certificates
+from services.retention import service as retention_service
 from services.retention.cutoff import cutoff_day
 from services.retention.models import DataDeletion, DeletionKind
+from services.storage import repository
 from services.storage import service as storage_service
 from tests.fixtures.app import ClientCredentials
 from tests.fixtures.cli import run_cli, run_cli_bytes
@@ -463,3 +466,50 @@ def test_both_replicas_running_retention_at_once_remove_expired_rows_once(
     assert pc.min(current.column("recorded_date")).as_py().isoformat() >= cutoff
     assert check.ok, check
     assert replicas.logged_problems() == []
+
+
+@pytest.fixture
+def forgetting_replicas(platform: Platform, tmp_path: Path) -> Iterator[Replicas]:
+    """Both replicas look for other replicas' deletions twice a second."""
+    yield from _running(platform, tmp_path, TOGETHER_DELETED_COPIES_INTERVAL_SECONDS="0.5")
+
+
+def test_a_replica_removes_its_copies_of_what_another_process_deleted(
+    platform: Platform,
+    forgetting_replicas: Replicas,
+    make_client: Callable[..., ClientCredentials],
+    tmp_path: Path,
+) -> None:
+    dataset = "police.occurrences"
+    rows = [
+        row | {"occurrence_ref": f"C-{row['occurrence_ref']}"}
+        for row in generate_police(300, seed=23, start=date(2019, 6, 1), end=date(2021, 6, 1))
+    ]
+    replicas = forgetting_replicas
+    police = make_client()
+    # Uploaded through B: B keeps a read-through copy of the version's file in its cache.
+    accepted = _upload(replicas.b, replicas.token(replicas.b, police), dataset, to_csv(rows))
+    assert accepted.status_code == 201, accepted.text
+    with platform.sessions() as session:
+        version = repository.get_version(session, dataset, accepted.json()["version"])
+        assert version is not None
+        keys = [f.path for f in repository.version_files(session, version.id)]
+    cache = tmp_path / "replica-b" / "cache"
+    copies = [cache / key for key in keys]
+    assert copies and all(path.is_file() for path in copies), copies
+
+    # Another process (here the test's own) removes the expired rows: the files go from S3.
+    outcomes = retention_service.run_retention(platform.governance)
+    assert outcomes is not None
+    (deletion,) = _retention_deletions(platform, dataset)
+    assert deletion.state == "certified"
+    deleted = {str(item["key"]) for item in deletion.files}
+    assert set(keys) <= deleted
+
+    deadline = time.monotonic() + 30
+    while any(path.exists() for path in copies):
+        assert time.monotonic() < deadline, "replica B still holds copies of deleted objects"
+        time.sleep(0.1)
+    # B still answers from the new version (fetched again from the store).
+    token_b = replicas.token(replicas.b, police)
+    assert _current_version(replicas.b, token_b, dataset) == deletion.to_version
