@@ -50,7 +50,10 @@ from services.sharing.service import SharingDeps, build_sharing
 from services.storage import staging
 from services.storage.inputs import InputLimits
 from services.storage.objects import ObjectStore, open_store
-from services.storage.service import Storage
+from services.storage.service import Prefetcher, Storage
+
+# How often a server process looks for new versions to fetch into its cache (S3 only).
+PREFETCH_SECONDS = 1.0
 
 
 class NotReady(TogetherError):
@@ -71,6 +74,7 @@ class Background:
     refresher: materialise.Refresher | None = None
     retention: PeriodicThread | None = None
     deleted_copies: PeriodicThread | None = None
+    prefetcher: PeriodicThread | None = None
     watching_epochs: bool = False
 
 
@@ -115,6 +119,19 @@ class Platform:
         # Requests then find the cache epochs in memory (see services/kit/epochs.py).
         self.epochs.start()
         self.background.watching_epochs = True
+        # A version uploaded through another replica: fetch its files before a reader asks.
+        epochs = self.epochs
+        prefetcher = PeriodicThread(
+            "prefetch",
+            Prefetcher(
+                self.sessions,
+                self.storage,
+                lambda: reading.datasets if (reading := epochs.recent()) is not None else None,
+            ),
+            PREFETCH_SECONDS,
+        )
+        prefetcher.start()
+        self.background.prefetcher = prefetcher
         metrics.read_at_scrape(
             "together_cache_epoch_age_seconds",
             "Seconds since this process last read the cache epochs (how far its cached "
@@ -176,6 +193,8 @@ class Platform:
             audit_service.set_read_gate(self.engine, None)
             if self.products.async_audit is not None:
                 self.products.async_audit.gate = None
+        if running.prefetcher is not None:
+            running.prefetcher.stop()
         if running.deleted_copies is not None:
             running.deleted_copies.stop()
         if running.retention is not None:

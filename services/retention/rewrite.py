@@ -32,6 +32,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 
 # Rows read and written at a time when a file is rewritten (bounded memory for any file size).
 _BATCH_ROWS = 64 * 1024
+# How long after its certificate a deletion is still looked at by `DeletedCopies`.
+_SETTLED = timedelta(minutes=10)
 # A switch that finds a new upload in between starts again; this many times at most.
 _ATTEMPTS = 5
 
@@ -603,8 +606,9 @@ def certificate_body(row: DataDeletion) -> dict[str, Any]:
 class DeletedCopies:
     """Forgets, in this process, what the deletions of any replica deleted: local copies of
     the deleted objects (an S3 store's read-through cache) and cached product results computed
-    from the dataset. Each deletion is handled until it is certified (its last file deleted),
-    then never again; a new process handles every deletion once, at start."""
+    from the dataset. Each deletion is handled until some minutes after it is certified (a
+    download begun before its objects were deleted has ended by then), then never again; a new
+    process handles every deletion once, at start."""
 
     def __init__(self, deps: DeletionDeps) -> None:
         self._deps = deps
@@ -632,11 +636,13 @@ class DeletedCopies:
                         DataDeletion.dataset_id,
                         DataDeletion.files,
                         DataDeletion.sharing_files,
+                        DataDeletion.certified_at,
                     ).where(DataDeletion.id.in_(ids[start : start + 500]))
                 ).all()
             ]
         removed = 0
-        for deletion_id, state, dataset_id, files, sharing_files in found:
+        settled = utcnow() - _SETTLED
+        for deletion_id, state, dataset_id, files, sharing_files, certified_at in found:
             if deps.forget_cached is not None:
                 deps.forget_cached(dataset_id)
             copies = [(deps.storage.store, item) for item in files or []] + [
@@ -645,7 +651,8 @@ class DeletedCopies:
             for store, item in copies:
                 if store.forget_local_copy(str(item["key"])):
                     removed += 1
-            if state == DeletionState.CERTIFIED.value:
+            settled_now = certified_at is not None and certified_at < settled
+            if state == DeletionState.CERTIFIED.value and settled_now:
                 self._done.add(deletion_id)
         if removed:
             log.info("removed %d local copies of deleted objects", removed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from services.kit.ids import new_id
 from services.storage import repository
 from services.storage.models import Dataset, DatasetVersion, UploadMode, VersionFile
 from services.storage.objects import LocalStore, ObjectMissing, ObjectStore, S3Store
+
+log = logging.getLogger(__name__)
 
 PARQUET_COMPRESSION = "zstd"
 
@@ -415,3 +418,59 @@ def publish(
     dataset.withdrawn_at = None
     session.flush()
     return number
+
+
+class Prefetcher:
+    """Fetches every current version's files into this replica's read-through cache as soon as
+    the replica learns of a change (`epoch`: the datasets cache epoch), so that the first read
+    of a version uploaded through another replica is usually served from the cache.
+
+    Only with an S3 store and a cache, and only while the current versions fit in half the
+    cache (beyond that it would evict what readers use). A failed fetch is tried again on the
+    next change or the next round; a read never waits for it."""
+
+    def __init__(
+        self,
+        sessions: Callable[[], Session],
+        storage: Storage,
+        epoch: Callable[[], int | None],
+    ) -> None:
+        self._sessions = sessions
+        self._storage = storage
+        self._epoch = epoch
+        self._done_at: int | None = None
+
+    def __call__(self) -> int:
+        """Fetch what is missing if the versions changed; the number of files fetched."""
+        store = self._storage.store
+        if not isinstance(store, S3Store) or store.cache.max_bytes <= 0:
+            return 0
+        epoch = self._epoch()
+        if epoch is None or epoch == self._done_at:
+            return 0
+        with self._sessions() as session:
+            files = session.execute(
+                select(VersionFile.path, VersionFile.size_bytes)
+                .join(DatasetVersion, DatasetVersion.id == VersionFile.version_pk)
+                .join(
+                    Dataset,
+                    (Dataset.id == DatasetVersion.dataset_id)
+                    & (Dataset.current_version == DatasetVersion.version),
+                )
+                .order_by(VersionFile.path)
+            ).all()
+        fetched = 0
+        if sum(size for _, size in files) <= store.cache.max_bytes // 2:
+            for key, size in files:
+                if store.cache.get(key, size) is not None:
+                    continue
+                try:
+                    store.local_path(key)
+                except ObjectMissing:
+                    continue  # `together storage check` reports it; a read answers 503
+                except StorageUnavailable as exc:
+                    log.warning("prefetching %s: %s; tried again next round", key, exc)
+                    return fetched
+                fetched += 1
+        self._done_at = epoch
+        return fetched

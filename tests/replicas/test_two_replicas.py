@@ -7,7 +7,8 @@ an upload on one is read on the other at once, an Idempotency-Key held by one is
 the other, a revocation on one reaches the other within the epoch bound, the two keep one
 audit chain and one checkpoint sequence, both materialising a shared table keep one
 version of it, both running retention at once remove the expired rows once (the lease), and
-a replica removes its cached copies of objects another process deleted.
+a replica removes its cached copies of objects another process deleted, and fetches a version
+uploaded through the other before anyone reads it there.
 """
 
 from __future__ import annotations
@@ -513,3 +514,26 @@ def test_a_replica_removes_its_copies_of_what_another_process_deleted(
     # B still answers from the new version (fetched again from the store).
     token_b = replicas.token(replicas.b, police)
     assert _current_version(replicas.b, token_b, dataset) == deletion.to_version
+
+
+def test_a_version_uploaded_through_one_replica_is_fetched_into_the_others_cache(
+    platform: Platform,
+    replicas: Replicas,
+    make_client: Callable[..., ClientCredentials],
+    tmp_path: Path,
+) -> None:
+    police = make_client()
+    body = to_csv(police_rows(200, seed=31))
+    accepted = _upload(replicas.a, replicas.token(replicas.a, police), "police.occurrences", body)
+    assert accepted.status_code == 201, accepted.text
+    with platform.sessions() as session:
+        version = repository.get_version(session, "police.occurrences", accepted.json()["version"])
+        assert version is not None
+        files = repository.version_files(session, version.id)
+    copies = [(tmp_path / "replica-b" / "cache" / f.path, f.size_bytes) for f in files]
+    assert copies
+    # Nobody reads through B: it fetches the new version on its own, whole.
+    deadline = time.monotonic() + 20
+    while not all(path.is_file() and path.stat().st_size == size for path, size in copies):
+        assert time.monotonic() < deadline, "replica B did not fetch the new version"
+        time.sleep(0.1)
