@@ -578,7 +578,8 @@ def storage_sweep(
     older_than: Annotated[int, typer.Option(help="Minimum age in seconds")] = 3600,
 ) -> None:
     """Remove dataset files that no version references, and staging files that no live upload
-    holds (both left by a crash; staged bodies are encrypted under keys that died with it)."""
+    holds (both left by a crash; staged bodies are encrypted under keys that died with it), and
+    at once any file a deletion certified gone that a restored backup brought back."""
     from services.admin import operations
     from services.storage import staging
 
@@ -599,7 +600,8 @@ def storage_check(
     ] = True,
 ) -> None:
     """List every dataset version whose stored object is missing or differs from its record
-    (size or SHA-256); exit 1 when any does."""
+    (size or SHA-256), and every file a deletion removed that is back in the store (`purged`:
+    a restored backup; `together storage sweep` deletes it again); exit 1 when any is found."""
     with _admin_platform() as platform, platform.sessions() as session:
         problems = platform.storage.check(session, checksums=checksums)
     for problem in problems:

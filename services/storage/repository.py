@@ -70,6 +70,30 @@ def all_referenced_paths(session: Session) -> set[str]:
     return set(session.execute(select(VersionFile.path)).scalars())
 
 
+def held_paths(session: Session) -> set[str]:
+    """The objects of versions a deletion has not purged (a file an append or a deletion kept
+    is held by a later version too)."""
+    return set(
+        session.execute(
+            select(VersionFile.path)
+            .join(DatasetVersion, DatasetVersion.id == VersionFile.version_pk)
+            .where(DatasetVersion.purged_at.is_(None))
+        ).scalars()
+    )
+
+
+def purged_files(session: Session) -> list[Any]:
+    """Every file of a purged version that no held version shares: deleted, and certified so."""
+    held = held_paths(session)
+    statement = (
+        select(DatasetVersion.dataset_id, DatasetVersion.version, VersionFile.path)
+        .join(VersionFile, VersionFile.version_pk == DatasetVersion.id)
+        .where(DatasetVersion.purged_at.is_not(None))
+        .order_by(DatasetVersion.dataset_id, DatasetVersion.version, VersionFile.id)
+    )
+    return [row for row in session.execute(statement).all() if row.path not in held]
+
+
 def all_version_files(session: Session) -> list[Any]:
     """Every file of every version still held (a file appears once per version that holds it;
     a version a deletion purged has no files left to check)."""

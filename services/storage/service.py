@@ -65,7 +65,8 @@ class StoredProblem:
     dataset_id: str
     version: int
     path: str
-    problem: str  # "missing", "size" or "sha256"
+    # "missing", "size" or "sha256"; "purged": a deleted object is back (a restored backup)
+    problem: str
 
 
 class Storage:
@@ -158,12 +159,17 @@ class Storage:
         return stored
 
     def sweep_orphans(self, session: Session, *, older_than_seconds: float = 3600) -> list[str]:
-        """Delete objects no version references, once they are old enough not to be in flight."""
+        """Delete objects no version references, once they are old enough not to be in flight,
+        and at once any object only a purged version names: data a deletion certified gone
+        that came back (a store restored from a backup taken before the deletion)."""
         referenced = repository.all_referenced_paths(session)
+        held = repository.held_paths(session)
         removed: list[str] = []
         cutoff = time.time() - older_than_seconds
         for item in self.store.list():
-            if item.key in referenced or item.mtime > cutoff:
+            if item.key in held:
+                continue
+            if item.key not in referenced and item.mtime > cutoff:
                 continue
             # Sharing materialisations are referenced by their own rows, swept by sharing.
             if item.key.startswith(SHARING_PREFIX):
@@ -187,6 +193,13 @@ class Storage:
             problem = verdicts[row.path]
             if problem is not None:
                 problems.append(StoredProblem(row.dataset_id, row.version, row.path, problem))
+        # What a deletion certified gone must stay gone (`sweep_orphans` deletes it again).
+        returned: dict[str, bool] = {}
+        for row in repository.purged_files(session):
+            if row.path not in returned:
+                returned[row.path] = self.store.info(row.path) is not None
+            if returned[row.path]:
+                problems.append(StoredProblem(row.dataset_id, row.version, row.path, "purged"))
         return problems
 
     def _examine(self, key: str, size: int, sha256: str, checksums: bool) -> str | None:

@@ -162,6 +162,37 @@ def test_a_retention_run_removes_expired_rows_deletes_the_files_that_held_them_a
     assert len(_versions(platform)) == 3
 
 
+def test_a_deleted_file_a_restored_backup_brings_back_is_reported_and_swept_again(
+    api: TestClient, platform: Platform, police_token: str, settings: Settings
+) -> None:
+    _loaded(api, police_token)
+    store = platform.storage.store
+    old_files = sorted({str(f["key"]) for f in _all_files(platform)})
+    # The store's backup, taken before the deletion.
+    backup = {key: store.local_path(key).read_bytes() for key in old_files}
+    outcomes = governance.run_retention(platform.governance, today=TODAY)
+    assert outcomes is not None
+    assert next(o for o in outcomes if o.dataset == POLICE).certificate is not None
+    assert not any(_held(platform, key) for key in old_files)
+    assert run_cli(settings, "storage", "check").returncode == 0
+
+    # The store is restored from that backup: the deleted files are back.
+    for key, body in backup.items():
+        store.put_bytes(key, body)
+    checked = run_cli(settings, "storage", "check")
+    assert checked.returncode == 1
+    # Listed once for each purged version that named it (an append shares its older file).
+    assert sorted({line.split()[-2] for line in checked.stdout.splitlines()}) == old_files
+    assert all(line.endswith(" purged") for line in checked.stdout.splitlines())
+    # The sweep deletes them at once, however recent the restore; the current version stays.
+    swept = run_cli(settings, "storage", "sweep")
+    assert swept.returncode == 0, swept.stderr
+    assert f"removed {len(old_files)} orphan file(s)" in swept.stdout
+    assert not any(_held(platform, key) for key in old_files)
+    assert run_cli(settings, "storage", "check").returncode == 0
+    assert _current(platform).num_rows > 0
+
+
 def test_retention_is_one_process_at_a_time(platform: Platform, settings: Settings) -> None:
     from services.retention.lease import Lease
 
