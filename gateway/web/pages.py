@@ -10,7 +10,7 @@ bodies, never in a URL (paths and query strings end up in proxy and access logs)
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date
 from functools import partial
 from pathlib import Path
@@ -458,16 +458,31 @@ async def contracts(user: SignedIn, platform: PlatformDep) -> Response:
     return _render("contracts.html", user=user, versions=found, organisation=organisation)
 
 
+async def _posted(
+    request: Request,
+    user: WebUser,
+    platform: Platform,
+    path: str,
+    act: Callable[[dict[str, str]], str],
+) -> Response:
+    """A form posted to `path`: read it, check its CSRF token, then run `act` with it in the
+    thread pool (a blocking service call answering the page to go to next); a refusal is
+    rendered as the error page."""
+    try:
+        form = await auth.read_form(request)
+        await run_in_threadpool(auth.check_csrf, platform, request, form, path)
+        target = await run_in_threadpool(act, form)
+    except TogetherError as exc:
+        return _error(user, exc)
+    return RedirectResponse(target, status_code=303)
+
+
 async def _contract_step(
     request: Request, user: WebUser, platform: Platform, dataset: str, version: str, step: str
 ) -> Response:
-    form = await auth.read_form(request)
-    path = f"/ig/contracts/{quote(dataset, safe='')}/{quote(version, safe='')}/{step}"
-    try:
-        await run_in_threadpool(auth.check_csrf, platform, request, form, path)
+    def act(form: dict[str, str]) -> str:
         if step == "signoff":
-            await run_in_threadpool(
-                lifecycle_service.sign_off,
+            lifecycle_service.sign_off(
                 platform.lifecycle,
                 user.principal,
                 user.ctx,
@@ -477,17 +492,13 @@ async def _contract_step(
                 form.get("content_sha256") or None,
             )
         else:
-            await run_in_threadpool(
-                lifecycle_service.activate,
-                platform.lifecycle,
-                user.principal,
-                user.ctx,
-                dataset,
-                version,
+            lifecycle_service.activate(
+                platform.lifecycle, user.principal, user.ctx, dataset, version
             )
-    except TogetherError as exc:
-        return _error(user, exc)
-    return RedirectResponse(f"/ig/contracts#contract-{dataset}-{version}", status_code=303)
+        return f"/ig/contracts#contract-{dataset}-{version}"
+
+    path = f"/ig/contracts/{quote(dataset, safe='')}/{quote(version, safe='')}/{step}"
+    return await _posted(request, user, platform, path, act)
 
 
 @router.post("/contracts/{dataset}/{version}/signoff")
@@ -642,29 +653,24 @@ async def decide_withdrawal(
 ) -> Response:
     if user is None:
         return _to_sign_in()
-    try:
-        form = await auth.read_form(request)
-        await run_in_threadpool(
-            auth.check_csrf,
-            platform,
-            request,
-            form,
-            _deletion_url(dataset, deletion_id, "/decision"),
-        )
+    signed_in = user
+
+    def act(form: dict[str, str]) -> str:
         decision = form.get("decision")
         if decision not in ("confirm", "refuse"):
             raise BadRequest("the decision is confirm or refuse")
-        found = await run_in_threadpool(
-            partial(governance.decide_withdrawal, confirm=decision == "confirm"),
+        found = governance.decide_withdrawal(
             platform.governance,
-            user.principal,
-            user.ctx,
+            signed_in.principal,
+            signed_in.ctx,
             dataset,
             deletion_id,
+            confirm=decision == "confirm",
         )
-    except TogetherError as exc:
-        return _error(user, exc)
-    return RedirectResponse(_deletion_url(dataset, found["id"]), status_code=303)
+        return _deletion_url(dataset, found["id"])
+
+    path = _deletion_url(dataset, deletion_id, "/decision")
+    return await _posted(request, user, platform, path, act)
 
 
 @router.post("/deletions/{dataset}/erasures")
@@ -673,15 +679,9 @@ async def erase_person(
 ) -> Response:
     if user is None:
         return _to_sign_in()
-    try:
-        form = await auth.read_form(request)
-        await run_in_threadpool(
-            auth.check_csrf,
-            platform,
-            request,
-            form,
-            f"{DELETIONS}/{quote(dataset, safe='')}/erasures",
-        )
+    signed_in = user
+
+    def act(form: dict[str, str]) -> str:
         erasure = governance.ErasureRequest(
             person=_person_query(form),
             reason=_field(form, "reason", MAX_REASON, "the reason") or "",
@@ -690,12 +690,13 @@ async def erase_person(
             rectification=form.get("rectification") == "1",
             corrected_upload=_field(form, "corrected_upload", MAX_UPLOAD_ID, "the upload id"),
         )
-        found = await run_in_threadpool(
-            governance.erase, platform.governance, user.principal, user.ctx, dataset, erasure
+        found = governance.erase(
+            platform.governance, signed_in.principal, signed_in.ctx, dataset, erasure
         )
-    except TogetherError as exc:
-        return _error(user, exc)
-    return RedirectResponse(_deletion_url(dataset, found["id"]), status_code=303)
+        return _deletion_url(dataset, found["id"])
+
+    path = f"{DELETIONS}/{quote(dataset, safe='')}/erasures"
+    return await _posted(request, user, platform, path, act)
 
 
 def _one_deletion(
