@@ -339,7 +339,7 @@ class _Decided(Protocol):
 def record_denial(
     sessions: sessionmaker[Session],
     ctx: RequestContext,
-    decision: _Decided,
+    decision: _Decided | None,
     *,
     reason: str,
     resource_type: str,
@@ -349,7 +349,8 @@ def record_denial(
     parameters: dict[str, Any] | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
-    """An access denial, committed on its own before the refusal is returned."""
+    """An access denial, committed on its own before the refusal is returned (`decision`:
+    the policy's, or None for a refusal the installation itself made)."""
     record_committed(
         sessions,
         ctx,
@@ -362,8 +363,8 @@ def record_denial(
             resource_org=resource_org,
             level=level,
             parameters=parameters or {},
-            matched_rule=decision.rule,
-            policy_version=decision.policy_version,
+            matched_rule=decision.rule if decision is not None else None,
+            policy_version=decision.policy_version if decision is not None else None,
             details=details or {},
         ),
     )

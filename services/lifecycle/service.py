@@ -439,20 +439,15 @@ def _refuse(
     owner: str | None,
     details: dict[str, Any],
 ) -> None:
-    audit_service.record_committed(
+    audit_service.record_denial(
         deps.sessions,
         ctx,
-        AuditRecord(
-            action=AuditAction.ACCESS_DENIED,
-            outcome=Outcome.DENIED,
-            reason=reason,
-            resource_type="contract",
-            resource=dataset_id[:100],
-            resource_org=owner,
-            matched_rule=decision.rule if decision else None,
-            policy_version=decision.policy_version if decision else None,
-            details=details,
-        ),
+        decision,
+        reason=reason,
+        resource_type="contract",
+        resource=dataset_id[:100],
+        resource_org=owner,
+        details=details,
     )
 
 

@@ -194,20 +194,15 @@ def _authorise(
         principal, action, Resource(ResourceType.DATASET, dataset_id, owner or "")
     )
     if not decision.allowed:
-        audit_service.record_committed(
+        audit_service.record_denial(
             deps.sessions,
             ctx,
-            AuditRecord(
-                action=AuditAction.ACCESS_DENIED,
-                outcome=Outcome.DENIED,
-                reason=f"{action.value} is not permitted on this dataset",
-                resource_type="dataset",
-                resource=dataset_id[:100],
-                resource_org=owner,
-                matched_rule=decision.rule,
-                policy_version=decision.policy_version,
-                details={"action": action.value},
-            ),
+            decision,
+            reason=f"{action.value} is not permitted on this dataset",
+            resource_type="dataset",
+            resource=dataset_id[:100],
+            resource_org=owner,
+            details={"action": action.value},
         )
         raise Forbidden(f"{action.value} on {dataset_id} is not permitted for this client")
     if owner is None:
