@@ -470,17 +470,17 @@ def complete_pending(deps: DeletionDeps, ctx: RequestContext, dataset_id: str | 
 
 def _sharing_files(session: Session, dataset_id: str, versions: set[int]) -> list[SharingFile]:
     """Materialised shared tables computed over any of the dataset's `versions`."""
-    found: list[SharingFile] = []
-    rows = session.execute(
-        select(SharingTableVersion, SharingFile).join(
-            SharingFile, SharingFile.version_pk == SharingTableVersion.id
-        )
-    ).all()
-    for table_version, file in rows:
-        used = (table_version.sources or {}).get(dataset_id)
-        if used is not None and int(used) in versions:
-            found.append(file)
-    return found
+    if not versions:
+        return []
+    used = SharingTableVersion.sources[dataset_id].as_integer()
+    return list(
+        session.execute(
+            select(SharingFile)
+            .join(SharingTableVersion, SharingFile.version_pk == SharingTableVersion.id)
+            .where(used.in_(sorted(versions)))
+            .order_by(SharingFile.path)
+        ).scalars()
+    )
 
 
 def complete(deps: DeletionDeps, ctx: RequestContext, deletion_id: str) -> None:
