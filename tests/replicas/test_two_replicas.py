@@ -302,12 +302,13 @@ def test_both_replicas_keep_one_audit_chain_and_one_checkpoint_sequence(
     reader = make_client(org="vru", roles=("l1_reader",))
     ig_lead = make_client(org="vru", roles=("ig_lead",))
 
-    def traffic(servers: list[LiveServer], seconds: float) -> int:
-        """Audited reads and denials on each server in turn, for `seconds`."""
+    def traffic(servers: list[LiveServer], seconds: float, at_least: int = 24) -> int:
+        """Audited reads and denials on each server in turn, for `seconds` and `at_least` as
+        many requests (however slow a busy machine makes them)."""
         tokens = {s.url: replicas.token(s, reader) for s in servers}
         deadline = time.monotonic() + seconds
         count = 0
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline or count < at_least:
             for server in servers:
                 headers = _bearer(tokens[server.url])
                 assert httpx.get(f"{server.url}/v1/products", headers=headers).status_code == 200
@@ -318,7 +319,7 @@ def test_both_replicas_keep_one_audit_chain_and_one_checkpoint_sequence(
         return count
 
     # Both replicas seal and sign at once for a few checkpoint intervals.
-    assert traffic([replicas.a, replicas.b], 3 * CHECKPOINT_SECONDS) > 20
+    traffic([replicas.a, replicas.b], 3 * CHECKPOINT_SECONDS)
     together_ = len(_checkpoints(platform))
     assert together_ >= 3
     # Each replica signs on its own: B alone while A is stopped, then A alone again.
