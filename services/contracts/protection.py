@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import date
 from typing import Any, TypeAlias
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from cryptography.exceptions import InvalidTag
@@ -218,6 +219,20 @@ class DistinctMemo:
         self._values: pa.Array | None = None
         self._results: pa.Array | None = None
 
+    def _positions(self, distinct: pa.Array) -> pa.Array:
+        """Per value of ``distinct``, its position in the memo (null when not held).
+
+        The memo (up to ``MEMO_MAX_VALUES``) is looked up in a hash of the batch's few distinct
+        values, not the other way round: hashing the whole memo again for every batch cost
+        more than the cryptography the memo saves.
+        """
+        assert self._values is not None
+        found = pc.index_in(self._values, value_set=distinct)
+        held = pc.is_valid(found)
+        at = np.full(len(distinct), -1, dtype=np.int64)
+        at[pc.filter(found, held).to_numpy()] = pc.indices_nonzero(held).to_numpy()
+        return pa.array(at, mask=at < 0)
+
     def resolve(
         self,
         distinct: pa.Array,
@@ -230,7 +245,7 @@ class DistinctMemo:
             self._values = pc.filter(distinct, valid)
             self._results = pc.filter(results, valid)
             return results
-        positions = pc.index_in(distinct, value_set=self._values)
+        positions = self._positions(distinct)
         unseen = pc.and_(pc.is_null(positions), pc.is_valid(distinct))
         new_values = pc.filter(distinct, unseen)
         if not len(new_values):

@@ -239,3 +239,23 @@ def test_a_memo_answers_every_batch_right_and_stays_within_its_bound(
     # b is known in the second batch; past the bound (the third batch) the memo keeps that
     # batch's a, e and f, so the fourth computes only g.
     assert computed == ["a", "b", None, "c", "d", "e", "f", "g"]
+
+
+def test_a_memo_answers_repeated_and_null_values_right() -> None:
+    """A dictionary may hold nulls and repeats (values equal once trimmed): every position
+    gets its own value's answer, whether the memo held the value already or not."""
+    memo = protection.DistinctMemo()
+
+    def upper(values: pa.Array) -> pa.Array:
+        return pa.array([None if v is None else v.upper() for v in values.to_pylist()])
+
+    batches: list[list[str | None]] = [
+        ["a", "a", None],
+        ["b", "a", "b", None, "a"],
+        [None, None],
+        [],
+        ["c", "b", "c"],
+    ]
+    for batch in batches:
+        answer = memo.resolve(pa.array(batch, pa.string()), upper).to_pylist()
+        assert answer == [None if v is None else v.upper() for v in batch]
