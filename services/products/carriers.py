@@ -58,17 +58,16 @@ def habitual_knife_carriers(
     area_filter = views.area_filter(areas)
     # Gender and date of birth are the person's most recent non-null values up to as_of: a
     # later correction wins, and a later record (after as_of) cannot change an earlier list.
+    # ``recency`` orders records as ORDER BY committed_at DESC, occurrence_ref DESC does (NULLs
+    # last). The person is the only group key of ``latest`` and nothing filters its scan (the
+    # conditions are its aggregates'), so that DuckDB passes the carriers down to that scan as
+    # a Bloom filter: only their records are read for gender and date of birth.
     # The text holds only the compiled partnership predicates and checked names; values are
     # bound.
+    recency = "(committed_at, occurrence_ref IS NOT NULL, occurrence_ref)"
+    recorded = f"committed_at < $as_of AND {area_filter}"
     sql = f"""
-        WITH rows AS (
-            SELECT suspect_nominal_ref_pseudonym AS person, occurrence_ref, committed_at,
-                suspect_gender, suspect_dob_enc
-            FROM police
-            WHERE suspect_nominal_ref_pseudonym IS NOT NULL AND committed_at < $as_of
-                AND {area_filter}
-        ),
-        carriers AS (
+        WITH carriers AS (
             SELECT suspect_nominal_ref_pseudonym AS person,
                 count(DISTINCT occurrence_ref) AS offences,
                 count(DISTINCT occurrence_ref)
@@ -81,15 +80,13 @@ def habitual_knife_carriers(
             GROUP BY person
             HAVING offences >= $min_offences AND recent_offences >= 1
         ),
-        -- Only the carriers' records are looked at for gender and date of birth.
         latest AS (
-            SELECT person,
-                first(suspect_gender ORDER BY committed_at DESC, occurrence_ref DESC)
-                    FILTER (WHERE suspect_gender IS NOT NULL) AS gender,
-                first(suspect_dob_enc ORDER BY committed_at DESC, occurrence_ref DESC)
-                    FILTER (WHERE suspect_dob_enc IS NOT NULL) AS dob_enc
-            FROM rows
-            WHERE person IN (SELECT person FROM carriers)
+            SELECT suspect_nominal_ref_pseudonym AS person,
+                arg_max(suspect_gender, {recency})
+                    FILTER (WHERE {recorded} AND suspect_gender IS NOT NULL) AS gender,
+                arg_max(suspect_dob_enc, {recency})
+                    FILTER (WHERE {recorded} AND suspect_dob_enc IS NOT NULL) AS dob_enc
+            FROM police
             GROUP BY person
         )
         SELECT person, offences, recent_offences,

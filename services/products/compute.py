@@ -122,7 +122,7 @@ def _tables(
             areas=inputs.areas,
         )
 
-    def people_table(inputs: RunInputs) -> pa.Table:
+    def people_table(inputs: RunInputs) -> pa.Table | engine.QueryTable:
         return people.build_people(
             inputs.definition, inputs.params, inputs.versions, today, protector
         )

@@ -3,7 +3,8 @@
 Each run opens its own in-memory DuckDB connection and gives the product's SQL the views of its
 source datasets (``views``), ``h3_cells`` where the definition asks for it, and the named tables
 the caller provides for the definition (``habitual_knife_carriers``, ``people``,
-``hkc_assessments``: see ``compute``). This is the only module that imports DuckDB.
+``hkc_assessments``: see ``compute``), as rows or as a query (``QueryTable``). This is the
+only module that imports DuckDB.
 
 What SQL does badly is done here, switched on by the definition: the comparison period (the
 query run again over it and joined on the key columns), derived columns (ratios, changes, dense
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import duckdb.func
 import h3
 import pyarrow as pa
 
@@ -92,7 +94,23 @@ class RunInputs:
     areas: frozenset[str] | None
 
 
-TableBuilder = Callable[[RunInputs], pa.Table]
+@dataclass(frozen=True)
+class QueryTable:
+    """A named table given as a query over the run's own connection rather than as rows.
+
+    The product's SQL reads it as a view, so DuckDB computes only what that SQL reads of it:
+    the keys of a join can be passed down to a scan in the query (a Bloom filter), and the
+    query's functions then run only for the rows that pass. ``functions`` are vectorised and
+    deterministic, text to text, registered under their names for the run (nulls are handed
+    to them). The text holds no value from a request; ``params`` are bound.
+    """
+
+    sql: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    functions: Mapping[str, Callable[[pa.Array], pa.Array]] = field(default_factory=dict)
+
+
+TableBuilder = Callable[[RunInputs], pa.Table | QueryTable]
 
 
 def named_tables(defn: ProductDefinition) -> list[str]:
@@ -152,7 +170,7 @@ def run(
             build = tables.get(name)
             if build is None:
                 raise ValueError(f"product {defn.id!r} reads the table {name}; none was given")
-            con.register(name, build(inputs))
+            _register(con, name, build(inputs))
         rows, types = _evaluate(con, defn, params, columns, comparing, notes)
     finally:
         con.close()
@@ -160,6 +178,34 @@ def run(
         rows = _within_areas(defn, rows, areas)
     result = _finish(defn, params, sources, columns, rows, notes, types, suppress, threshold)
     return replace(result, contract_versions=_contract_versions(versions, sources))
+
+
+def _register(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table | QueryTable) -> None:
+    if isinstance(table, pa.Table):
+        con.register(name, table)
+        return
+    for function, compute in table.functions.items():
+        if not _RELATION_NAME_RE.match(function):
+            raise ValueError(f"{function!r} is not a function name")
+        con.create_function(
+            function,
+            _text_function(compute),
+            [duckdb.sqltype("VARCHAR")],
+            duckdb.sqltype("VARCHAR"),
+            type=duckdb.func.PythonUDFType.ARROW,
+            null_handling=duckdb.func.FunctionNullHandling.SPECIAL,
+            side_effects=False,
+        )
+    con.sql(table.sql, params=dict(table.params)).create_view(name)
+
+
+def _text_function(compute: Callable[[pa.Array], pa.Array]) -> Callable[[Any], pa.Array]:
+    def apply(values: Any) -> pa.Array:
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        return compute(values.cast(pa.string()))
+
+    return apply
 
 
 def _contract_versions(

@@ -15,19 +15,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import date
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
 
 from services.contracts.protection import Protector
-from services.products import engine, views
+from services.products import views
 from services.products.dates import add_months
 from services.products.definition import POLICE_PEOPLE_SOURCE, ProductDefinition
-from services.products.engine import ProductResult
+from services.products.engine import ProductResult, QueryTable
 from services.storage.service import VersionInfo
 
 PERSON_ID_DOMAIN = "person-id"
 PERSON_ID_LENGTH = 32
+# The function the people query computes person ids with (``person_ids``).
+PERSON_ID_FUNCTION = "people_person_id"
 DISTRICT_WINDOW_MONTHS = 12
 
 PEOPLE_SCHEMA = pa.schema(
@@ -74,49 +77,61 @@ def build_people(
     versions: Mapping[str, VersionInfo],
     today: date,
     protector: Protector,
-) -> pa.Table:
-    """The people table of a run (see the module docstring); empty with no police version."""
+) -> pa.Table | QueryTable:
+    """The people table of a run (see the module docstring); empty with no police version.
+
+    Given as a query over the run's own connection, not as rows: DuckDB passes the keys of the
+    product's joins down into it, so a list of a few hundred people reads the records of those
+    people, and person ids are computed for the rows the product reads, not for every person
+    in the police data.
+    """
     spec = definition.spec.people
     police = versions.get(POLICE_PEOPLE_SOURCE)
     if spec is None or police is None:
         return PEOPLE_SCHEMA.empty_table()
     as_of = params[spec.as_of] if spec.as_of is not None else today
     serious = definition.partnership.serious_violence_where.sql
-    # The text holds the compiled partnership predicate; the relation is built from storage
-    # paths; values are bound.
+    police_all = views.relation(definition.contracts[POLICE_PEOPLE_SOURCE], police.files)
+    # Each record's place in time, latest greatest: by committed_at, then occurrence_ref, with
+    # a record without an occurrence_ref before any with one at the same time (as ORDER BY
+    # committed_at DESC, occurrence_ref DESC, whose NULLs come last).
+    recency = "(committed_at, occurrence_ref IS NOT NULL, occurrence_ref)"
+    # Nothing filters the scan of ``latest`` (the conditions are its aggregates'), and the
+    # person is its only group key, so that DuckDB passes the keys of the product's join (the
+    # people it lists) down to that scan as a Bloom filter: a filter there would stop it.
+    # The text holds the compiled partnership predicate, the relation built from storage
+    # paths, and names fixed here; values are bound.
+    before = "committed_at < $as_of"
     sql = f"""
-        WITH rows AS (
-            SELECT suspect_nominal_ref_pseudonym AS person, occurrence_ref, committed_at, csp,
-                person_key, suspect_nominal_ref_enc, suspect_forename_enc, suspect_surname_enc,
-                suspect_dob_enc, suspect_gender,
-                coalesce({serious}, false) AS serious
-            FROM police_all
-            WHERE suspect_nominal_ref_pseudonym IS NOT NULL AND committed_at < $as_of
-        ),
-        latest AS (
-            SELECT person,
-                first(person_key ORDER BY committed_at DESC, occurrence_ref DESC)
-                    FILTER (WHERE person_key IS NOT NULL) AS person_key,
-                first(suspect_gender ORDER BY committed_at DESC, occurrence_ref DESC)
-                    FILTER (WHERE suspect_gender IS NOT NULL) AS gender,
-                first(suspect_nominal_ref_enc ORDER BY committed_at DESC, occurrence_ref DESC)
-                    FILTER (WHERE suspect_nominal_ref_enc IS NOT NULL) AS nominal_ref_enc,
-                first(suspect_forename_enc ORDER BY committed_at DESC, occurrence_ref DESC)
-                    FILTER (WHERE suspect_forename_enc IS NOT NULL) AS forename_enc,
-                first(suspect_surname_enc ORDER BY committed_at DESC, occurrence_ref DESC)
-                    FILTER (WHERE suspect_surname_enc IS NOT NULL) AS surname_enc,
-                first(suspect_dob_enc ORDER BY committed_at DESC, occurrence_ref DESC)
-                    FILTER (WHERE suspect_dob_enc IS NOT NULL) AS dob_enc,
+        WITH latest AS (
+            SELECT suspect_nominal_ref_pseudonym AS person,
+                arg_max(person_key, {recency})
+                    FILTER (WHERE {before} AND person_key IS NOT NULL) AS person_key,
+                arg_max(suspect_gender, {recency})
+                    FILTER (WHERE {before} AND suspect_gender IS NOT NULL) AS gender,
+                arg_max(suspect_nominal_ref_enc, {recency})
+                    FILTER (WHERE {before} AND suspect_nominal_ref_enc IS NOT NULL)
+                    AS nominal_ref_enc,
+                arg_max(suspect_forename_enc, {recency})
+                    FILTER (WHERE {before} AND suspect_forename_enc IS NOT NULL) AS forename_enc,
+                arg_max(suspect_surname_enc, {recency})
+                    FILTER (WHERE {before} AND suspect_surname_enc IS NOT NULL) AS surname_enc,
+                arg_max(suspect_dob_enc, {recency})
+                    FILTER (WHERE {before} AND suspect_dob_enc IS NOT NULL) AS dob_enc,
                 first(csp ORDER BY committed_at DESC, occurrence_ref DESC, csp)
-                    FILTER (WHERE csp IS NOT NULL) AS last_csp
-            FROM rows
+                    FILTER (WHERE {before} AND csp IS NOT NULL) AS last_csp
+            FROM {police_all}
             GROUP BY person
+            -- A person: a police person id with a record before as_of.
+            HAVING count(suspect_nominal_ref_pseudonym) FILTER (WHERE {before}) > 0
         ),
         by_area AS (
-            SELECT person, csp, count(DISTINCT occurrence_ref) AS offences,
-                max(committed_at) AS last_at
-            FROM rows
-            WHERE serious AND committed_at >= $window AND csp IS NOT NULL
+            SELECT suspect_nominal_ref_pseudonym AS person, csp,
+                count(DISTINCT occurrence_ref) AS offences, max(committed_at) AS last_at
+            FROM {police_all}
+            WHERE suspect_nominal_ref_pseudonym IS NOT NULL AND {before}
+                AND committed_at >= $window AND csp IS NOT NULL
+                AND coalesce({serious}, false)
             GROUP BY person, csp
         ),
         main_area AS (
@@ -124,32 +139,16 @@ def build_people(
             FROM by_area
             GROUP BY person
         )
-        SELECT latest.person, latest.person_key, coalesce(main_area.csp, latest.last_csp)
-                AS district,
+        SELECT latest.person, {PERSON_ID_FUNCTION}(latest.person) AS person_id,
+            latest.person_key, coalesce(main_area.csp, latest.last_csp) AS district,
             latest.gender, latest.nominal_ref_enc, latest.forename_enc, latest.surname_enc,
             latest.dob_enc
         FROM latest LEFT JOIN main_area USING (person)
-        ORDER BY latest.person
     """  # noqa: S608
-    table = engine.query(
-        sql,
-        {"as_of": as_of, "window": add_months(as_of, -DISTRICT_WINDOW_MONTHS)},
-        {"police_all": views.relation(definition.contracts[POLICE_PEOPLE_SOURCE], police.files)},
-    )
-    persons = table.column("person").combine_chunks().cast(pa.string())
-    return pa.table(
-        [
-            persons,
-            person_ids(protector, persons),
-            table.column("person_key").cast(pa.string()),
-            table.column("district").cast(pa.string()),
-            table.column("gender").cast(pa.string()),
-            *(
-                table.column(name).cast(pa.binary())
-                for name in ("nominal_ref_enc", "forename_enc", "surname_enc", "dob_enc")
-            ),
-        ],
-        schema=PEOPLE_SCHEMA,
+    return QueryTable(
+        sql=sql,
+        params={"as_of": as_of, "window": add_months(as_of, -DISTRICT_WINDOW_MONTHS)},
+        functions={PERSON_ID_FUNCTION: partial(person_ids, protector)},
     )
 
 

@@ -687,3 +687,40 @@ def test_T45_a_person_id_in_the_url_is_refused_and_audited(env: Env) -> None:
     refused = env.events("product.refused")[refused_before:]
     assert [event.reason for event in refused] == ["identifier_in_url"]
     assert env.rows("person-profile", token, {"person_id": person})
+
+
+def test_latest_record_and_district_ties_over_records_at_the_same_time(env: Env) -> None:
+    """Two offences at the same moment: the later occurrence reference gives the person's
+    name, date of birth and gender; equal counts and equal last times in two areas give the
+    district that sorts first. The list (as of a date) reads these people through a join; the
+    profile (as of today, with no serious violence in the 12 months before it) reads the whole
+    people table by person id and gives the area of the latest record."""
+    old = Suspect("N201", "Ann", "Old", "2000-01-01", "F")
+    new = Suspect("N201", "Anne", "New", "2000-01-02", "M")
+    other = Suspect("N202", "Bo", "Bee", "2001-01-01", "M")
+    items = [
+        occ("L80", "2024-05-01 10:00:00", "3b", "34B", "Havant", suspects=[old]),
+        occ("L81", "2024-05-01 10:00:00", "3b", "34B", "Portsmouth", suspects=[new]),
+        occ("L82", "2024-05-02 10:00:00", "3b", "34B", "Gosport", suspects=[other]),
+    ]
+    response = env.api.post(
+        "/v1/datasets/police.occurrences/uploads",
+        params={"mode": "replace"},
+        content=to_csv(police(items)),
+        headers={
+            "Authorization": f"Bearer {env.token('partner_system', org='hampshire-constabulary')}",
+            "Content-Type": "text/csv",
+            "Idempotency-Key": str(uuid.uuid4()),
+        },
+    )
+    assert response.status_code == 201, response.text
+    token = env.token(areas=ALL_AREAS)
+    listed = by_ref(env.rows("repeat-suspects", token))
+    assert set(listed) == {"N201", "N202"}
+    person = listed["N201"]
+    assert (person["forename"], person["surname"], person["dob"]) == ("Anne", "New", "2000-01-02")
+    assert person["district"] == "Havant"
+    profile = env.rows("person-profile", token, {"person_id": person["person_id"]})
+    assert {row["reference"] for row in profile} == {"L80", "L81"}
+    for row in profile:
+        assert (row["forename"], row["district"]) == ("Anne", "Portsmouth")
