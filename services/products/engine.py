@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from services.contracts.model import FieldType
 from services.kit.clock import utcnow
-from services.kit.errors import AreaNotPermitted, BadRequest
+from services.kit.errors import AreaNotPermitted, BadRequest, StoredVersionMissing
 from services.products import disclosure, views
 from services.products.definition import (
     ASSESSMENTS_TABLE,
@@ -50,6 +50,7 @@ from services.products.definition import (
     conditions_hold,
 )
 from services.products.parameters import normalise_parameters
+from services.storage import objects
 from services.storage.service import VersionInfo
 
 _H3_SCHEMA = pa.schema(
@@ -165,19 +166,65 @@ def run(
     inputs = RunInputs(defn, params, versions, visible)
     con = duckdb.connect()
     try:
-        _create_views(con, defn, {d: v.files for d, v in versions.items()}, visible)
+        remote = _register_remote(con, versions)
+        _create_views(con, defn, {d: v.files for d, v in versions.items()}, visible, remote)
         for name in named_tables(defn):
             build = tables.get(name)
             if build is None:
                 raise ValueError(f"product {defn.id!r} reads the table {name}; none was given")
             _register(con, name, build(inputs))
-        rows, types = _evaluate(con, defn, params, columns, comparing, notes)
+        try:
+            rows, types = _evaluate(con, defn, params, columns, comparing, notes)
+        except duckdb.Error:
+            _explain_remote_failure(versions, remote)
+            raise
     finally:
         con.close()
+    for path in remote:
+        # After the answer, not beside it: the next reads of the version are local.
+        found = objects.remote(path)
+        if found is not None:
+            found.store.fetch_later(found.key)
     if level3:
         rows = _within_areas(defn, rows, areas)
     result = _finish(defn, params, sources, columns, rows, notes, types, suppress, threshold)
     return replace(result, contract_versions=_contract_versions(versions, sources))
+
+
+def _register_remote(
+    con: duckdb.DuckDBPyConnection, versions: Mapping[str, VersionInfo]
+) -> dict[Path, str]:
+    """Each source file that this replica holds no copy of (S3), registered as a scan of the
+    object in place: the views then fetch only the columns and row groups the product reads,
+    not the whole object. The relation names, by file."""
+    remote: dict[Path, str] = {}
+    for info in versions.values():
+        for path in info.files:
+            found = objects.remote(path)
+            if found is None:
+                continue
+            try:
+                dataset = found.dataset()
+            except objects.ObjectMissing:
+                raise StoredVersionMissing(info.dataset_id, info.version) from None
+            name = f"stored_object_{len(remote)}"
+            con.register(name, dataset)
+            remote[path] = name
+    return remote
+
+
+def _explain_remote_failure(
+    versions: Mapping[str, VersionInfo], remote: Mapping[Path, str]
+) -> None:
+    """When a query over objects read in place failed, the store's own error if it has one:
+    an object gone since the scan began, or a store that stopped answering."""
+    for info in versions.values():
+        for path in info.files:
+            found = objects.remote(path) if path in remote else None
+            if found is None:
+                continue
+            if not found.exists():
+                raise StoredVersionMissing(info.dataset_id, info.version)
 
 
 def _register(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table | QueryTable) -> None:
@@ -332,8 +379,9 @@ def _create_views(
     defn: ProductDefinition,
     files: Mapping[str, tuple[Path, ...]],
     visible: frozenset[str] | None,
+    remote: Mapping[Path, str] | None = None,
 ) -> None:
-    for statement in views.create_statements(defn, files, visible):
+    for statement in views.create_statements(defn, files, visible, remote):
         con.execute(statement)
 
 

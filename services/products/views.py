@@ -45,11 +45,23 @@ def _sql_type(column: StoredColumn) -> str:
     return "BLOB" if column.kind is StoredKind.CIPHERTEXT else "VARCHAR"
 
 
-def files_relation(files: tuple[Path, ...]) -> str:
-    """The Parquet files of one dataset version as one relation."""
-    # A cached copy of an object may have been evicted since the version's paths were read.
-    paths = ", ".join(sql_string(str(objects.present(path))) for path in files)
-    return f"read_parquet([{paths}], union_by_name = true)"
+def files_relation(files: tuple[Path, ...], remote: Mapping[Path, str] | None = None) -> str:
+    """The Parquet files of one dataset version as one relation. A file named in ``remote`` is
+    read through the relation registered under that name (an object read in place in the
+    store, ``objects.remote``); every other file is a local file, or a cached copy of an object
+    fetched again if the cache evicted it since the version's paths were read."""
+    remote = remote or {}
+    local = [path for path in files if path not in remote]
+    parts: list[str] = []
+    if local:
+        paths = ", ".join(sql_string(str(objects.present(path))) for path in local)
+        parts.append(f"read_parquet([{paths}], union_by_name = true)")
+    parts.extend(quote_identifier(remote[path]) for path in files if path in remote)
+    if len(parts) == 1:
+        return parts[0]
+    # As read_parquet's union_by_name: a column that a file has not got is null in its rows.
+    union = " UNION ALL BY NAME ".join(f"SELECT * FROM {part}" for part in parts)  # noqa: S608
+    return f"({union})"
 
 
 def main_code_sql(column: str, separator: str) -> str:
@@ -79,11 +91,13 @@ def coded_relation(contract: Contract, source: str) -> str:
     return f"(SELECT * REPLACE ({replaced}) FROM {source})"  # noqa: S608
 
 
-def relation(contract: Contract, files: tuple[Path, ...] | None) -> str:
+def relation(
+    contract: Contract, files: tuple[Path, ...] | None, remote: Mapping[Path, str] | None = None
+) -> str:
     """Every stored column of a dataset version (coded fields as their main code), or an empty
     relation of that shape."""
     if files:
-        return coded_relation(contract, files_relation(files))
+        return coded_relation(contract, files_relation(files, remote))
     nulls = ", ".join(
         f'NULL::{_sql_type(column)} AS "{column.name}"' for column in stored_columns(contract)
     )
@@ -103,12 +117,14 @@ def create_statements(
     defn: ProductDefinition,
     files: Mapping[str, tuple[Path, ...]],
     visible: frozenset[str] | None,
+    remote: Mapping[Path, str] | None = None,
 ) -> list[str]:
-    """The views of one run: the sources, ``serious_violence`` and ``csp_areas``."""
+    """The views of one run: the sources, ``serious_violence`` and ``csp_areas``. ``remote``:
+    the files read in place in the store, each by the name of its registered relation."""
     statements: list[str] = []
     for dataset, fields in defn.spec.sources.items():
         contract = defn.contracts[dataset]
-        source = relation(contract, files.get(dataset))
+        source = relation(contract, files.get(dataset), remote)
         stored = [query_column(contract.field(name)) for name in fields]
         if defn.level == 3 and contract.person is not None:
             # Level 3 links people across partners by the person key.

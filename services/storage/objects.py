@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -24,11 +25,14 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import unquote, urlparse
 
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from services.kit import files as durable
 from services.kit.errors import StorageUnavailable
 from services.kit.ids import new_id
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 # A cold read fetches an object in parts of this size, this many at once: one stream of small
@@ -68,6 +72,12 @@ class ObjectStore(Protocol):
 
     def local_path(self, key: str) -> Path:
         """A local file holding `key`'s bytes (in place, or a cached copy)."""
+        ...
+
+    def locate(self, key: str) -> Path:
+        """Where a local copy of `key` is or would be, without fetching it (`present` fetches
+        it when a reader needs the bytes; `remote` names it for a reader that fetches only the
+        columns it reads); ObjectMissing if the store has not got it."""
         ...
 
     def open_read(self, key: str) -> BinaryIO: ...
@@ -128,6 +138,9 @@ class LocalStore:
         if not path.is_file():
             raise ObjectMissing(key)
         return path
+
+    def locate(self, key: str) -> Path:
+        return self.local_path(key)
 
     def open_read(self, key: str) -> BinaryIO:
         try:
@@ -247,6 +260,48 @@ def present(path: Path) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class RemoteObject:
+    """An object a reader may read in place, fetching only the byte ranges it needs."""
+
+    filesystem: pafs.FileSystem
+    path: str
+    key: str
+    store: S3Store
+
+    def dataset(self) -> pads.Dataset:
+        """The object as one Parquet file a scan reads in place: only the footer and the
+        column chunks of the columns and row groups the scan needs are fetched (measured on
+        SeaweedFS, coalescing a row group's ranges, ``pre_buffer``, was slower). ObjectMissing
+        if the object is gone."""
+        try:
+            return pads.dataset(self.path, filesystem=self.filesystem, format="parquet")
+        except FileNotFoundError:
+            raise ObjectMissing(self.key) from None
+        except OSError as exc:
+            raise StorageUnavailable(f"reading {self.key}") from exc
+
+    def exists(self) -> bool:
+        """Whether the store holds the object (StorageUnavailable if it does not answer)."""
+        try:
+            found = self.filesystem.get_file_info(self.path)
+        except OSError as exc:
+            raise StorageUnavailable(f"describing {self.key}") from exc
+        return found.type == pafs.FileType.File
+
+
+def remote(path: Path) -> RemoteObject | None:
+    """The object behind `path` when `path` is where an S3 store's cache would keep a copy and
+    holds none: a reader that needs a few columns reads them from the store (ranged requests)
+    instead of fetching the whole object. None for any other path."""
+    if path.is_file():
+        return None
+    for root, store in list(_CACHES.items()):
+        if path.is_relative_to(root):
+            return store.remote(path.relative_to(root).as_posix())
+    return None
+
+
 class S3Store:
     """S3-compatible object storage through pyarrow.fs, with a local read-through cache."""
 
@@ -263,6 +318,10 @@ class S3Store:
         self._base = f"{bucket}/{prefix}".rstrip("/")
         self.cache = cache
         self.description = description
+        # Copies fetched in the background after a reader read an object in place.
+        self._filling: set[str] = set()
+        self._filling_lock = threading.Lock()
+        self._filler: ThreadPoolExecutor | None = None
         _CACHES[cache.root] = self
 
     def _full(self, key: str) -> str:
@@ -318,6 +377,45 @@ class S3Store:
             # No cache: the caller reads this one copy; it is swept with the other partials.
             return temp
         return self.cache.admit(temp, key)
+
+    def locate(self, key: str) -> Path:
+        found = self.info(key)
+        if found is None:
+            raise ObjectMissing(key)
+        return self.cache.get(key, found.size) or self.cache.path(key)
+
+    def remote(self, key: str) -> RemoteObject:
+        return RemoteObject(self._fs, self._full(key), key, self)
+
+    def fetch_later(self, key: str) -> None:
+        """Fetch a copy of `key` into the cache in the background (one object at a time, each
+        once however many readers ask), so that the next reads are local. Without a cache,
+        nothing."""
+        if self.cache.max_bytes <= 0:
+            return
+        with self._filling_lock:
+            if key in self._filling:
+                return
+            self._filling.add(key)
+            if self._filler is None:
+                self._filler = ThreadPoolExecutor(1, thread_name_prefix="cache-fill")
+            filler = self._filler
+        filler.submit(self._fill, key)
+
+    def _fill(self, key: str) -> None:
+        try:
+            self.local_path(key)
+        except (ObjectMissing, StorageUnavailable) as exc:
+            # A read reports it; the next read in place asks again.
+            log.warning("fetching a copy of %s: %s", key, exc)
+        finally:
+            with self._filling_lock:
+                self._filling.discard(key)
+
+    def filling(self) -> bool:
+        """Whether a background fetch is queued or running."""
+        with self._filling_lock:
+            return bool(self._filling)
 
     def _download(self, key: str, temp: Path, size: int) -> None:
         """`key`'s bytes into `temp`: parts of `_PART` bytes fetched by up to `_PARTS_AT_ONCE`

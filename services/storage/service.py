@@ -29,13 +29,18 @@ from sqlalchemy.orm import Session
 from services.kit.clock import utcnow
 from services.kit.errors import SourceWithdrawn, StorageUnavailable, StoredVersionMissing
 from services.kit.ids import new_id
-from services.storage import repository
+from services.storage import objects, repository
 from services.storage.models import Dataset, DatasetVersion, UploadMode, VersionFile
 from services.storage.objects import LocalStore, ObjectMissing, ObjectStore, S3Store
 
 log = logging.getLogger(__name__)
 
 PARQUET_COMPRESSION = "zstd"
+# Rows a version's row group holds (at least; up to one parse batch more). A reader of an S3
+# object in place fetches each column it reads once a row group: on SeaweedFS, `sv-counts`
+# over a 1M-row version read in place took 195-205 ms at 24 row groups of 42K rows, 135-140 ms
+# at 8 and 115-120 ms at 4, against 53-65 ms for the local file at each size.
+ROW_GROUP_ROWS = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,11 @@ class Storage:
         """A local file with the object's bytes: in place, or a cached copy of an object."""
         return self.store.local_path(relative_path)
 
+    def locate(self, relative_path: str) -> Path:
+        """Where the object's local copy is or would be, not fetched (see `ObjectStore.locate`):
+        a product reads the columns it needs from the store when no copy is there."""
+        return self.store.locate(relative_path)
+
     def new_writer(
         self, dataset_id: str, schema: pa.Schema, *, name: str | None = None
     ) -> ParquetVersionWriter:
@@ -113,7 +123,7 @@ class Storage:
             self.store.delete(key)
 
     def read_columns(self, files: tuple[Path, ...], columns: list[str]) -> pa.Table:
-        tables = [pq.read_table(path, columns=columns) for path in files]
+        tables = [pq.read_table(objects.present(path), columns=columns) for path in files]
         if not tables:
             return pa.table({})
         return pa.concat_tables(tables)
@@ -230,17 +240,33 @@ class ParquetVersionWriter:
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
             self._temp, schema, compression=PARQUET_COMPRESSION
         )
-        # Encoding and compressing a batch releases the GIL: one thread writes batch n while
-        # the caller validates batch n+1. One pending write at a time bounds the memory.
+        self._schema = schema
+        # Encoding and compressing a row group releases the GIL: one thread writes row group n
+        # while the caller validates the batches of n+1. One pending write at a time (and the
+        # batches of the next row group) bound the memory.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-write")
         self._pending: Future[None] | None = None
+        self._batches: list[pa.RecordBatch] = []
+        self._batched = 0
         self.rows = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
         assert self._writer is not None
-        self.flush()
-        self._pending = self._pool.submit(self._writer.write_batch, batch)
+        self._batches.append(batch)
+        self._batched += batch.num_rows
         self.rows += batch.num_rows
+        if self._batched >= ROW_GROUP_ROWS:
+            self._write_row_group()
+
+    def _write_row_group(self) -> None:
+        """The batches gathered so far written as one row group, in the background."""
+        assert self._writer is not None
+        if not self._batches:
+            return
+        table = pa.Table.from_batches(self._batches, self._schema)
+        self._batches, self._batched = [], 0
+        self.flush()
+        self._pending = self._pool.submit(self._writer.write_table, table, table.num_rows)
 
     def flush(self) -> None:
         """Wait for the write in flight (re-raising its error)."""
@@ -249,6 +275,7 @@ class ParquetVersionWriter:
             pending.result()
 
     def abort(self) -> None:
+        self._batches, self._batched = [], 0
         with contextlib.suppress(Exception):
             self.flush()
         self._pool.shutdown(wait=True)
@@ -260,6 +287,7 @@ class ParquetVersionWriter:
     def finish(self) -> StoredFile:
         """The file complete and fsynced locally; `Storage.put` then puts it into the store."""
         assert self._writer is not None
+        self._write_row_group()
         self.flush()
         self._pool.shutdown(wait=True)
         self._writer.close()
@@ -278,9 +306,11 @@ class ParquetVersionWriter:
         )
 
 
-def _resolve(storage: Storage, dataset_id: str, version: int, path: str) -> Path:
+def _resolve(
+    storage: Storage, dataset_id: str, version: int, path: str, *, fetch: bool = True
+) -> Path:
     try:
-        return storage.absolute(path)
+        return storage.absolute(path) if fetch else storage.locate(path)
     except ObjectMissing:
         raise StoredVersionMissing(dataset_id, version) from None
 
@@ -332,11 +362,15 @@ def version_record(session: Session, dataset_id: str) -> VersionRecord | None:
 def current_versions(
     session: Session, storage: Storage, dataset_ids: list[str]
 ) -> dict[str, VersionInfo]:
-    """The current version of several datasets in one round trip (a product's sources)."""
+    """The current version of several datasets in one round trip (a product's sources).
+
+    Their files are located, not fetched: on S3 a product's views read the few columns they
+    need from the store when this replica has no copy (``objects.remote``), and every other
+    reader fetches a copy when it opens one (``objects.present``)."""
     found: dict[str, VersionInfo] = {}
     for row in repository.current_version_rows(session, dataset_ids):
         info = found.get(row.dataset_id)
-        path = _resolve(storage, row.dataset_id, row.version, row.path)
+        path = _resolve(storage, row.dataset_id, row.version, row.path, fetch=False)
         files = (path,) if info is None else (*info.files, path)
         found[row.dataset_id] = VersionInfo(
             dataset_id=row.dataset_id,

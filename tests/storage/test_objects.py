@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from services.kit.settings import Settings
+from services.storage import service as storage_service
 from services.storage.objects import LocalStore, ObjectMissing, S3Store, present
 from tests.storage.conftest import delete_behind, store_of
 
@@ -92,3 +95,25 @@ def test_an_object_deleted_behind_the_platform_is_missing(settings: Settings) ->
     delete_behind(settings, "ds/gone.parquet")
     with pytest.raises(ObjectMissing):
         store_of(settings).local_path("ds/gone.parquet")
+
+
+def test_a_version_file_gathers_batches_into_row_groups(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches are written as row groups of at least ROW_GROUP_ROWS rows (fewer, larger column
+    chunks for a reader of the object in place), the rest as a last one; nothing lost."""
+    monkeypatch.setattr(storage_service, "ROW_GROUP_ROWS", 100)
+    storage = storage_service.Storage(store_of(settings))
+    schema = pa.schema([("n", pa.int64()), ("text", pa.string())])
+    writer = storage.new_writer("test.rows", schema)
+    for start in range(0, 260, 40):
+        count = min(40, 260 - start)
+        numbers = list(range(start, start + count))
+        writer.write(pa.record_batch([numbers, [f"row {n}" for n in numbers]], schema=schema))
+    stored = writer.finish()
+    storage.put(stored)
+    assert stored.row_count == 260
+    parquet = pq.ParquetFile(storage.absolute(stored.relative_path))
+    groups = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
+    assert groups == [120, 120, 20]
+    assert parquet.read().column("n").to_pylist() == list(range(260))
