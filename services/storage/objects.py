@@ -1,10 +1,12 @@
 """Where immutable files live: a local folder or S3-compatible object storage, one interface.
 
 Objects are named by keys such as ``<dataset>/<id>.parquet``; a key is written once and never
-changed, so a local copy of one can never go stale. Readers (DuckDB) need local files: the
-local backend gives its files in place, the S3 backend a read-through cache in the data
-folder's ``cache/`` (downloaded to a temporary name and renamed, so a half-downloaded file is
-never used; the least recently used go beyond the configured size).
+changed, so a local copy of one can never go stale. The local backend gives its files in
+place, the S3 backend a read-through cache in the data folder's ``cache/`` (downloaded to a
+temporary name and renamed, so a half-downloaded file is never used; the least recently used go
+beyond the configured size). A product's views may instead read an S3 object the cache has no
+copy of in place (``remote``: only the columns they read are fetched), after which a copy is
+fetched in the background (``S3Store.fetch_later``).
 
 Writers produce a local file first (``staging_path``) and hand it to ``put_file``, which returns
 only once the object is durable and verified (its size read back from the store): the metadata
