@@ -66,6 +66,21 @@ def current_version_rows(session: Session, dataset_ids: list[str]) -> list[Any]:
     return list(session.execute(statement).all())
 
 
+def current_files(session: Session) -> list[tuple[str, int]]:
+    """The path and size of every file of every dataset's current version, by path."""
+    statement = (
+        select(VersionFile.path, VersionFile.size_bytes)
+        .join(DatasetVersion, DatasetVersion.id == VersionFile.version_pk)
+        .join(
+            Dataset,
+            (Dataset.id == DatasetVersion.dataset_id)
+            & (Dataset.current_version == DatasetVersion.version),
+        )
+        .order_by(VersionFile.path)
+    )
+    return [(path, size) for path, size in session.execute(statement).all()]
+
+
 def all_referenced_paths(session: Session) -> set[str]:
     return set(session.execute(select(VersionFile.path)).scalars())
 

@@ -496,16 +496,7 @@ class Prefetcher:
         if epoch is None or epoch == self._done_at:
             return 0
         with self._sessions() as session:
-            files = session.execute(
-                select(VersionFile.path, VersionFile.size_bytes)
-                .join(DatasetVersion, DatasetVersion.id == VersionFile.version_pk)
-                .join(
-                    Dataset,
-                    (Dataset.id == DatasetVersion.dataset_id)
-                    & (Dataset.current_version == DatasetVersion.version),
-                )
-                .order_by(VersionFile.path)
-            ).all()
+            files = repository.current_files(session)
         fetched = 0
         if sum(size for _, size in files) <= store.cache.max_bytes // 2:
             for key, size in files:

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from services.kit.settings import Settings
 from services.platform import Platform
 from services.storage import objects, repository
+from services.storage import service as storage_service
 from services.storage.objects import S3Store
 from tests.fixtures.audit_events import events
 from tests.fixtures.snapshots import Loading
@@ -148,3 +149,24 @@ def test_an_object_gone_after_its_version_was_located_is_a_named_503(
     assert "police.occurrences" in again.json()["detail"]
     refused = events(platform, "product.refused")
     assert [e.reason for e in refused] == ["stored_version_missing"]
+
+
+def test_the_prefetcher_fetches_the_current_versions_once_an_epoch(
+    settings: Settings, loading: Loading, platform: Platform
+) -> None:
+    load_products_data(loading)
+    store = platform.storage.store
+    assert isinstance(store, S3Store)
+    _drop_copies(platform)
+    with platform.sessions() as session:
+        current = repository.current_files(session)
+    assert current and not any(store.cache.path(key).exists() for key, _ in current)
+    epoch = [7]
+    prefetch = storage_service.Prefetcher(platform.sessions, platform.storage, lambda: epoch[0])
+    assert prefetch() == len(current)
+    for key, size in current:
+        assert store.cache.path(key).stat().st_size == size
+    store.forget_local_copy(current[0][0])
+    assert prefetch() == 0  # the same epoch: nothing changed, nothing fetched
+    epoch[0] += 1
+    assert prefetch() == 1  # a change: what is missing is fetched again
