@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -53,6 +54,7 @@ class PolicyEngine:
         self._explainer = casbin.Enforcer(
             twin, casbin.persist.adapters.FileAdapter(str(policy_path))
         )
+        self._casbin_lock = threading.Lock()
         self._check_vocabulary()
 
     def _check_vocabulary(self) -> None:
@@ -74,6 +76,15 @@ class PolicyEngine:
 
     @lru_cache(maxsize=4096)  # noqa: B019 (one engine per process, lives as long as it)
     def _decide_cached(
+        self, roles: tuple[str, ...], organisation: str, action: Action, resource: Resource
+    ) -> Decision:
+        # One decision at a time: pycasbin compiles its matcher with `ast.parse` on every call,
+        # and CPython 3.11's AST constructor is not safe in two threads at once (an upload's
+        # first decision beside another's raised "AST constructor recursion depth mismatch").
+        with self._casbin_lock:
+            return self._decide(roles, organisation, action, resource)
+
+    def _decide(
         self, roles: tuple[str, ...], organisation: str, action: Action, resource: Resource
     ) -> Decision:
         allow_rule: str | None = None
