@@ -167,7 +167,8 @@ def run(
     con = duckdb.connect()
     try:
         remote = _register_remote(con, versions)
-        _create_views(con, defn, {d: v.files for d, v in versions.items()}, visible, remote)
+        names = {path: read.name for path, read in remote.items()}
+        _create_views(con, defn, {d: v.files for d, v in versions.items()}, visible, names)
         for name in named_tables(defn):
             build = tables.get(name)
             if build is None:
@@ -176,28 +177,36 @@ def run(
         try:
             rows, types = _evaluate(con, defn, params, columns, comparing, notes)
         except duckdb.Error:
-            _explain_remote_failure(versions, remote)
+            _explain_remote_failure(remote)
             raise
     finally:
         con.close()
-    for path in remote:
+    for read in remote.values():
         # After the answer, not beside it: the next reads of the version are local.
-        found = objects.remote(path)
-        if found is not None:
-            found.store.fetch_later(found.key)
+        read.stored.store.fetch_later(read.stored.key)
     if level3:
         rows = _within_areas(defn, rows, areas)
     result = _finish(defn, params, sources, columns, rows, notes, types, suppress, threshold)
     return replace(result, contract_versions=_contract_versions(versions, sources))
 
 
+@dataclass(frozen=True)
+class _InPlace:
+    """A source file read in place in the store, under its registered relation name."""
+
+    name: str
+    stored: objects.RemoteObject
+    dataset_id: str
+    version: int
+
+
 def _register_remote(
     con: duckdb.DuckDBPyConnection, versions: Mapping[str, VersionInfo]
-) -> dict[Path, str]:
+) -> dict[Path, _InPlace]:
     """Each source file that this replica holds no copy of (S3), registered as a scan of the
     object in place: the views then fetch only the columns and row groups the product reads,
-    not the whole object. The relation names, by file."""
-    remote: dict[Path, str] = {}
+    not the whole object. By file."""
+    remote: dict[Path, _InPlace] = {}
     for info in versions.values():
         for path in info.files:
             found = objects.remote(path)
@@ -209,22 +218,16 @@ def _register_remote(
                 raise StoredVersionMissing(info.dataset_id, info.version) from None
             name = f"stored_object_{len(remote)}"
             con.register(name, dataset)
-            remote[path] = name
+            remote[path] = _InPlace(name, found, info.dataset_id, info.version)
     return remote
 
 
-def _explain_remote_failure(
-    versions: Mapping[str, VersionInfo], remote: Mapping[Path, str]
-) -> None:
+def _explain_remote_failure(remote: Mapping[Path, _InPlace]) -> None:
     """When a query over objects read in place failed, the store's own error if it has one:
     an object gone since the scan began, or a store that stopped answering."""
-    for info in versions.values():
-        for path in info.files:
-            found = objects.remote(path) if path in remote else None
-            if found is None:
-                continue
-            if not found.exists():
-                raise StoredVersionMissing(info.dataset_id, info.version)
+    for read in remote.values():
+        if not read.stored.exists():
+            raise StoredVersionMissing(read.dataset_id, read.version)
 
 
 def _register(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table | QueryTable) -> None:

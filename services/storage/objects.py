@@ -250,16 +250,22 @@ class ReadCache:
 _CACHES: dict[Path, S3Store] = {}
 
 
+def _uncached(path: Path) -> tuple[S3Store, str] | None:
+    """The S3 store and key whose cached copy `path` would be, when the copy is not there."""
+    if path.is_file():
+        return None
+    for root, store in list(_CACHES.items()):
+        if path.is_relative_to(root):
+            return store, path.relative_to(root).as_posix()
+    return None
+
+
 def present(path: Path) -> Path:
     """`path` itself if the file is there; a cached copy that the cache evicted since it was
     handed out (callers keep a version's paths for as long as the version is current) is
     fetched again. Any other path is returned as it is."""
-    if path.is_file():
-        return path
-    for root, store in list(_CACHES.items()):
-        if path.is_relative_to(root):
-            return store.local_path(path.relative_to(root).as_posix())
-    return path
+    found = _uncached(path)
+    return path if found is None else found[0].local_path(found[1])
 
 
 @dataclass(frozen=True)
@@ -285,23 +291,15 @@ class RemoteObject:
 
     def exists(self) -> bool:
         """Whether the store holds the object (StorageUnavailable if it does not answer)."""
-        try:
-            found = self.filesystem.get_file_info(self.path)
-        except OSError as exc:
-            raise StorageUnavailable(f"describing {self.key}") from exc
-        return found.type == pafs.FileType.File
+        return self.store.info(self.key) is not None
 
 
 def remote(path: Path) -> RemoteObject | None:
     """The object behind `path` when `path` is where an S3 store's cache would keep a copy and
     holds none: a reader that needs a few columns reads them from the store (ranged requests)
     instead of fetching the whole object. None for any other path."""
-    if path.is_file():
-        return None
-    for root, store in list(_CACHES.items()):
-        if path.is_relative_to(root):
-            return store.remote(path.relative_to(root).as_posix())
-    return None
+    found = _uncached(path)
+    return None if found is None else found[0].remote(found[1])
 
 
 class S3Store:
