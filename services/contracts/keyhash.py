@@ -1,11 +1,13 @@
-"""Duplicate keys across a whole upload in bounded memory: 128 bits of hash a key, not the key.
+"""Duplicate keys across a whole upload in bounded memory: 96 bits of hash a key, not the key.
 
 An upload's key (one or more fields joined) must be unique across every batch of the file. The
 keys of a ten-million-row file are some 400 MB of text, and grouping them needs as much again:
 instead each batch's distinct keys are hashed here, vectorised, into two independent 64-bit
-hashes (24 bytes a key with the row it came from), and the file's repeats are found at the end
-by one sort. Two different keys share both hashes with a probability of about n^2 / 2^129
-(10^-25 for ten million keys): a repeat of the pair is a repeat of the key.
+hashes, of which the ledger keeps the first and the high half of the second with the row the key
+came from (16 bytes a key), in one of 16 partitions by the first hash's top bits; the file's
+repeats are found at the end by sorting one partition at a time, so the end needs a sixteenth
+of the ledger again, not all of it. Two different keys share those 96 bits with a probability of
+about n^2 / 2^97 (10^-15 for ten million keys): a repeat of the pair is a repeat of the key.
 
 The hash reads each string eight bytes at a time (the last word masked to the string's length),
 mixes each word into two accumulators with different multipliers, then finishes with the length
@@ -83,30 +85,23 @@ def hash_strings(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return _avalanche(h1 ^ size), _avalanche(h2 ^ (size * _M1))
 
 
+# Partitions of the ledger, by the first hash's top bits.
+_PARTITION_BITS = 4
+_PARTITIONS = 1 << _PARTITION_BITS
+_SHIFT = np.uint64(64 - _PARTITION_BITS)
+_HIGH = np.uint64(32)
+
+
 @dataclass
-class KeyLedger:
-    """The distinct keys of each batch, as hashes, with the row each first came from."""
-
-    _first: list[np.ndarray] = field(default_factory=list)
-    _second: list[np.ndarray] = field(default_factory=list)
-    _rows: list[np.ndarray] = field(default_factory=list)
-
-    def add(self, keys: pa.Array, rows: pa.Array) -> None:
-        """Keys distinct within their batch (no nulls), and their rows, in ascending order."""
-        first, second = hash_strings(keys)
-        self._first.append(first)
-        self._second.append(second)
-        self._rows.append(np.asarray(rows.to_numpy(zero_copy_only=False), dtype=np.int64))
+class _Partition:
+    first: list[np.ndarray] = field(default_factory=list)
+    second: list[np.ndarray] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
 
     def repeats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each row whose key an earlier row had, ascending, with that earlier (first) row.
-        Forgets the keys."""
-        parts_first, parts_second, parts_rows = self._first, self._second, self._rows
-        self._first, self._second, self._rows = [], [], []
-        if len(parts_first) < 2:  # keys are distinct within a batch
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        first = np.concatenate(parts_first)
-        del parts_first
+        """This partition's repeated rows and, for each, the row its key first came from."""
+        first = np.concatenate(self.first) if self.first else np.empty(0, np.uint64)
+        self.first = []
         order = np.argsort(first, kind="stable")
         ordered = first[order]
         # Only keys whose first hash another key shares can repeat (none, in a good file).
@@ -118,10 +113,13 @@ class KeyLedger:
         del order, ordered, same, shared
         h1 = first[picked]
         del first
-        h2 = np.concatenate(parts_second)[picked]
-        del parts_second
-        rows = np.concatenate(parts_rows)[picked]
-        del parts_rows, picked
+        h2 = np.concatenate(self.second)[picked] if self.second else np.empty(0, np.uint32)
+        rows = (
+            np.concatenate(self.rows)[picked].astype(np.int64)
+            if self.rows
+            else np.empty(0, np.int64)
+        )
+        self.second, self.rows = [], []
         # Group the candidates by both hashes, rows ascending within a group: the first row of
         # a group is where the key first came; every other row repeats it.
         by_key = np.lexsort((rows, h2, h1))
@@ -130,9 +128,59 @@ class KeyLedger:
         starts[1:] = (h1[1:] != h1[:-1]) | (h2[1:] != h2[:-1])
         earlier = rows[starts][np.cumsum(starts) - 1]
         repeated = ~starts
-        found, before = rows[repeated], earlier[repeated]
+        return rows[repeated], earlier[repeated]
+
+
+@dataclass
+class KeyLedger:
+    """The distinct keys of each batch, as hashes, with the row each first came from."""
+
+    _partitions: list[_Partition] = field(
+        default_factory=lambda: [_Partition() for _ in range(_PARTITIONS)]
+    )
+    _batches: int = 0
+    _count: int = 0
+
+    def add(self, keys: pa.Array, rows: pa.Array) -> None:
+        """Keys distinct within their batch (no nulls), and their rows, in ascending order."""
+        first, second = hash_strings(keys)
+        numbers = np.asarray(rows.to_numpy(zero_copy_only=False), dtype=np.int64)
+        if len(numbers) and int(numbers.max()) < 1 << 32:
+            kept: np.ndarray = numbers.astype(np.uint32)
+        else:
+            kept = numbers
+        high = (second >> _HIGH).astype(np.uint32)
+        part = (first >> _SHIFT).astype(np.intp)
+        # Each partition's share of the batch, rows still ascending within it.
+        order = np.argsort(part, kind="stable")
+        bounds = np.searchsorted(part[order], np.arange(_PARTITIONS + 1))
+        for index, partition in enumerate(self._partitions):
+            taken = order[bounds[index] : bounds[index + 1]]
+            if len(taken):
+                partition.first.append(first[taken])
+                partition.second.append(high[taken])
+                partition.rows.append(kept[taken])
+        self._batches += 1
+        self._count += len(numbers)
+
+    def repeats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each row whose key an earlier row had, ascending, with that earlier (first) row.
+        Forgets the keys."""
+        partitions, batches = self._partitions, self._batches
+        self._partitions = [_Partition() for _ in range(_PARTITIONS)]
+        self._batches = self._count = 0
+        if batches < 2:  # keys are distinct within a batch
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        found_parts: list[np.ndarray] = []
+        before_parts: list[np.ndarray] = []
+        for partition in partitions:
+            found, before = partition.repeats()
+            found_parts.append(found)
+            before_parts.append(before)
+        found = np.concatenate(found_parts)
+        before = np.concatenate(before_parts)
         ascending = np.argsort(found, kind="stable")
         return found[ascending], before[ascending]
 
     def __len__(self) -> int:
-        return sum(len(part) for part in self._rows)
+        return self._count

@@ -63,3 +63,38 @@ def test_one_batch_has_no_repeats_to_find() -> None:
     ledger.add(pa.array(["a", "b"]), pa.array([1, 2], pa.int64()))
     found, earlier = ledger.repeats()
     assert len(found) == 0 and len(earlier) == 0
+
+
+def test_repeats_in_many_batches_match_a_dictionary_of_the_keys() -> None:
+    """Keys spread over every partition of the ledger: exactly the repeats a dictionary of the
+    keys finds, each with the row its key first came from (row numbers past 2**32 too)."""
+    rng = random.Random(11)
+    ledger = KeyLedger()
+    seen: dict[str, int] = {}
+    order: list[str] = []
+    expected: list[tuple[int, int]] = []
+    row = 0
+    for batch in range(6):
+        keys: list[str] = []
+        rows: list[int] = []
+        batch_keys: set[str] = set()
+        for _ in range(20_000):
+            row += 1
+            number = row + (1 << 32 if batch == 5 else 0)
+            repeat = order and rng.random() < 0.01
+            key = rng.choice(order) if repeat else f"K{rng.getrandbits(64):x}"
+            if key in batch_keys:
+                continue
+            batch_keys.add(key)
+            keys.append(key)
+            rows.append(number)
+            if key in seen:
+                expected.append((number, seen[key]))
+            else:
+                seen[key] = number
+                order.append(key)
+        ledger.add(pa.array(keys), pa.array(rows, pa.int64()))
+    assert len(ledger) == len(seen) + len(expected)
+    found, earlier = ledger.repeats()
+    assert list(zip(found.tolist(), earlier.tolist(), strict=True)) == sorted(expected)
+    assert len(expected) > 500
