@@ -3,11 +3,12 @@
 An upload's key (one or more fields joined) must be unique across every batch of the file. The
 keys of a ten-million-row file are some 400 MB of text, and grouping them needs as much again:
 instead each batch's distinct keys are hashed here, vectorised, into two independent 64-bit
-hashes, of which the ledger keeps the first and the high half of the second with the row the key
-came from (16 bytes a key), in one of 16 partitions by the first hash's top bits; the file's
-repeats are found at the end by sorting one partition at a time, so the end needs a sixteenth
-of the ledger again, not all of it. Two different keys share those 96 bits with a probability of
-about n^2 / 2^97 (10^-15 for ten million keys): a repeat of the pair is a repeat of the key.
+hashes, of which the ledger keeps the first and the top 16 bits of the second with the row the
+key came from (as an offset from its batch's first row: 12 bytes a key), in one of 16
+partitions by the first hash's top bits; the file's repeats are found at the end by sorting one
+partition at a time, so the end needs a sixteenth of the ledger again, not all of it. Two
+different keys share those 80 bits with a probability of about n^2 / 2^81 (10^-10 for ten
+million keys): a repeat of the pair is a repeat of the key.
 
 The hash reads each string eight bytes at a time (the last word masked to the string's length),
 mixes each word into two accumulators with different multipliers, then finishes with the length
@@ -89,14 +90,16 @@ def hash_strings(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 _PARTITION_BITS = 4
 _PARTITIONS = 1 << _PARTITION_BITS
 _SHIFT = np.uint64(64 - _PARTITION_BITS)
-_HIGH = np.uint64(32)
+_HIGH = np.uint64(48)
 
 
 @dataclass
 class _Partition:
     first: list[np.ndarray] = field(default_factory=list)
     second: list[np.ndarray] = field(default_factory=list)
+    # Each batch's rows as offsets from `bases` (the batch's first row).
     rows: list[np.ndarray] = field(default_factory=list)
+    bases: list[int] = field(default_factory=list)
 
     def repeats(self) -> tuple[np.ndarray, np.ndarray]:
         """This partition's repeated rows and, for each, the row its key first came from."""
@@ -113,13 +116,12 @@ class _Partition:
         del order, ordered, same, shared
         h1 = first[picked]
         del first
-        h2 = np.concatenate(self.second)[picked] if self.second else np.empty(0, np.uint32)
-        rows = (
-            np.concatenate(self.rows)[picked].astype(np.int64)
-            if self.rows
-            else np.empty(0, np.int64)
-        )
-        self.second, self.rows = [], []
+        h2 = np.concatenate(self.second)[picked] if self.second else np.empty(0, np.uint16)
+        batches = zip(self.rows, self.bases, strict=True)
+        every_row = [offsets.astype(np.int64) + base for offsets, base in batches]
+        rows = np.concatenate(every_row)[picked] if every_row else np.empty(0, np.int64)
+        del every_row
+        self.second, self.rows, self.bases = [], [], []
         # Group the candidates by both hashes, rows ascending within a group: the first row of
         # a group is where the key first came; every other row repeats it.
         by_key = np.lexsort((rows, h2, h1))
@@ -145,11 +147,15 @@ class KeyLedger:
         """Keys distinct within their batch (no nulls), and their rows, in ascending order."""
         first, second = hash_strings(keys)
         numbers = np.asarray(rows.to_numpy(zero_copy_only=False), dtype=np.int64)
-        if len(numbers) and int(numbers.max()) < 1 << 32:
-            kept: np.ndarray = numbers.astype(np.uint32)
-        else:
-            kept = numbers
-        high = (second >> _HIGH).astype(np.uint32)
+        base = int(numbers.min()) if len(numbers) else 0
+        offsets = numbers - base
+        span = int(offsets.max()) if len(offsets) else 0
+        kept: np.ndarray = offsets
+        for narrow in (np.uint16, np.uint32):
+            if span <= np.iinfo(narrow).max:
+                kept = offsets.astype(narrow)
+                break
+        high = (second >> _HIGH).astype(np.uint16)
         part = (first >> _SHIFT).astype(np.intp)
         # Each partition's share of the batch, rows still ascending within it.
         order = np.argsort(part, kind="stable")
@@ -160,6 +166,7 @@ class KeyLedger:
                 partition.first.append(first[taken])
                 partition.second.append(high[taken])
                 partition.rows.append(kept[taken])
+                partition.bases.append(base)
         self._batches += 1
         self._count += len(numbers)
 

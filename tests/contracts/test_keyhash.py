@@ -98,3 +98,14 @@ def test_repeats_in_many_batches_match_a_dictionary_of_the_keys() -> None:
     found, earlier = ledger.repeats()
     assert list(zip(found.tolist(), earlier.tolist(), strict=True)) == sorted(expected)
     assert len(expected) > 500
+
+
+def test_rows_far_apart_in_a_batch_are_kept_exactly() -> None:
+    ledger = KeyLedger()
+    ledger.add(pa.array(["a", "b", "c"]), pa.array([1, 100_000, 1 << 33], pa.int64()))
+    ledger.add(pa.array(["c", "b"]), pa.array([(1 << 34) + 3, (1 << 34) + 70_000], pa.int64()))
+    found, earlier = ledger.repeats()
+    assert list(zip(found.tolist(), earlier.tolist(), strict=True)) == [
+        ((1 << 34) + 3, 1 << 33),
+        ((1 << 34) + 70_000, 100_000),
+    ]
