@@ -1,4 +1,4 @@
-"""Duplicate keys across a whole upload in bounded memory: 96 bits of hash a key, not the key.
+"""Duplicate keys across a whole upload in bounded memory: 80 bits of hash a key, not the key.
 
 An upload's key (one or more fields joined) must be unique across every batch of the file. The
 keys of a ten-million-row file are some 400 MB of text, and grouping them needs as much again:
